@@ -1,0 +1,98 @@
+//! # storage — the I/O seam of refpoint
+//!
+//! Every byte refpoint reads or writes goes through this crate. Nothing above
+//! it opens a file itself, which is what lets the whole stack run over the
+//! crash-simulating backend in tests.
+//!
+//! ```text
+//!            vhdx / rct / vdisk ...
+//!                    │  Fs::open / Fs::create          (paths → handles)
+//!                    ▼
+//!        Arc<dyn Storage>: read_at · write_at · flush · len · set_len
+//!             │                                 │
+//!        LocalFs / LocalFile               CrashFs / SimFile
+//!        (pread/pwrite/fdatasync)          (in memory; remembers which writes
+//!                                           were flushed; crash() drops, keeps
+//!                                           or tears each unflushed write)
+//! ```
+//!
+//! ## The crash model
+//!
+//! [`CrashFs::crash`] models a power cut. For each file, everything up to the
+//! last successful [`Storage::flush`] survives. Each operation issued after it
+//! is independently *dropped*, *kept*, or — for writes longer than one sector
+//! — *torn*: a random subset of its 512-byte sectors reaches the medium.
+//! Surviving operations are applied in issue order. Handles opened before the
+//! crash stop working (every call fails), as if the process had died, so a
+//! `Drop` implementation cannot sneak extra writes in after the power cut.
+//!
+//! Creating, removing and renaming files are treated as durable at once
+//! (directory operations are journaled by every Linux file system we target).
+//!
+//! ## What this crate does not do
+//!
+//! It knows nothing about VHDX, tracking or networks; it never caches.
+
+#![forbid(unsafe_code)]
+
+mod crash;
+mod local;
+
+pub use crash::{CrashFs, CrashOptions, SimFile};
+pub use local::{LocalFile, LocalFs};
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+/// The sector size at which the crash-simulating backend tears writes.
+pub const TEAR_SECTOR: usize = 512;
+
+/// Positional access to one file. All methods take `&self`, so one handle can
+/// be shared between threads.
+pub trait Storage: Send + Sync {
+    /// Reads exactly `buf.len()` bytes at `offset`; fails with
+    /// [`io::ErrorKind::UnexpectedEof`] if the file is shorter.
+    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Writes all of `buf` at `offset`, extending the file if needed.
+    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()>;
+    /// Makes every earlier write and length change durable.
+    fn flush(&self) -> io::Result<()>;
+    /// The current length of the file in bytes.
+    fn len(&self) -> io::Result<u64>;
+    /// Truncates or extends (with zeros) the file.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+
+    /// Like [`Storage::read_at`], but the part of `buf` past the end of the
+    /// file is filled with zeros instead of failing.
+    fn read_at_or_zero(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let len = self.len()?;
+        let avail = len.saturating_sub(offset).min(buf.len() as u64) as usize;
+        if avail > 0 {
+            self.read_at(offset, &mut buf[..avail])?;
+        }
+        buf[avail..].fill(0);
+        Ok(())
+    }
+}
+
+/// How [`Fs::open`] opens a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    ReadOnly,
+    ReadWrite,
+}
+
+/// A file system: turns paths into [`Storage`] handles.
+pub trait Fs: Send + Sync {
+    /// Opens an existing file.
+    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn Storage>>;
+    /// Creates a new, empty file; fails if it already exists.
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn Storage>>;
+    /// Removes a file.
+    fn remove(&self, path: &Path) -> io::Result<()>;
+    /// Renames a file, replacing `to` if it exists.
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Whether a file exists at `path`.
+    fn exists(&self, path: &Path) -> bool;
+}
