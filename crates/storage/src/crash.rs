@@ -115,6 +115,7 @@ struct SimHandle {
     file: Arc<SimFile>,
     epoch: u64,
     writable: bool,
+    budget: Arc<Mutex<Option<u64>>>,
 }
 
 impl SimHandle {
@@ -124,6 +125,19 @@ impl SimHandle {
             return Err(io::Error::other("simulated crash: this handle died with its process"));
         }
         Ok(st)
+    }
+
+    /// Spends one operation of the budget; fails once the power is out.
+    fn spend(&self) -> io::Result<()> {
+        let mut b = self.budget.lock().unwrap_or_else(|e| e.into_inner());
+        match b.as_mut() {
+            Some(0) => Err(io::Error::other("simulated power cut")),
+            Some(n) => {
+                *n -= 1;
+                Ok(())
+            }
+            None => Ok(()),
+        }
     }
 
     fn writable(&self) -> io::Result<()> {
@@ -160,6 +174,7 @@ impl Storage for SimHandle {
 
     fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
         self.writable()?;
+        self.spend()?;
         let mut st = self.live()?;
         let end = offset + buf.len() as u64;
         if end > st.current.len() as u64 {
@@ -173,6 +188,7 @@ impl Storage for SimHandle {
     }
 
     fn flush(&self) -> io::Result<()> {
+        self.spend()?;
         let mut st = self.live()?;
         st.pending.clear();
         st.durable = st.current.clone();
@@ -186,6 +202,7 @@ impl Storage for SimHandle {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.writable()?;
+        self.spend()?;
         let mut st = self.live()?;
         self.check_capacity(len)?;
         let op = Op::SetLen(len);
@@ -200,6 +217,9 @@ impl Storage for SimHandle {
 pub struct CrashFs {
     files: Arc<Mutex<HashMap<PathBuf, Arc<SimFile>>>>,
     options: CrashOptions,
+    /// Mutating operations (write, set_len, flush) left before the power
+    /// fails; `None` means no limit.
+    budget: Arc<Mutex<Option<u64>>>,
 }
 
 impl CrashFs {
@@ -208,7 +228,7 @@ impl CrashFs {
     }
 
     pub fn with_options(options: CrashOptions) -> Self {
-        Self { files: Default::default(), options }
+        Self { files: Default::default(), options, budget: Default::default() }
     }
 
     fn files(&self) -> MutexGuard<'_, HashMap<PathBuf, Arc<SimFile>>> {
@@ -233,17 +253,32 @@ impl CrashFs {
         self.files().insert(path.to_path_buf(), Arc::new(file));
     }
 
-    /// Simulates a power cut on every file (see the crate docs).
+    /// Simulates a power cut on every file (see the crate docs). Also
+    /// lifts any operation budget: the power is back.
     pub fn crash(&self, rng: &mut impl Rng) {
         let files: Vec<_> = self.files().values().cloned().collect();
         for f in files {
             f.crash(rng);
         }
+        self.set_power_budget(None);
+    }
+
+    /// Lets only `ops` more mutating operations (write, set_len, flush)
+    /// succeed; every later one fails as if the power had gone, until
+    /// [`CrashFs::crash`]. This puts a crash at any point inside an
+    /// operation such as a flush or a merge.
+    pub fn set_power_budget(&self, ops: Option<u64>) {
+        *self.budget.lock().unwrap_or_else(|e| e.into_inner()) = ops;
+    }
+
+    /// Whether the operation budget ran out.
+    pub fn power_failed(&self) -> bool {
+        *self.budget.lock().unwrap_or_else(|e| e.into_inner()) == Some(0)
     }
 
     fn handle(&self, file: Arc<SimFile>, writable: bool) -> Arc<dyn Storage> {
         let epoch = file.lock().epoch;
-        Arc::new(SimHandle { file, epoch, writable })
+        Arc::new(SimHandle { file, epoch, writable, budget: self.budget.clone() })
     }
 }
 
@@ -339,6 +374,21 @@ mod tests {
         assert_eq!(f.write_at(8000, &[1; 500]).unwrap_err().kind(), io::ErrorKind::StorageFull);
         assert_eq!(f.set_len(1 << 20).unwrap_err().kind(), io::ErrorKind::StorageFull);
         assert_eq!(f.len().unwrap(), 8192);
+    }
+
+    #[test]
+    fn power_budget_cuts_at_the_given_operation() {
+        let fs = CrashFs::new();
+        let f = fs.create(Path::new("/d")).unwrap();
+        fs.set_power_budget(Some(2));
+        f.write_at(0, b"a").unwrap();
+        f.flush().unwrap();
+        assert!(f.write_at(1, b"b").is_err());
+        assert!(fs.power_failed());
+        fs.crash(&mut SmallRng::seed_from_u64(1));
+        assert_eq!(fs.file(Path::new("/d")).unwrap().contents(), b"a");
+        let g = fs.open(Path::new("/d"), OpenMode::ReadWrite).unwrap();
+        g.write_at(1, b"b").unwrap();
     }
 
     #[test]
