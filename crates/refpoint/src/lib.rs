@@ -1,0 +1,21 @@
+//! # refpoint — the command-line front end
+//!
+//! A thin binary over the library crates: `main.rs` parses arguments and
+//! hands off to the modules here, which hold the logic the commands share.
+//!
+//! ```text
+//! refpoint vhd create|info|check|map|convert|compare|merge
+//!        │
+//!        ├─ image.rs    one readable disk: raw file or VHDX chain
+//!        ├─ convert.rs  image → VHDX (fixed/dynamic) or raw, skipping zeros
+//!        ├─ compare.rs  first differing byte of two images
+//!        ├─ report.rs   info / map / check as text or JSON
+//!        └─ units.rs    sizes with K/M/G/T suffixes
+//! ```
+
+pub mod compare;
+pub mod convert;
+pub mod image;
+pub mod progress;
+pub mod report;
+pub mod units;
