@@ -8,12 +8,20 @@ use std::path::Path;
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Comparison {
-    Identical { size: u64 },
+    Identical {
+        size: u64,
+    },
     /// First differing byte, virtual offset.
-    Differ { offset: u64 },
+    Differ {
+        offset: u64,
+    },
     /// Sizes differ; the common part is identical and the longer one holds
     /// non-zero data at `offset`.
-    SizeMismatch { size_a: u64, size_b: u64, offset: Option<u64> },
+    SizeMismatch {
+        size_a: u64,
+        size_b: u64,
+        offset: Option<u64>,
+    },
 }
 
 const CHUNK: u64 = 4 << 20;
@@ -26,12 +34,19 @@ pub fn compare(a: &Path, b: &Path, progress: &dyn Fn(u64, u64)) -> Result<Compar
     let mut pos = 0;
     while pos < common {
         let len = CHUNK.min(common - pos);
-        let both_zero = ia.extents(pos, len)?.iter().all(|e| !e.2) && ib.extents(pos, len)?.iter().all(|e| !e.2);
+        let both_zero = ia.extents(pos, len)?.iter().all(|e| !e.2)
+            && ib.extents(pos, len)?.iter().all(|e| !e.2);
         if !both_zero {
             ia.read(pos, &mut ba[..len as usize])?;
             ib.read(pos, &mut bb[..len as usize])?;
-            if let Some(i) = ba[..len as usize].iter().zip(&bb[..len as usize]).position(|(x, y)| x != y) {
-                return Ok(Comparison::Differ { offset: pos + i as u64 });
+            if let Some(i) = ba[..len as usize]
+                .iter()
+                .zip(&bb[..len as usize])
+                .position(|(x, y)| x != y)
+            {
+                return Ok(Comparison::Differ {
+                    offset: pos + i as u64,
+                });
             }
         }
         pos += len;
@@ -46,8 +61,15 @@ pub fn compare(a: &Path, b: &Path, progress: &dyn Fn(u64, u64)) -> Result<Compar
     while pos < longer.size() && offset.is_none() {
         let len = CHUNK.min(longer.size() - pos);
         longer.read(pos, &mut ba[..len as usize])?;
-        offset = ba[..len as usize].iter().position(|&x| x != 0).map(|i| pos + i as u64);
+        offset = ba[..len as usize]
+            .iter()
+            .position(|&x| x != 0)
+            .map(|i| pos + i as u64);
         pos += len;
     }
-    Ok(Comparison::SizeMismatch { size_a: ia.size(), size_b: ib.size(), offset })
+    Ok(Comparison::SizeMismatch {
+        size_a: ia.size(),
+        size_b: ib.size(),
+        offset,
+    })
 }

@@ -19,7 +19,11 @@ pub enum Format {
 impl Format {
     /// From the file name: `.vhdx`/`.avhdx` → VHDX, anything else → raw.
     pub fn from_path(p: &Path) -> Format {
-        match p.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()) {
+        match p
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(|e| e.to_ascii_lowercase())
+        {
             Some(e) if e == "vhdx" || e == "avhdx" => Format::Vhdx,
             _ => Format::Raw,
         }
@@ -49,17 +53,31 @@ pub struct ConvertSummary {
 const CHUNK: u64 = 8 << 20;
 
 /// Converts `src` to `dst` (which must not exist).
-pub fn convert(src: &Path, dst: &Path, opts: &ConvertOptions, progress: &dyn Fn(u64, u64)) -> Result<ConvertSummary> {
+pub fn convert(
+    src: &Path,
+    dst: &Path,
+    opts: &ConvertOptions,
+    progress: &dyn Fn(u64, u64),
+) -> Result<ConvertSummary> {
     if dst.exists() {
-        bail!("{} already exists; remove it or choose another destination", dst.display());
+        bail!(
+            "{} already exists; remove it or choose another destination",
+            dst.display()
+        );
     }
-    let image = Image::open(src).with_context(|| format!("cannot open source {}", src.display()))?;
+    let image =
+        Image::open(src).with_context(|| format!("cannot open source {}", src.display()))?;
     let size = image.size();
     let mut sink: Box<dyn Sink> = match opts.format {
         Format::Vhdx => {
-            let ss = opts.logical_sector_size.unwrap_or(image.logical_sector_size());
+            let ss = opts
+                .logical_sector_size
+                .unwrap_or(image.logical_sector_size());
             if size % ss as u64 != 0 {
-                bail!("{} is {size} bytes, not a multiple of the {ss}-byte sector a VHDX needs", src.display());
+                bail!(
+                    "{} is {size} bytes, not a multiple of the {ss}-byte sector a VHDX needs",
+                    src.display()
+                );
             }
             let co = CreateOptions {
                 virtual_size: size,
@@ -71,12 +89,17 @@ pub fn convert(src: &Path, dst: &Path, opts: &ConvertOptions, progress: &dyn Fn(
             Box::new(create(&LocalFs, dst, &co)?)
         }
         Format::Raw => {
-            let f = LocalFs.create(dst).with_context(|| format!("cannot create {}", dst.display()))?;
+            let f = LocalFs
+                .create(dst)
+                .with_context(|| format!("cannot create {}", dst.display()))?;
             f.set_len(size)?;
             Box::new(RawSink(f))
         }
     };
-    let mut summary = ConvertSummary { virtual_size: size, ..Default::default() };
+    let mut summary = ConvertSummary {
+        virtual_size: size,
+        ..Default::default()
+    };
     let mut buf = vec![0u8; CHUNK as usize];
     let mut pos = 0;
     while pos < size {
@@ -93,7 +116,8 @@ pub fn convert(src: &Path, dst: &Path, opts: &ConvertOptions, progress: &dyn Fn(
         pos += len;
         progress(pos, size);
     }
-    sink.finish().with_context(|| format!("cannot finish {}", dst.display()))?;
+    sink.finish()
+        .with_context(|| format!("cannot finish {}", dst.display()))?;
     Ok(summary)
 }
 

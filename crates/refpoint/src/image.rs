@@ -16,9 +16,12 @@ pub enum Image {
 
 /// Whether the file at `path` starts with the VHDX signature.
 pub fn is_vhdx(path: &Path) -> Result<bool> {
-    let f = LocalFs.open(path, OpenMode::ReadOnly).with_context(|| format!("cannot open {}", path.display()))?;
+    let f = LocalFs
+        .open(path, OpenMode::ReadOnly)
+        .with_context(|| format!("cannot open {}", path.display()))?;
     let mut sig = [0u8; 8];
-    f.read_at_or_zero(0, &mut sig).with_context(|| format!("cannot read {}", path.display()))?;
+    f.read_at_or_zero(0, &mut sig)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     Ok(&sig == FILE_TYPE_IDENTIFIER_SIGNATURE)
 }
 
@@ -68,8 +71,26 @@ impl Image {
     /// known to read as zeros (`false`).
     pub fn extents(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>> {
         match self {
-            Image::Raw { .. } => Ok(vec![(offset, len, true)]),
-            Image::Vhdx(c) => Ok(c.map(offset, len)?.into_iter().map(|(o, l, layer)| (o, l, layer.is_some())).collect()),
+            Image::Raw { file, .. } => {
+                let mut out = Vec::new();
+                let mut pos = offset;
+                for (o, l) in file.data_ranges(offset, len)? {
+                    if o > pos {
+                        out.push((pos, o - pos, false));
+                    }
+                    out.push((o, l, true));
+                    pos = o + l;
+                }
+                if pos < offset + len {
+                    out.push((pos, offset + len - pos, false));
+                }
+                Ok(out)
+            }
+            Image::Vhdx(c) => Ok(c
+                .map(offset, len)?
+                .into_iter()
+                .map(|(o, l, layer)| (o, l, layer.is_some()))
+                .collect()),
         }
     }
 }
@@ -77,5 +98,8 @@ impl Image {
 /// Whether `b` is all zeros.
 pub fn is_zero(b: &[u8]) -> bool {
     let (chunks, rest) = b.split_at(b.len() / 16 * 16);
-    chunks.chunks_exact(16).all(|c| u128::from_ne_bytes(c.try_into().unwrap()) == 0) && rest.iter().all(|&x| x == 0)
+    chunks
+        .chunks_exact(16)
+        .all(|c| u128::from_ne_bytes(c.try_into().unwrap()) == 0)
+        && rest.iter().all(|&x| x == 0)
 }

@@ -15,6 +15,7 @@
 
 pub mod compare;
 pub mod convert;
+pub mod demo;
 pub mod image;
 pub mod progress;
 pub mod report;

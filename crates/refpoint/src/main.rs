@@ -33,6 +33,16 @@ enum Noun {
     /// Create, inspect, check, convert, compare and merge VHDX files.
     #[command(subcommand)]
     Vhd(Vhd),
+    /// A guided run on local files in the state directory.
+    #[command(subcommand)]
+    Demo(Demo),
+}
+
+#[derive(Subcommand)]
+enum Demo {
+    /// Create a disk, write, take a differencing child, flatten, merge,
+    /// check and convert, in `<state dir>/demo` (./refpoint-data or $REFPOINT_HOME).
+    Run,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -75,7 +85,9 @@ struct CreateArgs {
 #[derive(Subcommand)]
 enum Vhd {
     /// Create a fixed, dynamic or differencing VHDX.
-    #[command(after_help = "Examples:\n  refpoint vhd create disk.vhdx --size 10G\n  refpoint vhd create disk.vhdx --size 1T --block-size 64M --sector-size 4096\n  refpoint vhd create snap.avhdx --parent disk.vhdx")]
+    #[command(
+        after_help = "Examples:\n  refpoint vhd create disk.vhdx --size 10G\n  refpoint vhd create disk.vhdx --size 1T --block-size 64M --sector-size 4096\n  refpoint vhd create snap.avhdx --parent disk.vhdx"
+    )]
     Create(CreateArgs),
     /// Show a VHDX file's parameters, allocation and chain.
     Info {
@@ -85,10 +97,12 @@ enum Vhd {
         json: bool,
     },
     /// Check a VHDX file's structure; exits 0 only if it is valid.
-    #[command(after_help = "Exit status: 0 valid, 2 problems found, 1 the check itself failed.\n\
+    #[command(
+        after_help = "Exit status: 0 valid, 2 problems found, 1 the check itself failed.\n\
 --repair replays the log, rewrites a damaged header or region table copy from the good one,\n\
 and turns BAT entries that point outside the file into zero blocks. It never touches a file\n\
-with problems it cannot repair safely.")]
+with problems it cannot repair safely."
+    )]
     Check {
         path: PathBuf,
         /// Repair what can be repaired without losing data.
@@ -104,10 +118,12 @@ with problems it cannot repair safely.")]
         json: bool,
     },
     /// Convert between raw and VHDX, or flatten a differencing chain.
-    #[command(after_help = "SRC may be raw, VHDX or the newest file of a differencing chain (the whole chain is read).\n\
+    #[command(
+        after_help = "SRC may be raw, VHDX or the newest file of a differencing chain (the whole chain is read).\n\
 The output format follows DST's extension (.vhdx/.avhdx → VHDX, else raw) unless --format is given.\n\
 Zero ranges are not written, so outputs stay sparse.\n\n\
-Examples:\n  refpoint vhd convert disk.img disk.vhdx\n  refpoint vhd convert snap.avhdx flat.vhdx --block-size 1M\n  refpoint vhd convert disk.vhdx disk.img")]
+Examples:\n  refpoint vhd convert disk.img disk.vhdx\n  refpoint vhd convert snap.avhdx flat.vhdx --block-size 1M\n  refpoint vhd convert disk.vhdx disk.img"
+    )]
     Convert {
         src: PathBuf,
         dst: PathBuf,
@@ -137,9 +153,11 @@ Examples:\n  refpoint vhd convert disk.img disk.vhdx\n  refpoint vhd convert sna
         json: bool,
     },
     /// Merge a differencing disk into its parent, then remove it.
-    #[command(after_help = "The merge is crash-safe: if it is interrupted, the child still opens on top of its\n\
+    #[command(
+        after_help = "The merge is crash-safe: if it is interrupted, the child still opens on top of its\n\
 parent with the same content, and running the same command again finishes it.\n\
-Other children of the same parent become invalid, as the parent's content changes.")]
+Other children of the same parent become invalid, as the parent's content changes."
+    )]
     Merge {
         child: PathBuf,
         /// Keep the child file after the merge (it stays valid on top of the parent).
@@ -161,7 +179,10 @@ fn main() -> ExitCode {
 }
 
 fn block_size(v: u64) -> Result<u32> {
-    u32::try_from(v).ok().filter(|b| b.is_power_of_two()).with_context(|| format!("block size {v} must be a power of two from 1M to 256M"))
+    u32::try_from(v)
+        .ok()
+        .filter(|b| b.is_power_of_two())
+        .with_context(|| format!("block size {v} must be a power of two from 1M to 256M"))
 }
 
 fn disk_type(t: TypeArg) -> DiskType {
@@ -179,6 +200,10 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.noun {
         Noun::Vhd(cmd) => vhd(cmd),
+        Noun::Demo(Demo::Run) => {
+            refpoint::demo::run(&refpoint::demo::state_dir())?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -218,14 +243,22 @@ fn vhd(cmd: Vhd) -> Result<ExitCode> {
             }
         }
         Vhd::Check { path, repair, json } => {
-            let r = if repair { vhdx::repair(&LocalFs, &path)? } else { vhdx::check(&LocalFs, &path)? };
+            let r = if repair {
+                vhdx::repair(&LocalFs, &path)?
+            } else {
+                vhdx::check(&LocalFs, &path)?
+            };
             let out = report::CheckOutput::new(&path, r);
             if json {
                 print_json(&out)?;
             } else {
                 print!("{}", out.to_text());
             }
-            return Ok(if out.valid { ExitCode::SUCCESS } else { ExitCode::from(2) });
+            return Ok(if out.valid {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            });
         }
         Vhd::Map { path, json } => {
             let m = report::map(&path)?;
@@ -234,11 +267,26 @@ fn vhd(cmd: Vhd) -> Result<ExitCode> {
             } else {
                 println!("{:>20} {:>20}  {:<5} file", "offset", "length", "data");
                 for e in m {
-                    println!("{:>#20x} {:>#20x}  {:<5} {}", e.offset, e.length, e.data, e.file.unwrap_or_default());
+                    println!(
+                        "{:>#20x} {:>#20x}  {:<5} {}",
+                        e.offset,
+                        e.length,
+                        e.data,
+                        e.file.unwrap_or_default()
+                    );
                 }
             }
         }
-        Vhd::Convert { src, dst, format, disk_type: t, block_size: bs, sector_size, physical_sector_size, json } => {
+        Vhd::Convert {
+            src,
+            dst,
+            format,
+            disk_type: t,
+            block_size: bs,
+            sector_size,
+            physical_sector_size,
+            json,
+        } => {
             let format = match format {
                 Some(FormatArg::Vhdx) => Format::Vhdx,
                 Some(FormatArg::Raw) => Format::Raw,
@@ -304,8 +352,14 @@ fn vhd(cmd: Vhd) -> Result<ExitCode> {
             } else {
                 match &r {
                     Comparison::Identical { .. } => println!("Images are identical."),
-                    Comparison::Differ { offset } => println!("Content mismatch at offset {offset} ({offset:#x})."),
-                    Comparison::SizeMismatch { size_a, size_b, offset } => {
+                    Comparison::Differ { offset } => {
+                        println!("Content mismatch at offset {offset} ({offset:#x}).")
+                    }
+                    Comparison::SizeMismatch {
+                        size_a,
+                        size_b,
+                        offset,
+                    } => {
                         println!("Image sizes differ: {size_a} and {size_b} bytes.");
                         match offset {
                             Some(o) => println!("The longer image holds data at offset {o} ({o:#x}) beyond the shorter one."),
@@ -314,9 +368,17 @@ fn vhd(cmd: Vhd) -> Result<ExitCode> {
                     }
                 }
             }
-            return Ok(if matches!(r, Comparison::Identical { .. }) { ExitCode::SUCCESS } else { ExitCode::from(1) });
+            return Ok(if matches!(r, Comparison::Identical { .. }) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
         }
-        Vhd::Merge { child, keep_child, json } => {
+        Vhd::Merge {
+            child,
+            keep_child,
+            json,
+        } => {
             let pb = bar(0, "merge", json);
             let r = vhdx::merge_into_parent(&LocalFs, &child, !keep_child, &mut |done, total| {
                 pb.set_length(total);
@@ -329,8 +391,17 @@ fn vhd(cmd: Vhd) -> Result<ExitCode> {
                     "resumed": r.resumed, "child_removed": r.child_removed,
                 }))?;
             } else {
-                let resumed = if r.resumed { " (resumed an interrupted merge)" } else { "" };
-                println!("merged {} into {}{resumed}: {} merged", child.display(), r.parent.display(), human(r.bytes_merged));
+                let resumed = if r.resumed {
+                    " (resumed an interrupted merge)"
+                } else {
+                    ""
+                };
+                println!(
+                    "merged {} into {}{resumed}: {} merged",
+                    child.display(),
+                    r.parent.display(),
+                    human(r.bytes_merged)
+                );
                 if r.child_removed {
                     println!("removed {}", child.display());
                 }

@@ -64,7 +64,10 @@ pub fn info(path: &Path) -> Result<Info> {
     }
     let mut chain = vec![path.display().to_string()];
     let parent = v.parent_locator().map(|loc| {
-        let (l1, l2) = loc.linkages().map(|(a, b)| (a.to_string(), b.map(|b| b.to_string()))).unwrap_or_default();
+        let (l1, l2) = loc
+            .linkages()
+            .map(|(a, b)| (a.to_string(), b.map(|b| b.to_string())))
+            .unwrap_or_default();
         let (resolved, error) = match Chain::open(&LocalFs, path, false) {
             Ok(c) => {
                 chain = c.layers().iter().map(|l| l.name().to_string()).collect();
@@ -76,7 +79,9 @@ pub fn info(path: &Path) -> Result<Info> {
             parent_linkage: l1,
             parent_linkage2: l2,
             relative_path: loc.get(vhdx::locator::RELATIVE_PATH).map(String::from),
-            absolute_path: loc.get(vhdx::locator::ABSOLUTE_WIN32_PATH).map(String::from),
+            absolute_path: loc
+                .get(vhdx::locator::ABSOLUTE_WIN32_PATH)
+                .map(String::from),
             resolved,
             error,
         }
@@ -93,12 +98,21 @@ pub fn info(path: &Path) -> Result<Info> {
         virtual_disk_id: v.disk_id().to_string(),
         data_write_guid: v.data_write_guid().to_string(),
         file_write_guid: v.header().file_write_guid.to_string(),
-        log: if v.log_was_replayed() { "dirty" } else { "clean" },
+        log: if v.log_was_replayed() {
+            "dirty"
+        } else {
+            "clean"
+        },
         blocks_total: g.payload_blocks,
         blocks_allocated: allocated,
         blocks_zero: zero,
         blocks_partially_present: partial,
-        user_metadata_items: v.metadata_table().entries.iter().filter(|e| e.is_user).count(),
+        user_metadata_items: v
+            .metadata_table()
+            .entries
+            .iter()
+            .filter(|e| e.is_user)
+            .count(),
         parent,
         chain,
     })
@@ -109,14 +123,26 @@ impl Info {
         let mut s = String::new();
         let _ = writeln!(s, "image:                {}", self.path);
         let _ = writeln!(s, "format:               vhdx ({})", self.disk_type);
-        let _ = writeln!(s, "virtual size:         {} ({} bytes)", human(self.virtual_size), self.virtual_size);
+        let _ = writeln!(
+            s,
+            "virtual size:         {} ({} bytes)",
+            human(self.virtual_size),
+            self.virtual_size
+        );
         let _ = writeln!(s, "file size:            {}", human(self.file_size));
         let _ = writeln!(s, "block size:           {}", human(self.block_size as u64));
-        let _ = writeln!(s, "sector size:          {} logical, {} physical", self.logical_sector_size, self.physical_sector_size);
+        let _ = writeln!(
+            s,
+            "sector size:          {} logical, {} physical",
+            self.logical_sector_size, self.physical_sector_size
+        );
         let _ = writeln!(
             s,
             "blocks:               {} of {} allocated ({} partially present), {} zero",
-            self.blocks_allocated, self.blocks_total, self.blocks_partially_present, self.blocks_zero
+            self.blocks_allocated,
+            self.blocks_total,
+            self.blocks_partially_present,
+            self.blocks_zero
         );
         let _ = writeln!(s, "virtual disk id:      {}", self.virtual_disk_id);
         let _ = writeln!(s, "data write guid:      {}", self.data_write_guid);
@@ -127,7 +153,10 @@ impl Info {
         if let Some(p) = &self.parent {
             let _ = writeln!(s, "parent linkage:       {}", p.parent_linkage);
             if let Some(l2) = &p.parent_linkage2 {
-                let _ = writeln!(s, "parent linkage 2:     {l2} (a merge into the parent was started)");
+                let _ = writeln!(
+                    s,
+                    "parent linkage 2:     {l2} (a merge into the parent was started)"
+                );
             }
             match (&p.resolved, &p.error) {
                 (Some(r), _) => {
@@ -161,11 +190,20 @@ pub struct MapEntry {
 /// Maps the whole virtual disk of `path` through its chain.
 pub fn map(path: &Path) -> Result<Vec<MapEntry>> {
     let chain = Chain::open(&LocalFs, path, false)?;
-    let names: Vec<String> = chain.layers().iter().map(|l| l.name().to_string()).collect();
+    let names: Vec<String> = chain
+        .layers()
+        .iter()
+        .map(|l| l.name().to_string())
+        .collect();
     Ok(chain
         .map(0, chain.virtual_size())?
         .into_iter()
-        .map(|(offset, length, layer)| MapEntry { offset, length, data: layer.is_some(), file: layer.map(|l| names[l].clone()) })
+        .map(|(offset, length, layer)| MapEntry {
+            offset,
+            length,
+            data: layer.is_some(),
+            file: layer.map(|l| names[l].clone()),
+        })
         .collect())
 }
 
@@ -196,7 +234,11 @@ impl CheckOutput {
             problems: r
                 .problems
                 .into_iter()
-                .map(|p| ProblemOut { offset: p.offset, problem: p.what, repairable: p.repairable })
+                .map(|p| ProblemOut {
+                    offset: p.offset,
+                    problem: p.what,
+                    repairable: p.repairable,
+                })
                 .collect(),
             notes: r.notes,
             repaired: r.repaired,
@@ -211,16 +253,29 @@ impl CheckOutput {
             let _ = writeln!(s, "repaired: {r}");
         }
         for p in &self.problems {
-            let fix = if p.repairable { " (repairable with --repair)" } else { "" };
+            let fix = if p.repairable {
+                " (repairable with --repair)"
+            } else {
+                ""
+            };
             let _ = writeln!(s, "ERROR at offset {:#x}: {}{fix}", p.offset, p.problem);
         }
         for n in &self.notes {
             let _ = writeln!(s, "note: {n}");
         }
         if self.valid {
-            let _ = writeln!(s, "No errors were found on the image. {} blocks allocated.", self.allocated_blocks);
+            let _ = writeln!(
+                s,
+                "No errors were found on the image. {} blocks allocated.",
+                self.allocated_blocks
+            );
         } else {
-            let _ = writeln!(s, "{} error(s) found in {}.", self.problems.len(), self.path);
+            let _ = writeln!(
+                s,
+                "{} error(s) found in {}.",
+                self.problems.len(),
+                self.path
+            );
         }
         if self.leaked_bytes > 0 {
             let _ = writeln!(s, "{} of file space is not used by any structure (freed blocks or gaps; `vhd convert` compacts).", human(self.leaked_bytes));

@@ -4,7 +4,10 @@
 /// Parses a size; the error says what was wrong.
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let t = s.trim();
-    let t = t.strip_suffix("iB").or_else(|| t.strip_suffix('B')).unwrap_or(t);
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
     let (num, mul) = match t.chars().last() {
         Some(c) if c.is_ascii_alphabetic() => {
             let shift = match c.to_ascii_uppercase() {
@@ -13,14 +16,22 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
                 'G' => 30,
                 'T' => 40,
                 'P' => 50,
-                _ => return Err(format!("unknown size suffix {c:?} in {s:?} (use K, M, G or T)")),
+                _ => {
+                    return Err(format!(
+                        "unknown size suffix {c:?} in {s:?} (use K, M, G or T)"
+                    ))
+                }
             };
             (&t[..t.len() - 1], 1u64 << shift)
         }
         _ => (t, 1),
     };
-    let n: u64 = num.trim().parse().map_err(|_| format!("{s:?} is not a size (examples: 10G, 512M, 4096)"))?;
-    n.checked_mul(mul).ok_or_else(|| format!("{s:?} is too large"))
+    let n: u64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (examples: 10G, 512M, 4096)"))?;
+    n.checked_mul(mul)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// `1.5 GiB`-style rendering for humans.

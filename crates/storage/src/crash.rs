@@ -122,7 +122,9 @@ impl SimHandle {
     fn live(&self) -> io::Result<MutexGuard<'_, FileState>> {
         let st = self.file.lock();
         if st.epoch != self.epoch {
-            return Err(io::Error::other("simulated crash: this handle died with its process"));
+            return Err(io::Error::other(
+                "simulated crash: this handle died with its process",
+            ));
         }
         Ok(st)
     }
@@ -144,7 +146,10 @@ impl SimHandle {
         if self.writable {
             Ok(())
         } else {
-            Err(io::Error::new(io::ErrorKind::PermissionDenied, "file opened read-only"))
+            Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "file opened read-only",
+            ))
         }
     }
 
@@ -166,7 +171,10 @@ impl Storage for SimHandle {
             .checked_add(buf.len() as u64)
             .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
         if end > st.current.len() as u64 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "read past end of file"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "read past end of file",
+            ));
         }
         buf.copy_from_slice(&st.current[offset as usize..end as usize]);
         Ok(())
@@ -180,7 +188,10 @@ impl Storage for SimHandle {
         if end > st.current.len() as u64 {
             self.check_capacity(end)?;
         }
-        let op = Op::Write { offset, data: buf.to_vec() };
+        let op = Op::Write {
+            offset,
+            data: buf.to_vec(),
+        };
         apply(&mut st.current, &op);
         st.pending.push(op);
         st.writes += 1;
@@ -228,7 +239,11 @@ impl CrashFs {
     }
 
     pub fn with_options(options: CrashOptions) -> Self {
-        Self { files: Default::default(), options, budget: Default::default() }
+        Self {
+            files: Default::default(),
+            options,
+            budget: Default::default(),
+        }
     }
 
     fn files(&self) -> MutexGuard<'_, HashMap<PathBuf, Arc<SimFile>>> {
@@ -278,12 +293,20 @@ impl CrashFs {
 
     fn handle(&self, file: Arc<SimFile>, writable: bool) -> Arc<dyn Storage> {
         let epoch = file.lock().epoch;
-        Arc::new(SimHandle { file, epoch, writable, budget: self.budget.clone() })
+        Arc::new(SimHandle {
+            file,
+            epoch,
+            writable,
+            budget: self.budget.clone(),
+        })
     }
 }
 
 fn not_found(path: &Path) -> io::Error {
-    io::Error::new(io::ErrorKind::NotFound, format!("{}: no such file", path.display()))
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{}: no such file", path.display()),
+    )
 }
 
 impl Fs for CrashFs {
@@ -301,7 +324,10 @@ impl Fs for CrashFs {
     }
 
     fn remove(&self, path: &Path) -> io::Result<()> {
-        self.files().remove(path).map(|_| ()).ok_or_else(|| not_found(path))
+        self.files()
+            .remove(path)
+            .map(|_| ())
+            .ok_or_else(|| not_found(path))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
@@ -328,7 +354,9 @@ mod tests {
         let p = Path::new("/d");
         for seed in 0..200 {
             let mut rng = SmallRng::seed_from_u64(seed);
-            let f = fs.create(p).unwrap_or_else(|_| fs.open(p, OpenMode::ReadWrite).unwrap());
+            let f = fs
+                .create(p)
+                .unwrap_or_else(|_| fs.open(p, OpenMode::ReadWrite).unwrap());
             f.set_len(0).unwrap();
             f.write_at(0, &[1u8; 2048]).unwrap();
             f.flush().unwrap();
@@ -363,16 +391,27 @@ mod tests {
                 _ => torn += 1,
             }
         }
-        assert!(dropped > 20 && kept > 20 && torn > 20, "{dropped} {kept} {torn}");
+        assert!(
+            dropped > 20 && kept > 20 && torn > 20,
+            "{dropped} {kept} {torn}"
+        );
     }
 
     #[test]
     fn capacity_gives_storage_full() {
-        let fs = CrashFs::with_options(CrashOptions { capacity: Some(8192) });
+        let fs = CrashFs::with_options(CrashOptions {
+            capacity: Some(8192),
+        });
         let f = fs.create(Path::new("/d")).unwrap();
         f.write_at(0, &[1; 8192]).unwrap();
-        assert_eq!(f.write_at(8000, &[1; 500]).unwrap_err().kind(), io::ErrorKind::StorageFull);
-        assert_eq!(f.set_len(1 << 20).unwrap_err().kind(), io::ErrorKind::StorageFull);
+        assert_eq!(
+            f.write_at(8000, &[1; 500]).unwrap_err().kind(),
+            io::ErrorKind::StorageFull
+        );
+        assert_eq!(
+            f.set_len(1 << 20).unwrap_err().kind(),
+            io::ErrorKind::StorageFull
+        );
         assert_eq!(f.len().unwrap(), 8192);
     }
 

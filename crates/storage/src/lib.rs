@@ -50,6 +50,7 @@ pub const TEAR_SECTOR: usize = 512;
 
 /// Positional access to one file. All methods take `&self`, so one handle can
 /// be shared between threads.
+#[allow(clippy::len_without_is_empty)] // a file length, not a collection
 pub trait Storage: Send + Sync {
     /// Reads exactly `buf.len()` bytes at `offset`; fails with
     /// [`io::ErrorKind::UnexpectedEof`] if the file is shorter.
@@ -62,6 +63,13 @@ pub trait Storage: Send + Sync {
     fn len(&self) -> io::Result<u64>;
     /// Truncates or extends (with zeros) the file.
     fn set_len(&self, len: u64) -> io::Result<()>;
+
+    /// The parts of `offset..offset+len` that may hold data; the rest is
+    /// known to read as zeros (holes of a sparse file). The default knows
+    /// no holes.
+    fn data_ranges(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, u64)>> {
+        Ok(vec![(offset, len)])
+    }
 
     /// Like [`Storage::read_at`], but the part of `buf` past the end of the
     /// file is filled with zeros instead of failing.

@@ -44,6 +44,33 @@ impl Storage for LocalFile {
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.file.set_len(len)
     }
+
+    /// Asks the file system for data and holes (`SEEK_DATA`/`SEEK_HOLE`);
+    /// file systems without support report the whole range as data.
+    fn data_ranges(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, u64)>> {
+        use nix::unistd::{lseek, Whence};
+        use std::os::fd::AsRawFd;
+        let end = offset + len;
+        let mut out = Vec::new();
+        let mut pos = offset;
+        while pos < end {
+            let data = match lseek(self.file.as_raw_fd(), pos as i64, Whence::SeekData) {
+                Ok(d) => d as u64,
+                Err(nix::errno::Errno::ENXIO) => break, // only a hole remains
+                Err(_) => return Ok(vec![(offset, len)]),
+            };
+            if data >= end {
+                break;
+            }
+            let hole = match lseek(self.file.as_raw_fd(), data as i64, Whence::SeekHole) {
+                Ok(h) => (h as u64).min(end),
+                Err(_) => end,
+            };
+            out.push((data, hole - data));
+            pos = hole;
+        }
+        Ok(out)
+    }
 }
 
 /// The local file system.
@@ -103,6 +130,11 @@ mod tests {
             io::ErrorKind::UnexpectedEof
         );
         assert!(LocalFs.create(&path).is_err(), "create must not clobber");
+        let ranges = f.data_ranges(0, 4101).unwrap();
+        assert!(
+            ranges.iter().any(|&(o, l)| o <= 4096 && o + l >= 4101),
+            "{ranges:?}"
+        );
         let ro = LocalFs.open(&path, OpenMode::ReadOnly).unwrap();
         assert!(ro.write_at(0, b"x").is_err());
     }

@@ -88,7 +88,12 @@ pub struct BatGeometry {
 }
 
 impl BatGeometry {
-    pub fn new(block_size: u32, logical_sector_size: u32, virtual_disk_size: u64, has_parent: bool) -> Self {
+    pub fn new(
+        block_size: u32,
+        logical_sector_size: u32,
+        virtual_disk_size: u64,
+        has_parent: bool,
+    ) -> Self {
         let chunk_ratio = SECTORS_PER_BITMAP_BLOCK * logical_sector_size as u64 / block_size as u64;
         let payload_blocks = virtual_disk_size.div_ceil(block_size as u64);
         Self {
@@ -130,7 +135,7 @@ impl BatGeometry {
 
     /// Whether BAT index `i` is a sector bitmap entry.
     pub fn is_sector_bitmap_index(&self, i: usize) -> bool {
-        (i as u64 + 1) % (self.chunk_ratio + 1) == 0
+        (i as u64 + 1).is_multiple_of(self.chunk_ratio + 1)
     }
 
     /// The payload block number of a payload BAT index.
@@ -177,7 +182,10 @@ mod tests {
         assert_eq!(d.sector_bitmap_blocks, 3);
         assert_eq!(d.total_entries(), 3 * 129);
         // 4 KB sectors, 1 MB blocks: chunk ratio 32768.
-        assert_eq!(BatGeometry::new(1 << 20, 4096, GIB, false).chunk_ratio, 32768);
+        assert_eq!(
+            BatGeometry::new(1 << 20, 4096, GIB, false).chunk_ratio,
+            32768
+        );
         for i in 0..2000usize {
             let g = BatGeometry::new(1 << 20, 512, 4 * GIB, true);
             if !g.is_sector_bitmap_index(i) {

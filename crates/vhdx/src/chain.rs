@@ -26,8 +26,13 @@ pub struct Chain {
 /// Where a differencing file's parent should be: each locator path in the
 /// order §2.6.2.6.3 gives (relative first, then absolute).
 pub fn parent_candidates(child_path: &Path, child: &Vhdx) -> Vec<PathBuf> {
-    let Some(loc) = child.parent_locator() else { return vec![] };
-    let dir = absolute(child_path).parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("/"));
+    let Some(loc) = child.parent_locator() else {
+        return vec![];
+    };
+    let dir = absolute(child_path)
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("/"));
     let mut out = Vec::new();
     if let Some(rel) = loc.get(RELATIVE_PATH) {
         out.push(normalize(&dir.join(from_locator_path(rel))));
@@ -43,7 +48,12 @@ pub fn parent_candidates(child_path: &Path, child: &Vhdx) -> Vec<PathBuf> {
 
 /// Finds and opens the parent of `child` (read-only unless `writable`),
 /// checking its DataWriteGuid against the child's linkage.
-pub fn open_parent(fs: &dyn Fs, child_path: &Path, child: &Vhdx, writable: bool) -> Result<(PathBuf, Vhdx)> {
+pub fn open_parent(
+    fs: &dyn Fs,
+    child_path: &Path,
+    child: &Vhdx,
+    writable: bool,
+) -> Result<(PathBuf, Vhdx)> {
     let tried = parent_candidates(child_path, child);
     let Some(path) = tried.iter().find(|p| fs.exists(p)).cloned() else {
         return Err(Error::ParentNotFound {
@@ -56,7 +66,11 @@ pub fn open_parent(fs: &dyn Fs, child_path: &Path, child: &Vhdx, writable: bool)
         .parent_locator()
         .expect("differencing disk has a locator")
         .linkages()
-        .map_err(|kind| Error::Corrupt { file: child.name().to_string(), offset: 0, kind })?;
+        .map_err(|kind| Error::Corrupt {
+            file: child.name().to_string(),
+            offset: 0,
+            kind,
+        })?;
     let found = parent.data_write_guid();
     if found != l1 && Some(found) != l2 {
         return Err(Error::ParentMismatch {
@@ -66,7 +80,9 @@ pub fn open_parent(fs: &dyn Fs, child_path: &Path, child: &Vhdx, writable: bool)
             found,
         });
     }
-    if parent.logical_sector_size() != child.logical_sector_size() || parent.virtual_size() != child.virtual_size() {
+    if parent.logical_sector_size() != child.logical_sector_size()
+        || parent.virtual_size() != child.virtual_size()
+    {
         return Err(Error::BadChain {
             file: child.name().to_string(),
             why: format!(
@@ -92,7 +108,9 @@ impl Chain {
             if layers.len() >= MAX_CHAIN_DEPTH {
                 return Err(Error::BadChain {
                     file: path.display().to_string(),
-                    why: format!("chain is deeper than {MAX_CHAIN_DEPTH} files (a parent locator loop?)"),
+                    why: format!(
+                        "chain is deeper than {MAX_CHAIN_DEPTH} files (a parent locator loop?)"
+                    ),
                 });
             }
             let (ppath, parent) = open_parent(fs, &current, layers.last().unwrap(), false)?;
@@ -139,7 +157,9 @@ impl Chain {
             match x.source {
                 Source::File(f) => v.read_file_data(f, b)?,
                 Source::Zero => b.fill(0),
-                Source::Parent if layer + 1 < self.layers.len() => self.read_layer(layer + 1, x.offset, b)?,
+                Source::Parent if layer + 1 < self.layers.len() => {
+                    self.read_layer(layer + 1, x.offset, b)?
+                }
                 Source::Parent => b.fill(0),
             }
         }
@@ -154,12 +174,20 @@ impl Chain {
         Ok(out)
     }
 
-    fn map_layer(&self, layer: usize, offset: u64, len: u64, out: &mut Vec<(u64, u64, Option<usize>)>) -> Result<()> {
+    fn map_layer(
+        &self,
+        layer: usize,
+        offset: u64,
+        len: u64,
+        out: &mut Vec<(u64, u64, Option<usize>)>,
+    ) -> Result<()> {
         for x in self.layers[layer].resolve(offset, len)? {
             match x.source {
                 Source::File(_) => push_run(out, x.offset, x.len, Some(layer)),
                 Source::Zero => push_run(out, x.offset, x.len, None),
-                Source::Parent if layer + 1 < self.layers.len() => self.map_layer(layer + 1, x.offset, x.len, out)?,
+                Source::Parent if layer + 1 < self.layers.len() => {
+                    self.map_layer(layer + 1, x.offset, x.len, out)?
+                }
                 Source::Parent => push_run(out, x.offset, x.len, None),
             }
         }
@@ -170,7 +198,7 @@ impl Chain {
     /// needs partial sectors filled (differencing disks only).
     fn unaligned(&self, offset: u64, len: u64) -> bool {
         let ss = self.logical_sector_size() as u64;
-        self.top().parent_locator().is_some() && (offset % ss != 0 || len % ss != 0)
+        self.top().parent_locator().is_some() && (!offset.is_multiple_of(ss) || !len.is_multiple_of(ss))
     }
 
     /// Writes to the top file; partial sectors of a differencing top are

@@ -38,19 +38,25 @@ impl CheckReport {
         self.problems.is_empty()
     }
     fn problem(&mut self, offset: u64, what: impl Into<String>, repairable: bool) {
-        self.problems.push(Problem { offset, what: what.into(), repairable });
+        self.problems.push(Problem {
+            offset,
+            what: what.into(),
+            repairable,
+        });
     }
 }
 
 /// Checks the file at `path` without modifying it.
 pub fn check(fs: &dyn Fs, path: &Path) -> Result<CheckReport> {
     let name = path.display().to_string();
-    let file = fs.open(path, OpenMode::ReadOnly).map_err(|source| Error::Io {
-        file: name.clone(),
-        op: "opening",
-        offset: 0,
-        source,
-    })?;
+    let file = fs
+        .open(path, OpenMode::ReadOnly)
+        .map_err(|source| Error::Io {
+            file: name.clone(),
+            op: "opening",
+            offset: 0,
+            source,
+        })?;
     check_storage(file, &name)
 }
 
@@ -58,7 +64,12 @@ fn check_storage(file: Arc<dyn Storage>, name: &str) -> Result<CheckReport> {
     let mut r = CheckReport::default();
     let io = |op: &'static str, offset: u64| {
         let name = name.to_string();
-        move |source| Error::Io { file: name, op, offset, source }
+        move |source| Error::Io {
+            file: name,
+            op,
+            offset,
+            source,
+        }
     };
     let mut id = vec![0u8; FileTypeIdentifier::SIZE];
     file.read_at_or_zero(0, &mut id).map_err(io("reading", 0))?;
@@ -69,7 +80,8 @@ fn check_storage(file: Arc<dyn Storage>, name: &str) -> Result<CheckReport> {
     let mut headers = Vec::new();
     for off in HEADER_OFFSETS {
         let mut b = vec![0u8; HEADER_SIZE];
-        file.read_at_or_zero(off, &mut b).map_err(io("reading a header", off))?;
+        file.read_at_or_zero(off, &mut b)
+            .map_err(io("reading a header", off))?;
         match Header::parse(&b) {
             Ok(h) => headers.push(h),
             Err(k) => r.problem(off, format!("header copy: {k}"), true),
@@ -88,7 +100,8 @@ fn check_storage(file: Arc<dyn Storage>, name: &str) -> Result<CheckReport> {
     }
     for off in REGION_TABLE_OFFSETS {
         let mut b = vec![0u8; REGION_TABLE_SIZE];
-        file.read_at_or_zero(off, &mut b).map_err(io("reading a region table", off))?;
+        file.read_at_or_zero(off, &mut b)
+            .map_err(io("reading a region table", off))?;
         if let Err(k) = RegionTable::parse(&b) {
             r.problem(off, format!("region table copy: {k}"), true);
         }
@@ -96,7 +109,11 @@ fn check_storage(file: Arc<dyn Storage>, name: &str) -> Result<CheckReport> {
     let v = match Vhdx::open_storage(file, name.to_string(), false, Strictness::Lenient) {
         Ok(v) => v,
         Err(Error::Corrupt { offset, kind, .. }) => {
-            if !r.problems.iter().any(|p| p.what.ends_with(&kind.to_string())) {
+            if !r
+                .problems
+                .iter()
+                .any(|p| p.what.ends_with(&kind.to_string()))
+            {
                 r.problem(offset, kind.to_string(), false);
             }
             return Ok(r);
@@ -106,7 +123,12 @@ fn check_storage(file: Arc<dyn Storage>, name: &str) -> Result<CheckReport> {
     // Re-reading the region copies through the replayed log may show that a
     // damaged copy is only damaged on disk; keep the on-disk finding.
     for (off, kind) in v.bat_problems() {
-        let repairable = matches!(kind, Corruption::BatPastEof { .. } | Corruption::BatInHeaderSection { .. } | Corruption::BatReservedBits { .. });
+        let repairable = matches!(
+            kind,
+            Corruption::BatPastEof { .. }
+                | Corruption::BatInHeaderSection { .. }
+                | Corruption::BatReservedBits { .. }
+        );
         r.problem(off, kind.to_string(), repairable);
     }
     check_overlaps(&v, &mut r);
@@ -121,36 +143,66 @@ fn check_overlaps(v: &Vhdx, r: &mut CheckReport) {
         .region_table
         .entries
         .iter()
-        .map(|e| (e.file_offset, e.file_offset + e.length as u64, format!("region {}", e.guid)))
+        .map(|e| {
+            (
+                e.file_offset,
+                e.file_offset + e.length as u64,
+                format!("region {}", e.guid),
+            )
+        })
         .collect();
-    spans.push((v.header.log_offset, v.header.log_offset + v.header.log_length as u64, "the log".into()));
+    spans.push((
+        v.header.log_offset,
+        v.header.log_offset + v.header.log_length as u64,
+        "the log".into(),
+    ));
     let mut used = 0u64;
     for (i, e) in v.bat.iter().enumerate() {
         let sb = g.is_sector_bitmap_index(i);
         let allocated = if sb {
             e.state() == SB_BLOCK_PRESENT
         } else {
-            matches!(e.state(), PAYLOAD_BLOCK_FULLY_PRESENT | PAYLOAD_BLOCK_PARTIALLY_PRESENT)
+            matches!(
+                e.state(),
+                PAYLOAD_BLOCK_FULLY_PRESENT | PAYLOAD_BLOCK_PARTIALLY_PRESENT
+            )
         };
         if !allocated || e.file_offset() < HEADER_SECTION_SIZE {
             continue;
         }
-        let len = if sb { SECTOR_BITMAP_BLOCK_SIZE } else { g.block_size as u64 };
+        let len = if sb {
+            SECTOR_BITMAP_BLOCK_SIZE
+        } else {
+            g.block_size as u64
+        };
         used += len;
         if !sb {
             r.allocated_blocks += 1;
         }
-        let what = if sb { format!("sector bitmap block {}", i as u64 / (g.chunk_ratio + 1)) } else { format!("payload block {}", g.block_of_index(i)) };
+        let what = if sb {
+            format!("sector bitmap block {}", i as u64 / (g.chunk_ratio + 1))
+        } else {
+            format!("payload block {}", g.block_of_index(i))
+        };
         spans.push((e.file_offset(), e.file_offset() + len, what));
     }
     spans.sort();
     for w in spans.windows(2) {
         if w[1].0 < w[0].1 {
-            r.problem(w[1].0, Corruption::Overlap(format!("{} and {} use the same file space", w[0].2, w[1].2)).to_string(), false);
+            r.problem(
+                w[1].0,
+                Corruption::Overlap(format!("{} and {} use the same file space", w[0].2, w[1].2))
+                    .to_string(),
+                false,
+            );
         }
     }
     let structures: u64 = HEADER_SECTION_SIZE
-        + v.region_table.entries.iter().map(|e| e.length as u64).sum::<u64>()
+        + v.region_table
+            .entries
+            .iter()
+            .map(|e| e.length as u64)
+            .sum::<u64>()
         + v.header.log_length as u64;
     r.leaked_bytes = v.eof.saturating_sub(structures + used);
 }
@@ -166,15 +218,23 @@ pub fn repair(fs: &dyn Fs, path: &Path) -> Result<CheckReport> {
     }
     let mut repaired = Vec::new();
     let name = path.display().to_string();
-    let file = fs.open(path, OpenMode::ReadWrite).map_err(|source| Error::Io {
-        file: name.clone(),
-        op: "opening for repair",
-        offset: 0,
-        source,
-    })?;
-    if before.problems.iter().any(|p| p.what == Corruption::NoValidLogSequence.to_string()) {
+    let file = fs
+        .open(path, OpenMode::ReadWrite)
+        .map_err(|source| Error::Io {
+            file: name.clone(),
+            op: "opening for repair",
+            offset: 0,
+            source,
+        })?;
+    if before
+        .problems
+        .iter()
+        .any(|p| p.what == Corruption::NoValidLogSequence.to_string())
+    {
         clear_log_guid(&*file, &name)?;
-        repaired.push("cleared the header's LogGuid: the log held no valid entry to replay".to_string());
+        repaired.push(
+            "cleared the header's LogGuid: the log held no valid entry to replay".to_string(),
+        );
     }
     let mut v = Vhdx::open_storage(file, name.clone(), true, Strictness::Lenient)?;
     if v.log_replayed {
@@ -184,21 +244,32 @@ pub fn repair(fs: &dyn Fs, path: &Path) -> Result<CheckReport> {
     for copy in v.bad_region_copies.clone() {
         let bytes = v.region_table.to_bytes();
         v.stage_meta_bytes(REGION_TABLE_OFFSETS[copy], &bytes)?;
-        repaired.push(format!("rewrote region table copy {} from the good copy", copy + 1));
+        repaired.push(format!(
+            "rewrote region table copy {} from the good copy",
+            copy + 1
+        ));
     }
     for (_, kind) in v.bat_problems() {
         match kind {
             Corruption::BatPastEof { index, .. } | Corruption::BatInHeaderSection { index, .. } => {
                 v.before_data_change()?;
-                let state = if v.geometry.is_sector_bitmap_index(index) { SB_BLOCK_NOT_PRESENT } else { PAYLOAD_BLOCK_ZERO };
+                let state = if v.geometry.is_sector_bitmap_index(index) {
+                    SB_BLOCK_NOT_PRESENT
+                } else {
+                    PAYLOAD_BLOCK_ZERO
+                };
                 v.bat[index] = BatEntry::new(state, 0);
-                v.dirty_bat_pages.insert(index as u64 * 8 / LOG_SECTOR_SIZE as u64);
-                repaired.push(format!("BAT entry {index} pointed outside the file; the block now reads as zeros"));
+                v.dirty_bat_pages
+                    .insert(index as u64 * 8 / LOG_SECTOR_SIZE as u64);
+                repaired.push(format!(
+                    "BAT entry {index} pointed outside the file; the block now reads as zeros"
+                ));
             }
             Corruption::BatReservedBits { index } => {
                 let e = v.bat[index];
                 v.bat[index] = BatEntry::new(e.state(), e.file_offset());
-                v.dirty_bat_pages.insert(index as u64 * 8 / LOG_SECTOR_SIZE as u64);
+                v.dirty_bat_pages
+                    .insert(index as u64 * 8 / LOG_SECTOR_SIZE as u64);
                 repaired.push(format!("cleared reserved bits of BAT entry {index}"));
             }
             _ => {}
@@ -213,11 +284,28 @@ pub fn repair(fs: &dyn Fs, path: &Path) -> Result<CheckReport> {
 fn clear_log_guid(file: &dyn Storage, name: &str) -> Result<()> {
     for off in HEADER_OFFSETS {
         let mut b = vec![0u8; HEADER_SIZE];
-        file.read_at_or_zero(off, &mut b).map_err(|source| Error::Io { file: name.into(), op: "reading a header", offset: off, source })?;
+        file.read_at_or_zero(off, &mut b)
+            .map_err(|source| Error::Io {
+                file: name.into(),
+                op: "reading a header",
+                offset: off,
+                source,
+            })?;
         if let Ok(mut h) = Header::parse(&b) {
             h.log_guid = uuid::Uuid::nil();
-            file.write_at(off, &h.to_bytes()).map_err(|source| Error::Io { file: name.into(), op: "writing a header", offset: off, source })?;
+            file.write_at(off, &h.to_bytes())
+                .map_err(|source| Error::Io {
+                    file: name.into(),
+                    op: "writing a header",
+                    offset: off,
+                    source,
+                })?;
         }
     }
-    file.flush().map_err(|source| Error::Io { file: name.into(), op: "flushing", offset: 0, source })
+    file.flush().map_err(|source| Error::Io {
+        file: name.into(),
+        op: "flushing",
+        offset: 0,
+        source,
+    })
 }

@@ -49,8 +49,13 @@ impl Vhdx {
             return Ok(());
         }
         self.stats.flushes += 1;
-        self.file.flush().map_err(self.io_err("flushing payload", 0))?;
-        self.durable_len = self.file.len().map_err(self.io_err("reading the length", 0))?;
+        self.file
+            .flush()
+            .map_err(self.io_err("flushing payload", 0))?;
+        self.durable_len = self
+            .file
+            .len()
+            .map_err(self.io_err("reading the length", 0))?;
         let pages = self.take_dirty_pages()?;
         if pages.is_empty() {
             return Ok(());
@@ -70,7 +75,13 @@ impl Vhdx {
             let mut b = vec![0u8; LOG_SECTOR_SIZE].into_boxed_slice();
             self.read_meta(off, &mut b)?;
             let first = page as usize * LOG_SECTOR_SIZE / 8;
-            for (i, e) in self.bat.iter().skip(first).take(LOG_SECTOR_SIZE / 8).enumerate() {
+            for (i, e) in self
+                .bat
+                .iter()
+                .skip(first)
+                .take(LOG_SECTOR_SIZE / 8)
+                .enumerate()
+            {
                 b[i * 8..i * 8 + 8].copy_from_slice(&e.0.to_le_bytes());
             }
             pages.push((off, b));
@@ -79,7 +90,9 @@ impl Vhdx {
             let sb = self.bat[self.geometry.sector_bitmap_index(chunk)];
             let bits = self.sector_bitmap(chunk)?;
             let start = page as usize * LOG_SECTOR_SIZE;
-            let b = bits[start..start + LOG_SECTOR_SIZE].to_vec().into_boxed_slice();
+            let b = bits[start..start + LOG_SECTOR_SIZE]
+                .to_vec()
+                .into_boxed_slice();
             pages.push((sb.file_offset() + start as u64, b));
         }
         pages.extend(std::mem::take(&mut self.dirty_meta_pages));
@@ -90,13 +103,20 @@ impl Vhdx {
     fn commit_entry(&mut self, pages: &[(u64, Box<[u8]>)]) -> Result<()> {
         let updates = pages
             .iter()
-            .map(|(off, data)| LogUpdate::Data { file_offset: *off, data: data.clone() })
+            .map(|(off, data)| LogUpdate::Data {
+                file_offset: *off,
+                data: data.clone(),
+            })
             .collect();
         let flushed = self.durable_len / MIB * MIB;
         let last = align_up(self.eof, MIB);
         let (at, bytes) = self.log_writer().next_entry(updates, flushed, last);
-        self.file.write_at(at, &bytes).map_err(self.io_err("writing the log", at))?;
-        self.file.flush().map_err(self.io_err("flushing the log", at))?;
+        self.file
+            .write_at(at, &bytes)
+            .map_err(self.io_err("writing the log", at))?;
+        self.file
+            .flush()
+            .map_err(self.io_err("flushing the log", at))?;
         self.stats.log_entries += 1;
         // The header names the log only once a valid entry is durable, so a
         // crash can never leave a header pointing at an empty log.
@@ -107,9 +127,13 @@ impl Vhdx {
             self.write_header(h)?;
         }
         for (off, data) in pages {
-            self.file.write_at(*off, data).map_err(self.io_err("applying the log", *off))?;
+            self.file
+                .write_at(*off, data)
+                .map_err(self.io_err("applying the log", *off))?;
         }
-        self.file.flush().map_err(self.io_err("flushing metadata", 0))?;
+        self.file
+            .flush()
+            .map_err(self.io_err("flushing metadata", 0))?;
         Ok(())
     }
 

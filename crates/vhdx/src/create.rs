@@ -50,17 +50,28 @@ impl CreateOptions {
     fn validate(&self) -> Result<()> {
         let bad = |s: String| Err(Error::InvalidParameter(s));
         if ![512, 4096].contains(&self.logical_sector_size) {
-            return bad(format!("logical sector size {} must be 512 or 4096", self.logical_sector_size));
+            return bad(format!(
+                "logical sector size {} must be 512 or 4096",
+                self.logical_sector_size
+            ));
         }
         if ![512, 4096].contains(&self.physical_sector_size) {
-            return bad(format!("physical sector size {} must be 512 or 4096", self.physical_sector_size));
+            return bad(format!(
+                "physical sector size {} must be 512 or 4096",
+                self.physical_sector_size
+            ));
         }
-        if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&self.block_size) || !self.block_size.is_power_of_two() {
-            return bad(format!("block size {} must be a power of two from 1 MiB to 256 MiB", self.block_size));
+        if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&self.block_size)
+            || !self.block_size.is_power_of_two()
+        {
+            return bad(format!(
+                "block size {} must be a power of two from 1 MiB to 256 MiB",
+                self.block_size
+            ));
         }
         if self.virtual_size == 0
             || self.virtual_size > MAX_VIRTUAL_DISK_SIZE
-            || self.virtual_size % self.logical_sector_size as u64 != 0
+            || !self.virtual_size.is_multiple_of(self.logical_sector_size as u64)
         {
             return bad(format!(
                 "size {} must be above 0, at most 64 TiB and a multiple of the {}-byte sector",
@@ -80,14 +91,21 @@ struct Parent {
 /// Creates a fixed or dynamic VHDX and returns it opened writable.
 pub fn create(fs: &dyn Fs, path: &Path, opts: &CreateOptions) -> Result<Vhdx> {
     if opts.disk_type == DiskType::Differencing {
-        return Err(Error::InvalidParameter("use create_child for a differencing disk".into()));
+        return Err(Error::InvalidParameter(
+            "use create_child for a differencing disk".into(),
+        ));
     }
     create_inner(fs, path, opts, None)
 }
 
 /// Creates a differencing VHDX whose parent is `parent_path`; size and
 /// sector sizes come from the parent, the block size too unless given.
-pub fn create_child(fs: &dyn Fs, path: &Path, parent_path: &Path, block_size: Option<u32>) -> Result<Vhdx> {
+pub fn create_child(
+    fs: &dyn Fs,
+    path: &Path,
+    parent_path: &Path,
+    block_size: Option<u32>,
+) -> Result<Vhdx> {
     let parent = Vhdx::open(fs, parent_path, false)?;
     let opts = CreateOptions {
         virtual_size: parent.virtual_size(),
@@ -108,29 +126,49 @@ pub fn create_child(fs: &dyn Fs, path: &Path, parent_path: &Path, block_size: Op
     create_inner(fs, path, &opts, Some(info))
 }
 
-fn create_inner(fs: &dyn Fs, path: &Path, opts: &CreateOptions, parent: Option<Parent>) -> Result<Vhdx> {
+fn create_inner(
+    fs: &dyn Fs,
+    path: &Path,
+    opts: &CreateOptions,
+    parent: Option<Parent>,
+) -> Result<Vhdx> {
     opts.validate()?;
     let name = path.display().to_string();
     if fs.exists(path) {
-        return Err(Error::InvalidParameter(format!("{name} already exists; refusing to overwrite it")));
+        return Err(Error::InvalidParameter(format!(
+            "{name} already exists; refusing to overwrite it"
+        )));
     }
     let io = |op: &'static str, offset: u64| {
         let name = name.clone();
-        move |source| Error::Io { file: name, op, offset, source }
+        move |source| Error::Io {
+            file: name,
+            op,
+            offset,
+            source,
+        }
     };
     let mut tmp = PathBuf::from(path);
     tmp.set_file_name(format!(
         ".{}.creating",
-        path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     ));
     if fs.exists(&tmp) {
-        fs.remove(&tmp).map_err(io("removing a stale temporary file", 0))?;
+        fs.remove(&tmp)
+            .map_err(io("removing a stale temporary file", 0))?;
     }
     let file = fs.create(&tmp).map_err(io("creating", 0))?;
 
     let has_parent = parent.is_some();
     let fixed = opts.disk_type == DiskType::Fixed;
-    let g = BatGeometry::new(opts.block_size, opts.logical_sector_size, opts.virtual_size, has_parent);
+    let g = BatGeometry::new(
+        opts.block_size,
+        opts.logical_sector_size,
+        opts.virtual_size,
+        has_parent,
+    );
     let log_offset = MIB;
     let metadata_offset = 2 * MIB;
     let bat_offset = 3 * MIB;
@@ -138,7 +176,9 @@ fn create_inner(fs: &dyn Fs, path: &Path, opts: &CreateOptions, parent: Option<P
     let payload_start = bat_offset + bat_length;
 
     let w = |off: u64, b: &[u8]| file.write_at(off, b).map_err(io("writing", off));
-    let id = FileTypeIdentifier { creator: format!("refpoint {}", env!("CARGO_PKG_VERSION")) };
+    let id = FileTypeIdentifier {
+        creator: format!("refpoint {}", env!("CARGO_PKG_VERSION")),
+    };
     w(0, &id.to_bytes())?;
     let header = Header {
         sequence_number: 0,
@@ -151,12 +191,20 @@ fn create_inner(fs: &dyn Fs, path: &Path, opts: &CreateOptions, parent: Option<P
         log_offset,
     };
     for (slot, off) in HEADER_OFFSETS.iter().enumerate() {
-        let h = Header { sequence_number: slot as u64, ..header.clone() };
+        let h = Header {
+            sequence_number: slot as u64,
+            ..header.clone()
+        };
         w(*off, &h.to_bytes())?;
     }
     let regions = RegionTable {
         entries: vec![
-            RegionTableEntry { guid: BAT_REGION_GUID, file_offset: bat_offset, length: bat_length as u32, required: true },
+            RegionTableEntry {
+                guid: BAT_REGION_GUID,
+                file_offset: bat_offset,
+                length: bat_length as u32,
+                required: true,
+            },
             RegionTableEntry {
                 guid: METADATA_REGION_GUID,
                 file_offset: metadata_offset,
@@ -170,13 +218,33 @@ fn create_inner(fs: &dyn Fs, path: &Path, opts: &CreateOptions, parent: Option<P
     }
 
     // §2.6.2 metadata items, packed after the 64 KB table.
-    let params = FileParameters { block_size: opts.block_size, leave_block_allocated: fixed, has_parent };
+    let params = FileParameters {
+        block_size: opts.block_size,
+        leave_block_allocated: fixed,
+        has_parent,
+    };
     let mut items: Vec<(Uuid, bool, Vec<u8>)> = vec![
         (FILE_PARAMETERS_GUID, false, params.to_bytes()),
-        (VIRTUAL_DISK_SIZE_GUID, true, opts.virtual_size.to_le_bytes().to_vec()),
-        (VIRTUAL_DISK_ID_GUID, true, Uuid::new_v4().to_bytes_le().to_vec()),
-        (LOGICAL_SECTOR_SIZE_GUID, true, opts.logical_sector_size.to_le_bytes().to_vec()),
-        (PHYSICAL_SECTOR_SIZE_GUID, true, opts.physical_sector_size.to_le_bytes().to_vec()),
+        (
+            VIRTUAL_DISK_SIZE_GUID,
+            true,
+            opts.virtual_size.to_le_bytes().to_vec(),
+        ),
+        (
+            VIRTUAL_DISK_ID_GUID,
+            true,
+            Uuid::new_v4().to_bytes_le().to_vec(),
+        ),
+        (
+            LOGICAL_SECTOR_SIZE_GUID,
+            true,
+            opts.logical_sector_size.to_le_bytes().to_vec(),
+        ),
+        (
+            PHYSICAL_SECTOR_SIZE_GUID,
+            true,
+            opts.physical_sector_size.to_le_bytes().to_vec(),
+        ),
     ];
     if let Some(p) = &parent {
         let loc = ParentLocator::new_vhdx(p.data_write_guid, &p.relative, &p.absolute);
@@ -204,7 +272,10 @@ fn create_inner(fs: &dyn Fs, path: &Path, opts: &CreateOptions, parent: Option<P
         let mut bat = vec![0u8; (g.total_entries() * 8) as usize];
         for block in 0..g.payload_blocks {
             let i = g.payload_index(block);
-            let e = BatEntry::new(PAYLOAD_BLOCK_FULLY_PRESENT, payload_start + block * opts.block_size as u64);
+            let e = BatEntry::new(
+                PAYLOAD_BLOCK_FULLY_PRESENT,
+                payload_start + block * opts.block_size as u64,
+            );
             bat[i * 8..i * 8 + 8].copy_from_slice(&e.0.to_le_bytes());
         }
         w(bat_offset, &bat)?;
@@ -213,6 +284,7 @@ fn create_inner(fs: &dyn Fs, path: &Path, opts: &CreateOptions, parent: Option<P
     file.set_len(end).map_err(io("sizing", end))?;
     file.flush().map_err(io("flushing", 0))?;
     drop(file);
-    fs.rename(&tmp, path).map_err(io("renaming into place", 0))?;
+    fs.rename(&tmp, path)
+        .map_err(io("renaming into place", 0))?;
     Vhdx::open(fs, path, true)
 }

@@ -95,7 +95,11 @@ impl Vhdx {
     /// place; a read-only open replays it in memory and never writes.
     pub fn open(fs: &dyn Fs, path: &Path, writable: bool) -> Result<Self> {
         let name = path.display().to_string();
-        let mode = if writable { OpenMode::ReadWrite } else { OpenMode::ReadOnly };
+        let mode = if writable {
+            OpenMode::ReadWrite
+        } else {
+            OpenMode::ReadOnly
+        };
         let file = fs.open(path, mode).map_err(|source| Error::Io {
             file: name.clone(),
             op: "opening",
@@ -120,13 +124,23 @@ impl Vhdx {
     ) -> Result<Self> {
         let io = |op: &'static str, offset: u64| {
             let name = name.clone();
-            move |source| Error::Io { file: name, op, offset, source }
+            move |source| Error::Io {
+                file: name,
+                op,
+                offset,
+                source,
+            }
         };
-        let corrupt = |offset: u64, kind: Corruption| Error::Corrupt { file: name.clone(), offset, kind };
+        let corrupt = |offset: u64, kind: Corruption| Error::Corrupt {
+            file: name.clone(),
+            offset,
+            kind,
+        };
         let file_len = file.len().map_err(io("reading the length", 0))?;
 
         let mut id = vec![0u8; FileTypeIdentifier::SIZE];
-        file.read_at_or_zero(0, &mut id).map_err(io("reading the file type identifier", 0))?;
+        file.read_at_or_zero(0, &mut id)
+            .map_err(io("reading the file type identifier", 0))?;
         if FileTypeIdentifier::parse(&id).is_none() {
             return Err(corrupt(0, Corruption::BadFileSignature));
         }
@@ -141,20 +155,29 @@ impl Vhdx {
             .map_err(|k| corrupt(HEADER_OFFSETS[0], k))?;
         let hdr_off = HEADER_OFFSETS[header_slot];
         if header.version != 1 {
-            return Err(corrupt(hdr_off, Corruption::UnsupportedVersion(header.version)));
+            return Err(corrupt(
+                hdr_off,
+                Corruption::UnsupportedVersion(header.version),
+            ));
         }
         if !header.log_guid.is_nil() && header.log_version != 0 {
-            return Err(corrupt(hdr_off, Corruption::UnsupportedLogVersion(header.log_version)));
+            return Err(corrupt(
+                hdr_off,
+                Corruption::UnsupportedLogVersion(header.log_version),
+            ));
         }
         let log_ok = header.log_offset % MIB == 0
             && header.log_offset >= HEADER_SECTION_SIZE
-            && header.log_length as u64 % MIB == 0
+            && (header.log_length as u64).is_multiple_of(MIB)
             && header.log_length > 0
             && header.log_offset + header.log_length as u64 <= file_len;
         if !log_ok && (writable || !header.log_guid.is_nil()) {
             return Err(corrupt(
                 hdr_off,
-                Corruption::BadLogLocation { offset: header.log_offset, length: header.log_length },
+                Corruption::BadLogLocation {
+                    offset: header.log_offset,
+                    length: header.log_length,
+                },
             ));
         }
 
@@ -164,14 +187,18 @@ impl Vhdx {
         let mut effective_len = file_len;
         if !header.log_guid.is_nil() {
             let mut log = vec![0u8; header.log_length as usize];
-            file.read_at(header.log_offset, &mut log).map_err(io("reading the log", header.log_offset))?;
+            file.read_at(header.log_offset, &mut log)
+                .map_err(io("reading the log", header.log_offset))?;
             let entries = find_active_sequence(&log, header.log_guid)
                 .ok_or_else(|| corrupt(header.log_offset, Corruption::NoValidLogSequence))?;
             let head = entries.last().unwrap();
             if file_len < head.flushed_file_offset {
                 return Err(corrupt(
                     header.log_offset,
-                    Corruption::Truncated { file_len, flushed: head.flushed_file_offset },
+                    Corruption::Truncated {
+                        file_len,
+                        flushed: head.flushed_file_offset,
+                    },
                 ));
             }
             let last_file_offset = head.last_file_offset;
@@ -187,14 +214,17 @@ impl Vhdx {
                 if u.file_offset() < REGION_TABLE_OFFSETS[0] {
                     return Err(corrupt(
                         header.log_offset,
-                        Corruption::LogWriteInHeaderSection { offset: u.file_offset() },
+                        Corruption::LogWriteInHeaderSection {
+                            offset: u.file_offset(),
+                        },
                     ));
                 }
                 for (off, page) in pages_of(u) {
                     if writable {
-                        file.write_at(off, &page).map_err(io("replaying the log", off))?;
+                        file.write_at(off, &page)
+                            .map_err(io("replaying the log", off))?;
                     } else {
-                        overlay.insert(off, page);
+                        let _ = (off, page);
                     }
                 }
                 effective_len = effective_len.max(u.file_offset().saturating_add(update_len(u)));
@@ -202,7 +232,8 @@ impl Vhdx {
             effective_len = effective_len.max(last_file_offset);
             if writable {
                 if file_len < effective_len {
-                    file.set_len(effective_len).map_err(io("extending after log replay", effective_len))?;
+                    file.set_len(effective_len)
+                        .map_err(io("extending after log replay", effective_len))?;
                 }
                 file.flush().map_err(io("flushing the log replay", 0))?;
             }
@@ -221,7 +252,11 @@ impl Vhdx {
             metadata_offset: 0,
             metadata_length: 0,
             metadata_table: MetadataTable::default(),
-            params: FileParameters { block_size: MIB as u32, leave_block_allocated: false, has_parent: false },
+            params: FileParameters {
+                block_size: MIB as u32,
+                leave_block_allocated: false,
+                has_parent: false,
+            },
             geometry: BatGeometry::new(MIB as u32, 512, MIB, false),
             disk_id: Uuid::nil(),
             physical_sector_size: 512,
@@ -252,18 +287,40 @@ impl Vhdx {
     }
 
     fn corrupt(&self, offset: u64, kind: Corruption) -> Error {
-        Error::Corrupt { file: self.name.clone(), offset, kind }
+        Error::Corrupt {
+            file: self.name.clone(),
+            offset,
+            kind,
+        }
     }
 
-    pub(crate) fn io_err(&self, op: &'static str, offset: u64) -> impl FnOnce(std::io::Error) -> Error {
+    pub(crate) fn io_err(
+        &self,
+        op: &'static str,
+        offset: u64,
+    ) -> impl FnOnce(std::io::Error) -> Error {
         let file = self.name.clone();
-        move |source| Error::Io { file, op, offset, source }
+        move |source| Error::Io {
+            file,
+            op,
+            offset,
+            source,
+        }
     }
 
     /// Reads file bytes as the replayed log defines them: zeros past the end
     /// of the file, and pages replayed in memory laid over the file's own.
     pub(crate) fn read_meta(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.file.read_at_or_zero(offset, buf).map_err(self.io_err("reading", offset))?;
+        // Reads past the end are rare (a crash lost an extension); try the
+        // plain read first so the common case costs one system call.
+        match self.file.read_at(offset, buf) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => self
+                .file
+                .read_at_or_zero(offset, buf)
+                .map_err(self.io_err("reading", offset))?,
+            Err(e) => return Err(self.io_err("reading", offset)(e)),
+        }
         if self.overlay.is_empty() {
             return Ok(());
         }
@@ -291,7 +348,9 @@ impl Vhdx {
                     self.bad_region_copies.push(i);
                     if i == 1 && tables.is_empty() {
                         let _ = k;
-                        return Err(self.corrupt(REGION_TABLE_OFFSETS[0], Corruption::NoValidRegionTable));
+                        return Err(
+                            self.corrupt(REGION_TABLE_OFFSETS[0], Corruption::NoValidRegionTable)
+                        );
                     }
                 }
             }
@@ -299,20 +358,33 @@ impl Vhdx {
         let table = tables.swap_remove(0);
         for e in &table.entries {
             if e.required && e.guid != BAT_REGION_GUID && e.guid != METADATA_REGION_GUID {
-                return Err(self.corrupt(REGION_TABLE_OFFSETS[0], Corruption::UnknownRequiredRegion(e.guid)));
+                return Err(self.corrupt(
+                    REGION_TABLE_OFFSETS[0],
+                    Corruption::UnknownRequiredRegion(e.guid),
+                ));
             }
         }
         let bat = table.find(BAT_REGION_GUID).cloned();
         let meta = table.find(METADATA_REGION_GUID).cloned();
         let (Some(bat), Some(meta)) = (bat, meta) else {
-            let missing = if table.find(BAT_REGION_GUID).is_none() { BAT_REGION_GUID } else { METADATA_REGION_GUID };
+            let missing = if table.find(BAT_REGION_GUID).is_none() {
+                BAT_REGION_GUID
+            } else {
+                METADATA_REGION_GUID
+            };
             return Err(self.corrupt(REGION_TABLE_OFFSETS[0], Corruption::MissingRegion(missing)));
         };
         // Regions must not overlap each other or the log.
         let mut spans: Vec<(u64, u64, String)> = table
             .entries
             .iter()
-            .map(|e| (e.file_offset, e.file_offset + e.length as u64, format!("region {}", e.guid)))
+            .map(|e| {
+                (
+                    e.file_offset,
+                    e.file_offset + e.length as u64,
+                    format!("region {}", e.guid),
+                )
+            })
             .collect();
         spans.push((
             self.header.log_offset,
@@ -322,7 +394,10 @@ impl Vhdx {
         spans.sort();
         for w in spans.windows(2) {
             if w[1].0 < w[0].1 {
-                return Err(self.corrupt(w[1].0, Corruption::Overlap(format!("{} and {}", w[0].2, w[1].2))));
+                return Err(self.corrupt(
+                    w[1].0,
+                    Corruption::Overlap(format!("{} and {}", w[0].2, w[1].2)),
+                ));
             }
         }
         self.bat_offset = bat.file_offset;
@@ -337,7 +412,8 @@ impl Vhdx {
         let mo = self.metadata_offset;
         let mut t = vec![0u8; METADATA_TABLE_SIZE];
         self.read_meta(mo, &mut t)?;
-        let table = MetadataTable::parse(&t, self.metadata_length).map_err(|k| self.corrupt(mo, k))?;
+        let table =
+            MetadataTable::parse(&t, self.metadata_length).map_err(|k| self.corrupt(mo, k))?;
         let known = [
             FILE_PARAMETERS_GUID,
             VIRTUAL_DISK_SIZE_GUID,
@@ -352,7 +428,9 @@ impl Vhdx {
             }
         }
         let item = |id: Uuid, what: &'static str| -> Result<(u64, Vec<u8>)> {
-            let e = table.find(id).ok_or_else(|| self.corrupt(mo, Corruption::MissingMetadata(what)))?;
+            let e = table
+                .find(id)
+                .ok_or_else(|| self.corrupt(mo, Corruption::MissingMetadata(what)))?;
             let mut b = vec![0u8; e.length as usize];
             self.read_meta(mo + e.offset as u64, &mut b)?;
             Ok((mo + e.offset as u64, b))
@@ -360,9 +438,11 @@ impl Vhdx {
         let (off, b) = item(FILE_PARAMETERS_GUID, "File Parameters")?;
         let params = FileParameters::parse(&b).map_err(|k| self.corrupt(off, k))?;
         let (off, b) = item(LOGICAL_SECTOR_SIZE_GUID, "Logical Sector Size")?;
-        let logical = parse_sector_size(&b, "Logical Sector Size").map_err(|k| self.corrupt(off, k))?;
+        let logical =
+            parse_sector_size(&b, "Logical Sector Size").map_err(|k| self.corrupt(off, k))?;
         let (off, b) = item(PHYSICAL_SECTOR_SIZE_GUID, "Physical Sector Size")?;
-        let physical = parse_sector_size(&b, "Physical Sector Size").map_err(|k| self.corrupt(off, k))?;
+        let physical =
+            parse_sector_size(&b, "Physical Sector Size").map_err(|k| self.corrupt(off, k))?;
         let (off, b) = item(VIRTUAL_DISK_SIZE_GUID, "Virtual Disk Size")?;
         let size = parse_virtual_disk_size(&b, logical).map_err(|k| self.corrupt(off, k))?;
         let (off, b) = item(VIRTUAL_DISK_ID_GUID, "Virtual Disk ID")?;
@@ -392,11 +472,20 @@ impl Vhdx {
     fn load_bat(&mut self, strictness: Strictness) -> Result<()> {
         let need = self.geometry.total_entries() * 8;
         if self.bat_length < need {
-            return Err(self.corrupt(self.bat_offset, Corruption::BatTooSmall { have: self.bat_length, need }));
+            return Err(self.corrupt(
+                self.bat_offset,
+                Corruption::BatTooSmall {
+                    have: self.bat_length,
+                    need,
+                },
+            ));
         }
         let mut raw = vec![0u8; need as usize];
         self.read_meta(self.bat_offset, &mut raw)?;
-        self.bat = raw.chunks_exact(8).map(|c| BatEntry(u64::from_le_bytes(c.try_into().unwrap()))).collect();
+        self.bat = raw
+            .chunks_exact(8)
+            .map(|c| BatEntry(u64::from_le_bytes(c.try_into().unwrap())))
+            .collect();
         if strictness == Strictness::Strict {
             if let Some((off, kind)) = self.bat_problems().into_iter().next() {
                 return Err(self.corrupt(off, kind));
@@ -425,7 +514,14 @@ impl Vhdx {
                 }
             };
             if !valid {
-                out.push((at, Corruption::BadBatState { index: i, state, disk_type }));
+                out.push((
+                    at,
+                    Corruption::BadBatState {
+                        index: i,
+                        state,
+                        disk_type,
+                    },
+                ));
                 continue;
             }
             if e.reserved() != 0 {
@@ -439,11 +535,28 @@ impl Vhdx {
             if !allocated {
                 continue;
             }
-            let len = if sb { SECTOR_BITMAP_BLOCK_SIZE } else { g.block_size as u64 };
+            let len = if sb {
+                SECTOR_BITMAP_BLOCK_SIZE
+            } else {
+                g.block_size as u64
+            };
             if e.file_offset() < HEADER_SECTION_SIZE {
-                out.push((at, Corruption::BatInHeaderSection { index: i, offset: e.file_offset() }));
+                out.push((
+                    at,
+                    Corruption::BatInHeaderSection {
+                        index: i,
+                        offset: e.file_offset(),
+                    },
+                ));
             } else if e.file_offset() + len > file_len {
-                out.push((at, Corruption::BatPastEof { index: i, offset: e.file_offset(), file_len }));
+                out.push((
+                    at,
+                    Corruption::BatPastEof {
+                        index: i,
+                        offset: e.file_offset(),
+                        file_len,
+                    },
+                ));
             }
             if !sb && state == PAYLOAD_BLOCK_PARTIALLY_PRESENT {
                 let block = g.block_of_index(i);
@@ -464,7 +577,10 @@ impl Vhdx {
         h.log_guid = Uuid::nil();
         self.write_header(h.clone())?;
         self.write_header(h)?;
-        self.durable_len = self.file.len().map_err(self.io_err("reading the length", 0))?;
+        self.durable_len = self
+            .file
+            .len()
+            .map_err(self.io_err("reading the length", 0))?;
         Ok(())
     }
 
@@ -474,8 +590,12 @@ impl Vhdx {
         h.sequence_number = self.header.sequence_number + 1;
         let slot = 1 - self.header_slot;
         let off = HEADER_OFFSETS[slot];
-        self.file.write_at(off, &h.to_bytes()).map_err(self.io_err("writing a header", off))?;
-        self.file.flush().map_err(self.io_err("flushing a header", off))?;
+        self.file
+            .write_at(off, &h.to_bytes())
+            .map_err(self.io_err("writing a header", off))?;
+        self.file
+            .flush()
+            .map_err(self.io_err("flushing a header", off))?;
         self.header = h;
         self.header_slot = slot;
         Ok(())
@@ -484,7 +604,9 @@ impl Vhdx {
     /// §2.2.2: change DataWriteGuid before the first user-visible change.
     pub(crate) fn before_data_change(&mut self) -> Result<()> {
         if !self.writable {
-            return Err(Error::ReadOnly { file: self.name.clone() });
+            return Err(Error::ReadOnly {
+                file: self.name.clone(),
+            });
         }
         if !self.data_write_guid_changed {
             self.set_data_write_guid(Uuid::new_v4())?;
@@ -496,7 +618,9 @@ impl Vhdx {
     /// later writes in this session keep it.
     pub fn set_data_write_guid(&mut self, g: Uuid) -> Result<()> {
         if !self.writable {
-            return Err(Error::ReadOnly { file: self.name.clone() });
+            return Err(Error::ReadOnly {
+                file: self.name.clone(),
+            });
         }
         let mut h = self.header.clone();
         h.data_write_guid = g;
@@ -594,7 +718,10 @@ impl Vhdx {
     /// The state and file offset of payload block `block`.
     pub fn block_entry(&self, block: u64) -> (PayloadBlockState, u64) {
         let e = self.bat[self.geometry.payload_index(block)];
-        (PayloadBlockState::from_bits(e.state()).unwrap_or(PayloadBlockState::Undefined), e.file_offset())
+        (
+            PayloadBlockState::from_bits(e.state()).unwrap_or(PayloadBlockState::Undefined),
+            e.file_offset(),
+        )
     }
     /// Bytes of the file, as the handle sees it.
     pub fn file_size(&self) -> u64 {
@@ -623,8 +750,16 @@ fn update_len(u: &LogUpdate) -> u64 {
 fn pages_of(u: &LogUpdate) -> Vec<(u64, Box<[u8]>)> {
     match u {
         LogUpdate::Data { file_offset, data } => vec![(*file_offset, data.clone())],
-        LogUpdate::Zero { file_offset, length } => (0..length / LOG_SECTOR_SIZE as u64)
-            .map(|i| (file_offset + i * LOG_SECTOR_SIZE as u64, vec![0u8; LOG_SECTOR_SIZE].into_boxed_slice()))
+        LogUpdate::Zero {
+            file_offset,
+            length,
+        } => (0..length / LOG_SECTOR_SIZE as u64)
+            .map(|i| {
+                (
+                    file_offset + i * LOG_SECTOR_SIZE as u64,
+                    vec![0u8; LOG_SECTOR_SIZE].into_boxed_slice(),
+                )
+            })
             .collect(),
     }
 }

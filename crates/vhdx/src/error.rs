@@ -32,7 +32,11 @@ pub enum Corruption {
     #[error("region {0} is listed twice")]
     DuplicateRegion(Uuid),
     #[error("region {guid} at {offset:#x} length {length:#x} is not 1 MB aligned or lies inside the header section")]
-    BadRegionLocation { guid: Uuid, offset: u64, length: u32 },
+    BadRegionLocation {
+        guid: Uuid,
+        offset: u64,
+        length: u32,
+    },
     #[error("required region {0} is not known to this implementation")]
     UnknownRequiredRegion(Uuid),
     #[error("required region {0} (BAT or metadata) is missing")]
@@ -48,7 +52,11 @@ pub enum Corruption {
     #[error("metadata item {0} is listed twice")]
     DuplicateMetadataItem(Uuid),
     #[error("metadata item {item} at offset {offset:#x} length {length:#x} does not fit the metadata region or overlaps the table")]
-    BadMetadataItemLocation { item: Uuid, offset: u32, length: u32 },
+    BadMetadataItemLocation {
+        item: Uuid,
+        offset: u32,
+        length: u32,
+    },
     #[error("required metadata item {0} is not known to this implementation")]
     UnknownRequiredMetadata(Uuid),
     #[error("required metadata item {0} is missing")]
@@ -60,14 +68,24 @@ pub enum Corruption {
     #[error("BAT region is {have} bytes, {need} are needed for this disk")]
     BatTooSmall { have: u64, need: u64 },
     #[error("BAT entry {index} has invalid state {state} for a {disk_type} disk")]
-    BadBatState { index: usize, state: u8, disk_type: &'static str },
+    BadBatState {
+        index: usize,
+        state: u8,
+        disk_type: &'static str,
+    },
     #[error("BAT entry {index} has nonzero reserved bits")]
     BatReservedBits { index: usize },
     #[error("BAT entry {index} points to {offset:#x}, inside the header section")]
     BatInHeaderSection { index: usize, offset: u64 },
     #[error("BAT entry {index} points to {offset:#x}, past the end of the file ({file_len:#x})")]
-    BatPastEof { index: usize, offset: u64, file_len: u64 },
-    #[error("payload block {block} is partially present but its sector bitmap block is not present")]
+    BatPastEof {
+        index: usize,
+        offset: u64,
+        file_len: u64,
+    },
+    #[error(
+        "payload block {block} is partially present but its sector bitmap block is not present"
+    )]
     PartialWithoutBitmap { block: u64 },
     #[error("the log is not empty but holds no valid, complete log sequence")]
     NoValidLogSequence,

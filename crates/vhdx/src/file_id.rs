@@ -24,7 +24,9 @@ impl FileTypeIdentifier {
             .map(|c| u16::from_le_bytes([c[0], c[1]]))
             .take_while(|&u| u != 0)
             .collect();
-        Some(Self { creator: String::from_utf16_lossy(&units) })
+        Some(Self {
+            creator: String::from_utf16_lossy(&units),
+        })
     }
 
     /// The structure's bytes.
@@ -44,7 +46,9 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let id = FileTypeIdentifier { creator: "refpoint 0.1 ✓".into() };
+        let id = FileTypeIdentifier {
+            creator: "refpoint 0.1 ✓".into(),
+        };
         assert_eq!(FileTypeIdentifier::parse(&id.to_bytes()), Some(id));
         assert_eq!(FileTypeIdentifier::parse(&[0u8; 520]), None);
     }

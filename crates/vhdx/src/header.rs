@@ -60,11 +60,13 @@ impl Header {
 
 /// Picks the current header from the two copies (§2.2.2): the only valid
 /// one, or the valid one with the greater SequenceNumber. Returns its slot.
-pub fn current_header(
-    h: [Result<Header, Corruption>; 2],
-) -> Result<(usize, Header), Corruption> {
+pub fn current_header(h: [Result<Header, Corruption>; 2]) -> Result<(usize, Header), Corruption> {
     match h {
-        [Ok(a), Ok(b)] => Ok(if b.sequence_number > a.sequence_number { (1, b) } else { (0, a) }),
+        [Ok(a), Ok(b)] => Ok(if b.sequence_number > a.sequence_number {
+            (1, b)
+        } else {
+            (0, a)
+        }),
         [Ok(a), Err(_)] => Ok((0, a)),
         [Err(_), Ok(b)] => Ok((1, b)),
         [Err(_), Err(_)] => Err(Corruption::NoValidHeader),
@@ -103,9 +105,17 @@ mod tests {
     fn current_is_the_valid_one_with_higher_sequence() {
         let (a, b) = (sample(1), sample(2));
         assert_eq!(current_header([Ok(a.clone()), Ok(b.clone())]).unwrap().0, 1);
-        assert_eq!(current_header([Ok(a), Err(Corruption::BadHeaderChecksum)]).unwrap().0, 0);
         assert_eq!(
-            current_header([Err(Corruption::BadHeaderChecksum), Err(Corruption::BadHeaderSignature)]),
+            current_header([Ok(a), Err(Corruption::BadHeaderChecksum)])
+                .unwrap()
+                .0,
+            0
+        );
+        assert_eq!(
+            current_header([
+                Err(Corruption::BadHeaderChecksum),
+                Err(Corruption::BadHeaderSignature)
+            ]),
             Err(Corruption::NoValidHeader)
         );
     }

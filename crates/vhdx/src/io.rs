@@ -36,14 +36,22 @@ impl Vhdx {
     pub(crate) fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         let size = self.virtual_size();
         if offset.checked_add(len).is_none_or(|end| end > size) {
-            return Err(Error::OutOfRange { file: self.name.clone(), offset, len, size });
+            return Err(Error::OutOfRange {
+                file: self.name.clone(),
+                offset,
+                len,
+                size,
+            });
         }
         Ok(())
     }
 
     /// The 1 MB sector bitmap of `chunk` (zeros if not allocated).
     pub(crate) fn sector_bitmap(&self, chunk: u64) -> Result<Arc<Vec<u8>>> {
-        let mut cache = self.sector_bitmaps.lock().unwrap_or_else(|e| e.into_inner());
+        let mut cache = self
+            .sector_bitmaps
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(b) = cache.get(&chunk) {
             return Ok(b.clone());
         }
@@ -75,7 +83,11 @@ impl Vhdx {
                     return;
                 }
             }
-            out.push(Extent { offset, len, source });
+            out.push(Extent {
+                offset,
+                len,
+                source,
+            });
         };
         let mut pos = offset;
         let end = offset + len;
@@ -85,7 +97,9 @@ impl Vhdx {
             let piece = (bs - in_block).min(end - pos);
             let e = self.bat[g.payload_index(block)];
             match e.state() {
-                PAYLOAD_BLOCK_FULLY_PRESENT => push(pos, piece, Source::File(e.file_offset() + in_block)),
+                PAYLOAD_BLOCK_FULLY_PRESENT => {
+                    push(pos, piece, Source::File(e.file_offset() + in_block))
+                }
                 PAYLOAD_BLOCK_PARTIALLY_PRESENT => {
                     let chunk = block / g.chunk_ratio;
                     let bits = self.sector_bitmap(chunk)?;
@@ -135,7 +149,7 @@ impl Vhdx {
     /// sectors only.
     fn check_alignment(&self, offset: u64, len: u64) -> Result<()> {
         let ss = self.logical_sector_size() as u64;
-        if self.geometry.has_parent && (offset % ss != 0 || len % ss != 0) {
+        if self.geometry.has_parent && (!offset.is_multiple_of(ss) || !len.is_multiple_of(ss)) {
             return Err(Error::InvalidParameter(format!(
                 "{}: range at {offset} of {len} bytes is not aligned to the {ss}-byte sector of a differencing disk",
                 self.name
@@ -149,14 +163,17 @@ impl Vhdx {
     fn allocate(&mut self, len: u64) -> Result<u64> {
         let at = self.eof;
         let end = at + len;
-        self.file.set_len(end).map_err(self.io_err("extending the file", at))?;
+        self.file
+            .set_len(end)
+            .map_err(self.io_err("extending the file", at))?;
         self.eof = end;
         Ok(at)
     }
 
     fn set_bat(&mut self, index: usize, entry: BatEntry) {
         self.bat[index] = entry;
-        self.dirty_bat_pages.insert(index as u64 * 8 / LOG_SECTOR_SIZE as u64);
+        self.dirty_bat_pages
+            .insert(index as u64 * 8 / LOG_SECTOR_SIZE as u64);
     }
 
     /// Marks sectors `first..first+count` (virtual sector numbers) present.
@@ -170,7 +187,10 @@ impl Vhdx {
             let mut bits = self.sector_bitmap(chunk)?;
             let map = Arc::make_mut(&mut bits);
             sector_bitmap::set_range(map, in_chunk, n, true);
-            self.sector_bitmaps.get_mut().unwrap_or_else(|e| e.into_inner()).insert(chunk, bits);
+            self.sector_bitmaps
+                .get_mut()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(chunk, bits);
             let per_page = LOG_SECTOR_SIZE as u64 * 8;
             for page in in_chunk / per_page..=(in_chunk + n - 1) / per_page {
                 self.dirty_bitmap_pages.insert((chunk, page));
@@ -233,8 +253,14 @@ impl Vhdx {
                 }
                 let at = self.allocate(bs)?;
                 self.stats.blocks_allocated += 1;
-                let new_state = if partial { PAYLOAD_BLOCK_PARTIALLY_PRESENT } else { PAYLOAD_BLOCK_FULLY_PRESENT };
-                self.file.write_at(at + in_block, piece).map_err(self.io_err("writing payload", at + in_block))?;
+                let new_state = if partial {
+                    PAYLOAD_BLOCK_PARTIALLY_PRESENT
+                } else {
+                    PAYLOAD_BLOCK_FULLY_PRESENT
+                };
+                self.file
+                    .write_at(at + in_block, piece)
+                    .map_err(self.io_err("writing payload", at + in_block))?;
                 self.set_bat(index, BatEntry::new(new_state, at));
                 if partial {
                     self.set_present(pos / ss, piece.len() as u64 / ss)?;
@@ -243,7 +269,9 @@ impl Vhdx {
             }
         };
         let at = target + in_block;
-        self.file.write_at(at, piece).map_err(self.io_err("writing payload", at))?;
+        self.file
+            .write_at(at, piece)
+            .map_err(self.io_err("writing payload", at))?;
         if state == PAYLOAD_BLOCK_PARTIALLY_PRESENT {
             self.set_present(pos / ss, piece.len() as u64 / ss)?;
         }
@@ -263,7 +291,13 @@ impl Vhdx {
         self.discard(offset, len, PAYLOAD_BLOCK_UNMAPPED, false)
     }
 
-    fn discard(&mut self, offset: u64, len: u64, whole_state: u8, zero_partial: bool) -> Result<()> {
+    fn discard(
+        &mut self,
+        offset: u64,
+        len: u64,
+        whole_state: u8,
+        zero_partial: bool,
+    ) -> Result<()> {
         self.check_range(offset, len)?;
         if len == 0 {
             return Ok(());

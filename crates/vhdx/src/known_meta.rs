@@ -21,16 +21,28 @@ impl FileParameters {
         let b = need(b, Self::SIZE, "File Parameters")?;
         let block_size = le32(b, 0);
         let flags = le32(b, 4);
-        if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) || !block_size.is_power_of_two() {
-            return Err(bad("File Parameters", format!("BlockSize {block_size} is not a power of two between 1 MB and 256 MB")));
+        if !(MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&block_size) || !block_size.is_power_of_two()
+        {
+            return Err(bad(
+                "File Parameters",
+                format!("BlockSize {block_size} is not a power of two between 1 MB and 256 MB"),
+            ));
         }
-        Ok(Self { block_size, leave_block_allocated: flags & 1 != 0, has_parent: flags & 2 != 0 })
+        Ok(Self {
+            block_size,
+            leave_block_allocated: flags & 1 != 0,
+            has_parent: flags & 2 != 0,
+        })
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut b = vec![0u8; Self::SIZE];
         put32(&mut b, 0, self.block_size);
-        put32(&mut b, 4, self.leave_block_allocated as u32 | (self.has_parent as u32) << 1);
+        put32(
+            &mut b,
+            4,
+            self.leave_block_allocated as u32 | (self.has_parent as u32) << 1,
+        );
         b
     }
 }
@@ -38,7 +50,7 @@ impl FileParameters {
 /// §2.6.2.2 Virtual Disk Size: a multiple of the logical sector size, ≤ 64 TB.
 pub fn parse_virtual_disk_size(b: &[u8], logical_sector_size: u32) -> Result<u64, Corruption> {
     let v = le64(need(b, 8, "Virtual Disk Size")?, 0);
-    if v == 0 || v > MAX_VIRTUAL_DISK_SIZE || v % logical_sector_size as u64 != 0 {
+    if v == 0 || v > MAX_VIRTUAL_DISK_SIZE || !v.is_multiple_of(logical_sector_size as u64) {
         return Err(bad("Virtual Disk Size", format!("{v} is zero, above 64 TB or not a multiple of the {logical_sector_size}-byte sector")));
     }
     Ok(v)
@@ -60,7 +72,10 @@ pub fn parse_sector_size(b: &[u8], item: &'static str) -> Result<u32, Corruption
 
 fn need<'a>(b: &'a [u8], n: usize, item: &'static str) -> Result<&'a [u8], Corruption> {
     if b.len() < n {
-        return Err(bad(item, format!("item is {} bytes, {n} expected", b.len())));
+        return Err(bad(
+            item,
+            format!("item is {} bytes, {n} expected", b.len()),
+        ));
     }
     Ok(b)
 }
@@ -75,7 +90,11 @@ mod tests {
 
     #[test]
     fn file_parameters_round_trip_and_bounds() {
-        let p = FileParameters { block_size: 32 << 20, leave_block_allocated: false, has_parent: true };
+        let p = FileParameters {
+            block_size: 32 << 20,
+            leave_block_allocated: false,
+            has_parent: true,
+        };
         assert_eq!(FileParameters::parse(&p.to_bytes()).unwrap(), p);
         let mut b = p.to_bytes();
         put32(&mut b, 0, 3 << 20);
@@ -86,10 +105,16 @@ mod tests {
 
     #[test]
     fn sizes_are_validated() {
-        assert_eq!(parse_sector_size(&4096u32.to_le_bytes(), "Logical Sector Size").unwrap(), 4096);
+        assert_eq!(
+            parse_sector_size(&4096u32.to_le_bytes(), "Logical Sector Size").unwrap(),
+            4096
+        );
         assert!(parse_sector_size(&1024u32.to_le_bytes(), "Logical Sector Size").is_err());
         assert!(parse_virtual_disk_size(&1000u64.to_le_bytes(), 512).is_err());
         assert!(parse_virtual_disk_size(&(65 * TIB).to_le_bytes(), 512).is_err());
-        assert_eq!(parse_virtual_disk_size(&(MIB).to_le_bytes(), 4096).unwrap(), MIB);
+        assert_eq!(
+            parse_virtual_disk_size(&(MIB).to_le_bytes(), 4096).unwrap(),
+            MIB
+        );
     }
 }

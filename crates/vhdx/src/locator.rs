@@ -28,11 +28,16 @@ fn bad(why: impl Into<String>) -> Corruption {
 
 fn utf16(b: &[u8], off: u32, len: u16) -> Result<String, Corruption> {
     let (off, len) = (off as usize, len as usize);
-    let s = b.get(off..off + len).ok_or_else(|| bad("key or value lies outside the item"))?;
+    let s = b
+        .get(off..off + len)
+        .ok_or_else(|| bad("key or value lies outside the item"))?;
     if len % 2 != 0 {
         return Err(bad("odd-length UTF-16 string"));
     }
-    let units: Vec<u16> = s.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect();
+    let units: Vec<u16> = s
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
     let text = String::from_utf16(&units).map_err(|_| bad("invalid UTF-16"))?;
     if text.contains('\0') {
         return Err(bad("NUL inside a key or value"));
@@ -74,7 +79,10 @@ impl ParentLocator {
             }
             entries.push((key, utf16(b, vo, vl)?));
         }
-        Ok(Self { locator_type: guid(b, 0), entries })
+        Ok(Self {
+            locator_type: guid(b, 0),
+            entries,
+        })
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {
@@ -87,7 +95,10 @@ impl ParentLocator {
             for u in s.encode_utf16() {
                 strings.extend_from_slice(&u.to_le_bytes());
             }
-            (off as u32, (strings.len() + table_len(self.entries.len()) - off) as u16)
+            (
+                off as u32,
+                (strings.len() + table_len(self.entries.len()) - off) as u16,
+            )
         };
         for (i, (k, v)) in self.entries.iter().enumerate() {
             let (ko, kl) = push(k, &mut strings);
@@ -103,7 +114,10 @@ impl ParentLocator {
     }
 
     pub fn get(&self, key: &str) -> Option<&str> {
-        self.entries.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.entries
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn set(&mut self, key: &str, value: String) {
@@ -119,7 +133,9 @@ impl ParentLocator {
 
     /// `parent_linkage` and, if present, `parent_linkage2`.
     pub fn linkages(&self) -> Result<(Uuid, Option<Uuid>), Corruption> {
-        let first = self.get(PARENT_LINKAGE).ok_or_else(|| bad("parent_linkage is missing"))?;
+        let first = self
+            .get(PARENT_LINKAGE)
+            .ok_or_else(|| bad("parent_linkage is missing"))?;
         let second = self.get(PARENT_LINKAGE2).map(parse_linkage).transpose()?;
         Ok((parse_linkage(first)?, second))
     }

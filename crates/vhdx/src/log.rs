@@ -22,7 +22,9 @@ pub enum LogUpdate {
 impl LogUpdate {
     pub fn file_offset(&self) -> u64 {
         match self {
-            LogUpdate::Data { file_offset, .. } | LogUpdate::Zero { file_offset, .. } => *file_offset,
+            LogUpdate::Data { file_offset, .. } | LogUpdate::Zero { file_offset, .. } => {
+                *file_offset
+            }
         }
     }
 }
@@ -39,7 +41,8 @@ pub struct LogEntry {
 }
 
 /// Descriptors that fit in the first descriptor sector (after the header).
-const FIRST_SECTOR_DESCRIPTORS: usize = (LOG_SECTOR_SIZE - LOG_ENTRY_HEADER_SIZE) / LOG_DESCRIPTOR_SIZE;
+const FIRST_SECTOR_DESCRIPTORS: usize =
+    (LOG_SECTOR_SIZE - LOG_ENTRY_HEADER_SIZE) / LOG_DESCRIPTOR_SIZE;
 /// Descriptors that fit in each following descriptor sector.
 const MORE_SECTOR_DESCRIPTORS: usize = LOG_SECTOR_SIZE / LOG_DESCRIPTOR_SIZE;
 
@@ -57,14 +60,19 @@ fn descriptor_pos(i: usize) -> usize {
         LOG_ENTRY_HEADER_SIZE + i * LOG_DESCRIPTOR_SIZE
     } else {
         let j = i - FIRST_SECTOR_DESCRIPTORS;
-        LOG_SECTOR_SIZE * (1 + j / MORE_SECTOR_DESCRIPTORS) + (j % MORE_SECTOR_DESCRIPTORS) * LOG_DESCRIPTOR_SIZE
+        LOG_SECTOR_SIZE * (1 + j / MORE_SECTOR_DESCRIPTORS)
+            + (j % MORE_SECTOR_DESCRIPTORS) * LOG_DESCRIPTOR_SIZE
     }
 }
 
 impl LogEntry {
     /// EntryLength of the encoded entry.
     pub fn encoded_len(&self) -> usize {
-        let data = self.updates.iter().filter(|u| matches!(u, LogUpdate::Data { .. })).count();
+        let data = self
+            .updates
+            .iter()
+            .filter(|u| matches!(u, LogUpdate::Data { .. }))
+            .count();
         (descriptor_sectors(self.updates.len()) + data) * LOG_SECTOR_SIZE
     }
 
@@ -89,7 +97,10 @@ impl LogEntry {
         for (i, u) in self.updates.iter().enumerate() {
             let d = descriptor_pos(i);
             match u {
-                LogUpdate::Zero { file_offset, length } => {
+                LogUpdate::Zero {
+                    file_offset,
+                    length,
+                } => {
                     b[d..d + 4].copy_from_slice(ZERO_DESCRIPTOR_SIGNATURE);
                     put64(&mut b, d + 8, *length);
                     put64(&mut b, d + 16, *file_offset);
@@ -119,7 +130,7 @@ impl LogEntry {
     /// `log` (wrapping at its end). `None` if anything does not check out.
     pub fn decode(log: &[u8], offset: usize, log_guid: Uuid) -> Option<(LogEntry, usize)> {
         let ring = log.len();
-        if offset % LOG_SECTOR_SIZE != 0 || offset >= ring {
+        if !offset.is_multiple_of(LOG_SECTOR_SIZE) || offset >= ring {
             return None;
         }
         let first = &log[offset..offset + LOG_SECTOR_SIZE];
@@ -127,7 +138,7 @@ impl LogEntry {
             return None;
         }
         let len = le32(first, 8) as usize;
-        if len == 0 || len % LOG_SECTOR_SIZE != 0 || len > ring {
+        if len == 0 || !len.is_multiple_of(LOG_SECTOR_SIZE) || len > ring {
             return None;
         }
         let mut b = Vec::with_capacity(len);
@@ -147,11 +158,11 @@ impl LogEntry {
         let flushed = le64(&b, 48);
         let last = le64(&b, 56);
         if seq == 0
-            || tail as usize % LOG_SECTOR_SIZE != 0
+            || !(tail as usize).is_multiple_of(LOG_SECTOR_SIZE)
             || tail as usize >= ring
             || guid(&b, 32) != log_guid
-            || flushed % MIB != 0
-            || last % MIB != 0
+            || !flushed.is_multiple_of(MIB)
+            || !last.is_multiple_of(MIB)
             || count > len / LOG_DESCRIPTOR_SIZE
         {
             return None;
@@ -165,16 +176,19 @@ impl LogEntry {
                 return None;
             }
             let file_offset = le64(&b, d + 16);
-            if file_offset % LOG_SECTOR_SIZE as u64 != 0 {
+            if !file_offset.is_multiple_of(LOG_SECTOR_SIZE as u64) {
                 return None;
             }
             match &b[d..d + 4] {
                 s if s == ZERO_DESCRIPTOR_SIGNATURE => {
                     let length = le64(&b, d + 8);
-                    if length % LOG_SECTOR_SIZE as u64 != 0 {
+                    if !length.is_multiple_of(LOG_SECTOR_SIZE as u64) {
                         return None;
                     }
-                    updates.push(LogUpdate::Zero { file_offset, length });
+                    updates.push(LogUpdate::Zero {
+                        file_offset,
+                        length,
+                    });
                 }
                 s if s == DATA_DESCRIPTOR_SIGNATURE => {
                     if data_pos + LOG_SECTOR_SIZE > len {
@@ -217,7 +231,7 @@ impl LogEntry {
 /// order, or `None` if the log holds no valid sequence.
 pub fn find_active_sequence(log: &[u8], log_guid: Uuid) -> Option<Vec<LogEntry>> {
     let ring = log.len();
-    if ring == 0 || ring % LOG_SECTOR_SIZE != 0 {
+    if ring == 0 || !ring.is_multiple_of(LOG_SECTOR_SIZE) {
         return None;
     }
     let mut candidate: Option<Vec<LogEntry>> = None;
@@ -229,7 +243,9 @@ pub fn find_active_sequence(log: &[u8], log_guid: Uuid) -> Option<Vec<LogEntry>>
         while covered < ring {
             match LogEntry::decode(log, head, log_guid) {
                 Some((e, len))
-                    if seq.last().is_none_or(|(_, l)| e.sequence_number == l.sequence_number + 1) =>
+                    if seq
+                        .last()
+                        .is_none_or(|(_, l)| e.sequence_number == l.sequence_number + 1) =>
                 {
                     seq.push((head, e));
                     head = (head + len) % ring;
@@ -239,7 +255,8 @@ pub fn find_active_sequence(log: &[u8], log_guid: Uuid) -> Option<Vec<LogEntry>>
             }
         }
         let valid_from = seq.last().and_then(|(_, head_entry)| {
-            seq.iter().position(|(off, _)| *off == head_entry.tail as usize)
+            seq.iter()
+                .position(|(off, _)| *off == head_entry.tail as usize)
         });
         if let Some(from) = valid_from {
             let head_seq = seq.last().unwrap().1.sequence_number;
@@ -277,7 +294,13 @@ pub struct LogWriter {
 
 impl LogWriter {
     pub fn new(log_offset: u64, log_length: u32) -> Self {
-        Self { log_offset, log_length, log_guid: Uuid::new_v4(), next_sequence: 1, head: 0 }
+        Self {
+            log_offset,
+            log_length,
+            log_guid: Uuid::new_v4(),
+            next_sequence: 1,
+            head: 0,
+        }
     }
 
     /// The most data sectors one entry may carry: a third of the ring, so
@@ -293,7 +316,12 @@ impl LogWriter {
 
     /// Builds the next entry for `updates` and returns it with the file
     /// offset where it must be written.
-    pub fn next_entry(&mut self, updates: Vec<LogUpdate>, flushed: u64, last: u64) -> (u64, Vec<u8>) {
+    pub fn next_entry(
+        &mut self,
+        updates: Vec<LogUpdate>,
+        flushed: u64,
+        last: u64,
+    ) -> (u64, Vec<u8>) {
         let mut entry = LogEntry {
             sequence_number: self.next_sequence,
             tail: 0,
@@ -330,10 +358,23 @@ mod tests {
 
     fn entry(seq: u64, tail: u32, g: Uuid, n: usize) -> LogEntry {
         let mut updates: Vec<_> = (0..n)
-            .map(|i| LogUpdate::Data { file_offset: (2 * MIB) + i as u64 * 4096, data: page(i as u8) })
+            .map(|i| LogUpdate::Data {
+                file_offset: (2 * MIB) + i as u64 * 4096,
+                data: page(i as u8),
+            })
             .collect();
-        updates.push(LogUpdate::Zero { file_offset: 3 * MIB, length: 8192 });
-        LogEntry { sequence_number: seq, tail, log_guid: g, flushed_file_offset: 4 * MIB, last_file_offset: 5 * MIB, updates }
+        updates.push(LogUpdate::Zero {
+            file_offset: 3 * MIB,
+            length: 8192,
+        });
+        LogEntry {
+            sequence_number: seq,
+            tail,
+            log_guid: g,
+            flushed_file_offset: 4 * MIB,
+            last_file_offset: 5 * MIB,
+            updates,
+        }
     }
 
     #[test]
@@ -346,7 +387,10 @@ mod tests {
             let (d, len) = LogEntry::decode(&log, 0, g).unwrap();
             assert_eq!(d, e);
             assert_eq!(len, e.encoded_len());
-            assert!(LogEntry::decode(&log, 0, Uuid::new_v4()).is_none(), "wrong guid accepted");
+            assert!(
+                LogEntry::decode(&log, 0, Uuid::new_v4()).is_none(),
+                "wrong guid accepted"
+            );
         }
     }
 
@@ -357,7 +401,10 @@ mod tests {
         for i in (0..e.len()).step_by(97) {
             let mut bad = e.clone();
             bad[i] ^= 0x10;
-            assert!(LogEntry::decode(&bad, 0, g).is_none(), "flip at {i} accepted");
+            assert!(
+                LogEntry::decode(&bad, 0, g).is_none(),
+                "flip at {i} accepted"
+            );
         }
     }
 
@@ -384,7 +431,10 @@ mod tests {
         let mut last = None;
         for round in 0..40 {
             let updates = (0..(round % 7) + 1)
-                .map(|i| LogUpdate::Data { file_offset: 2 * MIB + i as u64 * 4096, data: page(round as u8) })
+                .map(|i| LogUpdate::Data {
+                    file_offset: 2 * MIB + i as u64 * 4096,
+                    data: page(round as u8),
+                })
                 .collect();
             let (at, bytes) = w.next_entry(updates, MIB, 2 * MIB);
             log[at as usize..at as usize + bytes.len()].copy_from_slice(&bytes);
@@ -420,12 +470,20 @@ mod tests {
         assert!(max > 50);
         let mut prev: Option<(u64, u64)> = None;
         for n in (1..400).map(|i| (i * 37) % max + 1) {
-            let updates = (0..n).map(|_| LogUpdate::Data { file_offset: 0, data: page(0) }).collect();
+            let updates = (0..n)
+                .map(|_| LogUpdate::Data {
+                    file_offset: 0,
+                    data: page(0),
+                })
+                .collect();
             let (at, bytes) = w.next_entry(updates, 0, 0);
             let (s, e) = (at, at + bytes.len() as u64);
             assert!(e <= 2 * MIB);
             if let Some((ps, pe)) = prev {
-                assert!(e <= ps || s >= pe, "entry {s:#x}..{e:#x} overlaps {ps:#x}..{pe:#x}");
+                assert!(
+                    e <= ps || s >= pe,
+                    "entry {s:#x}..{e:#x} overlaps {ps:#x}..{pe:#x}"
+                );
             }
             prev = Some((s, e));
         }

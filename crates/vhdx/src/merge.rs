@@ -53,11 +53,16 @@ pub fn merge_into_parent(
         )));
     }
     let (parent_path, mut parent) = open_parent(fs, child_path, &child, true)?;
-    let (_, linkage2) = child
-        .parent_locator()
-        .unwrap()
-        .linkages()
-        .map_err(|kind| Error::Corrupt { file: child.name().into(), offset: 0, kind })?;
+    let (_, linkage2) =
+        child
+            .parent_locator()
+            .unwrap()
+            .linkages()
+            .map_err(|kind| Error::Corrupt {
+                file: child.name().into(),
+                offset: 0,
+                kind,
+            })?;
     let resumed = linkage2.is_some();
     let g = match linkage2 {
         Some(g) => g,
@@ -112,14 +117,21 @@ pub fn merge_into_parent(
             source,
         })?;
     }
-    Ok(MergeReport { parent: parent_path, bytes_merged: merged, resumed, child_removed: remove_child })
+    Ok(MergeReport {
+        parent: parent_path,
+        bytes_merged: merged,
+        resumed,
+        child_removed: remove_child,
+    })
 }
 
 impl Vhdx {
     /// Replaces the parent locator (through the log, at the next flush).
     pub fn set_parent_locator(&mut self, loc: crate::locator::ParentLocator) -> Result<()> {
         if !self.writable {
-            return Err(Error::ReadOnly { file: self.name.clone() });
+            return Err(Error::ReadOnly {
+                file: self.name.clone(),
+            });
         }
         let bytes = loc.to_bytes();
         let mut table = self.metadata_table.clone();
@@ -127,10 +139,17 @@ impl Vhdx {
             .entries
             .iter()
             .position(|e| e.item_id == PARENT_LOCATOR_GUID && !e.is_user)
-            .ok_or_else(|| Error::InvalidParameter(format!("{} has no parent locator", self.name)))?;
+            .ok_or_else(|| {
+                Error::InvalidParameter(format!("{} has no parent locator", self.name))
+            })?;
         let fits_in_place = bytes.len() as u32 <= table.entries[idx].length;
         if !fits_in_place {
-            let end = table.entries.iter().map(|e| e.offset + e.length).max().unwrap_or(0);
+            let end = table
+                .entries
+                .iter()
+                .map(|e| e.offset + e.length)
+                .max()
+                .unwrap_or(0);
             let at = align_up(end.max(METADATA_TABLE_SIZE as u32) as u64, 8) as u32;
             if at as u64 + bytes.len() as u64 > self.metadata_length as u64 {
                 return Err(Error::Unsupported {

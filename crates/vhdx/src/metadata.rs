@@ -102,7 +102,8 @@ impl MetadataTable {
             put_guid(&mut b, o, e.item_id);
             put32(&mut b, o + 16, e.offset);
             put32(&mut b, o + 20, e.length);
-            let flags = e.is_user as u32 | (e.is_virtual_disk as u32) << 1 | (e.is_required as u32) << 2;
+            let flags =
+                e.is_user as u32 | (e.is_virtual_disk as u32) << 1 | (e.is_required as u32) << 2;
             put32(&mut b, o + 24, flags);
         }
         b
@@ -119,20 +120,38 @@ mod tests {
     use super::*;
 
     fn entry(id: Uuid, offset: u32, length: u32) -> MetadataTableEntry {
-        MetadataTableEntry { item_id: id, offset, length, is_user: false, is_virtual_disk: true, is_required: true }
+        MetadataTableEntry {
+            item_id: id,
+            offset,
+            length,
+            is_user: false,
+            is_virtual_disk: true,
+            is_required: true,
+        }
     }
 
     #[test]
     fn round_trip_and_placement_checks() {
         let t = MetadataTable {
-            entries: vec![entry(FILE_PARAMETERS_GUID, 65536, 8), entry(VIRTUAL_DISK_SIZE_GUID, 65544, 8)],
+            entries: vec![
+                entry(FILE_PARAMETERS_GUID, 65536, 8),
+                entry(VIRTUAL_DISK_SIZE_GUID, 65544, 8),
+            ],
         };
         assert_eq!(MetadataTable::parse(&t.to_bytes(), MIB as u32).unwrap(), t);
         let overlap = MetadataTable {
-            entries: vec![entry(FILE_PARAMETERS_GUID, 65536, 8), entry(VIRTUAL_DISK_SIZE_GUID, 65540, 8)],
+            entries: vec![
+                entry(FILE_PARAMETERS_GUID, 65536, 8),
+                entry(VIRTUAL_DISK_SIZE_GUID, 65540, 8),
+            ],
         };
-        assert!(matches!(MetadataTable::parse(&overlap.to_bytes(), MIB as u32), Err(Corruption::Overlap(_))));
-        let outside = MetadataTable { entries: vec![entry(FILE_PARAMETERS_GUID, 100, 8)] };
+        assert!(matches!(
+            MetadataTable::parse(&overlap.to_bytes(), MIB as u32),
+            Err(Corruption::Overlap(_))
+        ));
+        let outside = MetadataTable {
+            entries: vec![entry(FILE_PARAMETERS_GUID, 100, 8)],
+        };
         assert!(matches!(
             MetadataTable::parse(&outside.to_bytes(), MIB as u32),
             Err(Corruption::BadMetadataItemLocation { .. })

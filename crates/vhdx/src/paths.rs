@@ -9,7 +9,9 @@ pub fn absolute(p: &Path) -> PathBuf {
     let joined = if p.is_absolute() {
         p.to_path_buf()
     } else {
-        std::env::current_dir().unwrap_or_else(|_| PathBuf::from("/")).join(p)
+        std::env::current_dir()
+            .unwrap_or_else(|_| PathBuf::from("/"))
+            .join(p)
     };
     normalize(&joined)
 }
@@ -52,8 +54,17 @@ mod tests {
 
     #[test]
     fn relative_paths() {
-        assert_eq!(relative_to(Path::new("/a/b"), Path::new("/a/b/c.vhdx")), PathBuf::from("c.vhdx"));
-        assert_eq!(relative_to(Path::new("/a/b"), Path::new("/a/x/c.vhdx")), PathBuf::from("../x/c.vhdx"));
-        assert_eq!(normalize(Path::new("/a/b/../c/./d")), PathBuf::from("/a/c/d"));
+        assert_eq!(
+            relative_to(Path::new("/a/b"), Path::new("/a/b/c.vhdx")),
+            PathBuf::from("c.vhdx")
+        );
+        assert_eq!(
+            relative_to(Path::new("/a/b"), Path::new("/a/x/c.vhdx")),
+            PathBuf::from("../x/c.vhdx")
+        );
+        assert_eq!(
+            normalize(Path::new("/a/b/../c/./d")),
+            PathBuf::from("/a/c/d")
+        );
     }
 }

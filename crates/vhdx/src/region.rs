@@ -51,9 +51,9 @@ impl RegionTable {
             if !seen.insert(entry.guid) {
                 return Err(Corruption::DuplicateRegion(entry.guid));
             }
-            if entry.file_offset % OBJECT_ALIGNMENT != 0
+            if !entry.file_offset.is_multiple_of(OBJECT_ALIGNMENT)
                 || entry.file_offset < HEADER_SECTION_SIZE
-                || entry.length as u64 % OBJECT_ALIGNMENT != 0
+                || !(entry.length as u64).is_multiple_of(OBJECT_ALIGNMENT)
                 || entry.length == 0
             {
                 return Err(Corruption::BadRegionLocation {
@@ -98,15 +98,28 @@ mod tests {
     fn round_trip_and_validation() {
         let t = RegionTable {
             entries: vec![
-                RegionTableEntry { guid: BAT_REGION_GUID, file_offset: 3 * MIB, length: MIB as u32, required: true },
-                RegionTableEntry { guid: METADATA_REGION_GUID, file_offset: 2 * MIB, length: MIB as u32, required: true },
+                RegionTableEntry {
+                    guid: BAT_REGION_GUID,
+                    file_offset: 3 * MIB,
+                    length: MIB as u32,
+                    required: true,
+                },
+                RegionTableEntry {
+                    guid: METADATA_REGION_GUID,
+                    file_offset: 2 * MIB,
+                    length: MIB as u32,
+                    required: true,
+                },
             ],
         };
         let b = t.to_bytes();
         assert_eq!(RegionTable::parse(&b).unwrap(), t);
         let mut bad = b.clone();
         bad[40] ^= 0x80;
-        assert_eq!(RegionTable::parse(&bad), Err(Corruption::BadRegionTableChecksum));
+        assert_eq!(
+            RegionTable::parse(&bad),
+            Err(Corruption::BadRegionTableChecksum)
+        );
         let mut unaligned = t.clone();
         unaligned.entries[0].file_offset += 4096;
         assert!(matches!(
@@ -115,6 +128,9 @@ mod tests {
         ));
         let mut dup = t.clone();
         dup.entries[1].guid = BAT_REGION_GUID;
-        assert_eq!(RegionTable::parse(&dup.to_bytes()), Err(Corruption::DuplicateRegion(BAT_REGION_GUID)));
+        assert_eq!(
+            RegionTable::parse(&dup.to_bytes()),
+            Err(Corruption::DuplicateRegion(BAT_REGION_GUID))
+        );
     }
 }

@@ -11,7 +11,7 @@ pub fn set_range(bits: &mut [u8], start: u64, count: u64, value: bool) {
     let mut i = start;
     let end = start + count;
     while i < end {
-        if i % 8 == 0 && end - i >= 8 {
+        if i.is_multiple_of(8) && end - i >= 8 {
             let n = ((end - i) / 8) as usize;
             let b = (i / 8) as usize;
             bits[b..b + n].fill(if value { 0xff } else { 0 });
@@ -35,7 +35,7 @@ pub fn run_len(bits: &[u8], start: u64, max: u64) -> u64 {
     let mut n = 1;
     while n < max {
         let i = start + n;
-        if i % 8 == 0 && max - n >= 8 && bits[(i / 8) as usize] == full {
+        if i.is_multiple_of(8) && max - n >= 8 && bits[(i / 8) as usize] == full {
             n += 8;
         } else if get(bits, i) == v {
             n += 1;

@@ -6,7 +6,13 @@ use storage::LocalFs;
 use vhdx::{create, create_child, Chain, CreateOptions, DiskType, Vhdx};
 
 fn opts(size: u64, bs: u32, ss: u32, t: DiskType) -> CreateOptions {
-    CreateOptions { virtual_size: size, disk_type: t, block_size: bs, logical_sector_size: ss, physical_sector_size: 4096 }
+    CreateOptions {
+        virtual_size: size,
+        disk_type: t,
+        block_size: bs,
+        logical_sector_size: ss,
+        physical_sector_size: 4096,
+    }
 }
 
 fn random_ops(v: &mut Vhdx, model: &mut [u8], seed: u64, n: usize) {
@@ -81,14 +87,22 @@ fn three_level_chain_with_partial_sectors() {
     let base = dir.path().join("base.vhdx");
     let size = 6 << 20;
     let mut model = vec![0u8; size as usize];
-    let mut v = create(&LocalFs, &base, &opts(size, 1 << 20, 512, DiskType::Dynamic)).unwrap();
+    let mut v = create(
+        &LocalFs,
+        &base,
+        &opts(size, 1 << 20, 512, DiskType::Dynamic),
+    )
+    .unwrap();
     random_ops(&mut v, &mut model, 7, 20);
     v.close().unwrap();
     let mut prev = base.clone();
     let mut rng = rand::rngs::SmallRng::seed_from_u64(3);
     for level in 1..=3 {
         let child = dir.path().join(format!("c{level}.avhdx"));
-        create_child(&LocalFs, &child, &prev, None).unwrap().close().unwrap();
+        create_child(&LocalFs, &child, &prev, None)
+            .unwrap()
+            .close()
+            .unwrap();
         let mut chain = Chain::open(&LocalFs, &child, true).unwrap();
         assert_eq!(chain.layers().len(), level + 1);
         for _ in 0..40 {
