@@ -224,7 +224,7 @@ impl Vhdx {
                         file.write_at(off, &page)
                             .map_err(io("replaying the log", off))?;
                     } else {
-                        let _ = (off, page);
+                        overlay.insert(off, page);
                     }
                 }
                 effective_len = effective_len.max(u.file_offset().saturating_add(update_len(u)));
