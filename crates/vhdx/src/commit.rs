@@ -56,7 +56,7 @@ impl Vhdx {
             .file
             .len()
             .map_err(self.io_err("reading the length", 0))?;
-        let pages = self.take_dirty_pages()?;
+        let pages = self.dirty_pages()?;
         if pages.is_empty() {
             return Ok(());
         }
@@ -64,13 +64,22 @@ impl Vhdx {
         for chunk in pages.chunks(max) {
             self.commit_entry(chunk)?;
         }
+        // Only now are the pages in place. After a failed commit they stay
+        // dirty, so the next flush (or close) commits them again; dropping
+        // them would let a later successful flush, and a close that clears
+        // LogGuid (§2.3.3 then skips the replay), leave the BAT on disk
+        // without blocks that were written before the failure.
+        self.dirty_bat_pages.clear();
+        self.dirty_bitmap_pages.clear();
+        self.dirty_meta_pages.clear();
         Ok(())
     }
 
-    /// Collects the dirty pages as (file offset, 4 KB) pairs, sorted.
-    fn take_dirty_pages(&mut self) -> Result<Vec<(u64, Box<[u8]>)>> {
+    /// The dirty pages as (file offset, 4 KB) pairs, sorted; they stay
+    /// dirty until committed.
+    fn dirty_pages(&self) -> Result<Vec<(u64, Box<[u8]>)>> {
         let mut pages = Vec::with_capacity(self.dirty_page_count());
-        for page in std::mem::take(&mut self.dirty_bat_pages) {
+        for &page in &self.dirty_bat_pages {
             let off = self.bat_offset + page * LOG_SECTOR_SIZE as u64;
             let mut b = vec![0u8; LOG_SECTOR_SIZE].into_boxed_slice();
             self.read_meta(off, &mut b)?;
@@ -86,7 +95,7 @@ impl Vhdx {
             }
             pages.push((off, b));
         }
-        for (chunk, page) in std::mem::take(&mut self.dirty_bitmap_pages) {
+        for &(chunk, page) in &self.dirty_bitmap_pages {
             let sb = self.bat[self.geometry.sector_bitmap_index(chunk)];
             let bits = self.sector_bitmap(chunk)?;
             let start = page as usize * LOG_SECTOR_SIZE;
@@ -95,7 +104,11 @@ impl Vhdx {
                 .into_boxed_slice();
             pages.push((sb.file_offset() + start as u64, b));
         }
-        pages.extend(std::mem::take(&mut self.dirty_meta_pages));
+        pages.extend(
+            self.dirty_meta_pages
+                .iter()
+                .map(|(&off, b)| (off, b.clone())),
+        );
         pages.sort_by_key(|p| p.0);
         Ok(pages)
     }
