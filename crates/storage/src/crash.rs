@@ -201,8 +201,12 @@ impl Storage for SimHandle {
     fn flush(&self) -> io::Result<()> {
         self.spend()?;
         let mut st = self.live()?;
-        st.pending.clear();
-        st.durable = st.current.clone();
+        // Replay the pending ops onto the durable image instead of copying
+        // the whole file: flushes are frequent, files are not small.
+        let FileState { durable, pending, .. } = &mut *st;
+        for op in pending.drain(..) {
+            apply(durable, &op);
+        }
         st.flushes += 1;
         Ok(())
     }

@@ -1,0 +1,414 @@
+//! [`Disk`]: an image plus its change tracking, with the write queue that
+//! keeps every data write behind a durable mark.
+
+use crate::error::{Result, VdiskError};
+use crate::image::Image;
+use rct::{tracking_path, Changes, RctError, RctId, Tracker, TrackingState};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use storage::Fs;
+use uuid::Uuid;
+
+/// Ops waiting for their marks to become durable.
+enum Op {
+    Write(Vec<u8>),
+    Zero(u64),
+    Trim(u64),
+}
+
+impl Op {
+    fn len(&self) -> u64 {
+        match self {
+            Op::Write(d) => d.len() as u64,
+            Op::Zero(n) | Op::Trim(n) => *n,
+        }
+    }
+}
+
+/// What the tracking of a disk is doing.
+enum Tracking {
+    /// No tracking file.
+    Missing,
+    On(Tracker),
+    /// The tracking file exists but could not be used; queries return this.
+    Broken(RctError),
+}
+
+/// The tracking situation, for status displays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrackingStatus {
+    Missing,
+    On(TrackingState),
+    Broken { kind: &'static str, message: String },
+}
+
+/// Queue limits: one journal fsync is shared by this many queued bytes/ops.
+const QUEUE_MAX_BYTES: u64 = 64 << 20;
+const QUEUE_MAX_OPS: usize = 16384;
+/// Sequential streams mark up to this far ahead of themselves.
+const MAX_WINDOW: u64 = 1 << 30;
+
+/// An opened disk with tracked writes.
+pub struct Disk {
+    fs: Arc<dyn Fs>,
+    path: PathBuf,
+    name: String,
+    image: Image,
+    writable: bool,
+    tracking: Tracking,
+    queue: Vec<(u64, Op)>,
+    queued_bytes: u64,
+    /// The DataWriteGuid journaled for this session, to be applied to the
+    /// VHDX at the next commit.
+    pending_identity: Option<Uuid>,
+    identity_done: bool,
+    /// Where the last write ended, and the current look-ahead window.
+    seq_end: u64,
+    window: u64,
+}
+
+impl Disk {
+    /// Opens a disk. Tracking problems never fail the open: they are kept
+    /// and reported by tracking queries.
+    pub fn open(fs: Arc<dyn Fs>, path: &Path, writable: bool) -> Result<Self> {
+        let image = Image::open(&*fs, path, writable)?;
+        let tracking = if fs.exists(&tracking_path(path)) {
+            match Tracker::open(fs.clone(), path, image.size(), &image.identity()) {
+                Ok(t) => Tracking::On(t),
+                Err(e) => Tracking::Broken(e),
+            }
+        } else {
+            Tracking::Missing
+        };
+        // A raw file has no identity to change; a VHDX changes it on its
+        // first write of a session, which must be journaled first.
+        let identity_done = matches!(image, Image::Raw { .. });
+        Ok(Disk {
+            fs,
+            path: path.to_path_buf(),
+            name: path.display().to_string(),
+            image,
+            writable,
+            tracking,
+            queue: Vec::new(),
+            queued_bytes: 0,
+            pending_identity: None,
+            identity_done,
+            seq_end: u64::MAX,
+            window: 0,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn size(&self) -> u64 {
+        self.image.size()
+    }
+    pub fn image(&self) -> &Image {
+        &self.image
+    }
+    pub fn is_tracked(&self) -> bool {
+        matches!(self.tracking, Tracking::On(_))
+    }
+
+    fn check(&self, offset: u64, len: u64, write: bool) -> Result<()> {
+        if write && !self.writable {
+            return Err(VdiskError::ReadOnly {
+                path: self.name.clone(),
+            });
+        }
+        let size = self.size();
+        if offset.checked_add(len).is_none_or(|e| e > size) {
+            return Err(VdiskError::OutOfRange {
+                path: self.name.clone(),
+                offset,
+                len,
+                size,
+            });
+        }
+        Ok(())
+    }
+
+    // ---- I/O ----
+
+    pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.check(offset, buf.len() as u64, false)?;
+        let end = offset + buf.len() as u64;
+        if self
+            .queue
+            .iter()
+            .any(|(o, op)| *o < end && o + op.len() > offset)
+        {
+            self.commit()?;
+        }
+        self.image.read(&self.name, offset, buf)
+    }
+
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.check(offset, data.len() as u64, true)?;
+        self.submit(
+            offset,
+            data.len() as u64,
+            || Op::Write(data.to_vec()),
+            |img, name| img.write(name, offset, data),
+        )
+    }
+
+    pub fn zero(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.check(offset, len, true)?;
+        self.submit(
+            offset,
+            len,
+            || Op::Zero(len),
+            |img, name| img.zero(name, offset, len),
+        )
+    }
+
+    pub fn trim(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.check(offset, len, true)?;
+        self.submit(
+            offset,
+            len,
+            || Op::Trim(len),
+            |img, _| img.trim(offset, len),
+        )
+    }
+
+    /// Runs an op directly when its marks are durable, else queues it.
+    fn submit(
+        &mut self,
+        offset: u64,
+        len: u64,
+        queued: impl FnOnce() -> Op,
+        direct: impl FnOnce(&mut Image, &str) -> Result<()>,
+    ) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let size = self.size();
+        let Tracking::On(t) = &mut self.tracking else {
+            return direct(&mut self.image, &self.name);
+        };
+        let sequential = offset == self.seq_end;
+        self.seq_end = offset + len;
+        if self.identity_done && self.queue.is_empty() && t.is_marked(offset, len) {
+            return direct(&mut self.image, &self.name);
+        }
+        if !self.identity_done && self.pending_identity.is_none() {
+            if let Image::Vhdx(_) = self.image {
+                let g = Uuid::new_v4();
+                t.stage_identity(&format!("vhdx:{g}"));
+                self.pending_identity = Some(g);
+            }
+        }
+        t.stage(offset, len);
+        // A sequential stream marks a window ahead, doubling as it goes, so
+        // it soon writes straight through.
+        self.window = if sequential {
+            (self.window * 2).clamp(len, MAX_WINDOW)
+        } else {
+            0
+        };
+        if self.window > 0 {
+            let ahead = (offset + len).min(size);
+            let w = self.window.min(size - ahead);
+            t.stage(ahead, w);
+        }
+        self.queued_bytes += len;
+        self.queue.push((offset, queued()));
+        let sequential_window = self.window > 0;
+        if sequential_window
+            || self.queued_bytes >= QUEUE_MAX_BYTES
+            || self.queue.len() >= QUEUE_MAX_OPS
+        {
+            self.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Makes staged marks durable, then lets the queued ops through.
+    fn commit(&mut self) -> Result<()> {
+        if let Tracking::On(t) = &mut self.tracking {
+            t.commit()?;
+        }
+        // The VHDX takes its new DataWriteGuid only now that the tracking
+        // knows it, and before any queued data reaches the file.
+        if let Some(g) = self.pending_identity.take() {
+            if let Image::Vhdx(c) = &mut self.image {
+                c.top_mut().set_data_write_guid(g)?;
+            }
+            self.identity_done = true;
+        }
+        for (offset, op) in std::mem::take(&mut self.queue) {
+            match op {
+                Op::Write(d) => self.image.write(&self.name, offset, &d)?,
+                Op::Zero(n) => self.image.zero(&self.name, offset, n)?,
+                Op::Trim(n) => self.image.trim(offset, n)?,
+            }
+        }
+        self.queued_bytes = 0;
+        Ok(())
+    }
+
+    /// Makes every write so far durable (marks first, then data).
+    pub fn flush(&mut self) -> Result<()> {
+        self.commit()?;
+        if self.writable {
+            self.image.flush(&self.name)?;
+        }
+        Ok(())
+    }
+
+    /// Flushes and closes cleanly, saving the tracking compactly.
+    pub fn close(mut self) -> Result<()> {
+        self.flush()?;
+        let identity_after = self.image.identity();
+        let tracking = std::mem::replace(&mut self.tracking, Tracking::Missing);
+        if let Image::Vhdx(c) = self.image {
+            c.close()?;
+        }
+        if let Tracking::On(t) = tracking {
+            if self.writable {
+                t.close(&identity_after)?;
+            }
+        }
+        Ok(())
+    }
+
+    // ---- change tracking ----
+
+    fn tracker(&mut self) -> Result<&mut Tracker> {
+        match &mut self.tracking {
+            Tracking::On(t) => Ok(t),
+            Tracking::Missing => Err(RctError::FileMissing {
+                path: tracking_path(&self.path).display().to_string(),
+            }
+            .into()),
+            Tracking::Broken(e) => Err(clone_error(e).into()),
+        }
+    }
+
+    /// Starts tracking (or starts over, with a new tracking GUID: every
+    /// earlier RCT ID becomes unknown).
+    pub fn enable_tracking(&mut self, granularity: u64) -> Result<()> {
+        if !self.writable {
+            return Err(VdiskError::ReadOnly {
+                path: self.name.clone(),
+            });
+        }
+        self.commit()?;
+        let t = Tracker::create(
+            self.fs.clone(),
+            &self.path,
+            self.size(),
+            granularity,
+            &self.image.identity(),
+        )?;
+        self.tracking = Tracking::On(t);
+        self.identity_done = matches!(self.image, Image::Raw { .. });
+        Ok(())
+    }
+
+    /// Stops tracking; later queries fail with "tracking disabled".
+    pub fn disable_tracking(&mut self) -> Result<()> {
+        self.commit()?;
+        match std::mem::replace(&mut self.tracking, Tracking::Missing) {
+            Tracking::On(t) => t.disable()?,
+            _ => Tracker::write_disabled(self.fs.clone(), &self.path, self.size())?,
+        }
+        self.tracking = Tracking::Broken(RctError::Disabled {
+            disk: self.name.clone(),
+        });
+        Ok(())
+    }
+
+    pub fn tracking_status(&self) -> TrackingStatus {
+        match &self.tracking {
+            Tracking::Missing => TrackingStatus::Missing,
+            Tracking::On(t) => TrackingStatus::On(t.state()),
+            Tracking::Broken(e) => TrackingStatus::Broken {
+                kind: e.kind(),
+                message: e.to_string(),
+            },
+        }
+    }
+
+    /// Flushes, then closes the current generation and returns its RCT ID,
+    /// which so names a durable state of the disk.
+    pub fn seal(&mut self) -> Result<RctId> {
+        self.flush()?;
+        Ok(self.tracker()?.seal()?)
+    }
+
+    pub fn release(&mut self, id: &RctId) -> Result<()> {
+        Ok(self.tracker()?.release(id)?)
+    }
+
+    pub fn retained_ids(&mut self) -> Result<Vec<RctId>> {
+        Ok(self.tracker()?.retained_ids())
+    }
+
+    /// Ranges changed since `since` (until `until`), like
+    /// `QueryChangesVirtualDisk`.
+    pub fn query_changes(
+        &mut self,
+        since: &RctId,
+        until: Option<&RctId>,
+        offset: u64,
+        length: u64,
+        max_ranges: usize,
+    ) -> Result<Changes> {
+        Ok(self
+            .tracker()?
+            .query_changes(since, until, offset, length, max_ranges)?)
+    }
+
+    /// Journal commits so far (for measurements).
+    pub fn tracking_commits(&self) -> u64 {
+        match &self.tracking {
+            Tracking::On(t) => t.commits(),
+            _ => 0,
+        }
+    }
+
+    /// Drops the disk without flushing or closing (a killed process).
+    pub fn abandon(self) {
+        let Disk {
+            image, tracking, ..
+        } = self;
+        if let Image::Vhdx(c) = image {
+            for l in c.into_layers() {
+                l.abandon();
+            }
+        }
+        drop(tracking);
+    }
+}
+
+/// Tracking errors are kept and handed out again; rebuild an owned copy.
+fn clone_error(e: &RctError) -> RctError {
+    match e {
+        RctError::Disabled { disk } => RctError::Disabled { disk: disk.clone() },
+        RctError::FileMissing { path } => RctError::FileMissing { path: path.clone() },
+        RctError::FileCorrupt { path, offset, what } => RctError::FileCorrupt {
+            path: path.clone(),
+            offset: *offset,
+            what: what.clone(),
+        },
+        RctError::ModifiedWhileUntracked {
+            disk,
+            expected,
+            found,
+        } => RctError::ModifiedWhileUntracked {
+            disk: disk.clone(),
+            expected: expected.clone(),
+            found: found.clone(),
+        },
+        other => RctError::FileCorrupt {
+            path: String::new(),
+            offset: 0,
+            what: other.to_string(),
+        },
+    }
+}

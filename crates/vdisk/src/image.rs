@@ -1,0 +1,121 @@
+//! The storage behind a disk: a VHDX chain or a raw file.
+
+use crate::error::{Result, VdiskError};
+use std::path::Path;
+use std::sync::Arc;
+use storage::{Fs, OpenMode, Storage};
+use vhdx::format::FILE_TYPE_IDENTIFIER_SIGNATURE;
+use vhdx::Chain;
+
+/// A disk image.
+pub enum Image {
+    Vhdx(Chain),
+    Raw { file: Arc<dyn Storage>, size: u64 },
+}
+
+impl Image {
+    /// Opens `path`, detecting VHDX by its signature; anything else is raw.
+    pub fn open(fs: &dyn Fs, path: &Path, writable: bool) -> Result<Self> {
+        let io = |op| {
+            let p = path.display().to_string();
+            move |source| VdiskError::Io {
+                path: p,
+                op,
+                source,
+            }
+        };
+        let probe = fs.open(path, OpenMode::ReadOnly).map_err(io("opening"))?;
+        let mut sig = [0u8; 8];
+        probe.read_at_or_zero(0, &mut sig).map_err(io("reading"))?;
+        drop(probe);
+        if &sig == FILE_TYPE_IDENTIFIER_SIGNATURE {
+            return Ok(Image::Vhdx(Chain::open(fs, path, writable)?));
+        }
+        let mode = if writable {
+            OpenMode::ReadWrite
+        } else {
+            OpenMode::ReadOnly
+        };
+        let file = fs.open(path, mode).map_err(io("opening"))?;
+        let size = file.len().map_err(io("reading the size"))?;
+        Ok(Image::Raw { file, size })
+    }
+
+    pub fn size(&self) -> u64 {
+        match self {
+            Image::Vhdx(c) => c.virtual_size(),
+            Image::Raw { size, .. } => *size,
+        }
+    }
+
+    /// The identity tracking checks: the VHDX DataWriteGuid (raw files have
+    /// none that could reveal foreign writes).
+    pub fn identity(&self) -> String {
+        match self {
+            Image::Vhdx(c) => format!("vhdx:{}", c.top().data_write_guid()),
+            Image::Raw { .. } => "raw".into(),
+        }
+    }
+
+    pub(crate) fn read(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
+        match self {
+            Image::Vhdx(c) => Ok(c.read(offset, buf)?),
+            Image::Raw { file, .. } => {
+                file.read_at_or_zero(offset, buf)
+                    .map_err(|source| VdiskError::Io {
+                        path: name.into(),
+                        op: "reading",
+                        source,
+                    })
+            }
+        }
+    }
+
+    pub(crate) fn write(&mut self, name: &str, offset: u64, data: &[u8]) -> Result<()> {
+        match self {
+            Image::Vhdx(c) => Ok(c.write(offset, data)?),
+            Image::Raw { file, .. } => {
+                file.write_at(offset, data)
+                    .map_err(|source| VdiskError::Io {
+                        path: name.into(),
+                        op: "writing",
+                        source,
+                    })
+            }
+        }
+    }
+
+    pub(crate) fn zero(&mut self, name: &str, offset: u64, len: u64) -> Result<()> {
+        match self {
+            Image::Vhdx(c) => Ok(c.zero(offset, len)?),
+            Image::Raw { .. } => {
+                let zeros = vec![0u8; (len as usize).min(1 << 20)];
+                let mut done = 0;
+                while done < len {
+                    let n = (len - done).min(zeros.len() as u64) as usize;
+                    self.write(name, offset + done, &zeros[..n])?;
+                    done += n as u64;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    pub(crate) fn trim(&mut self, offset: u64, len: u64) -> Result<()> {
+        match self {
+            Image::Vhdx(c) => Ok(c.trim(offset, len)?),
+            Image::Raw { .. } => Ok(()),
+        }
+    }
+
+    pub(crate) fn flush(&mut self, name: &str) -> Result<()> {
+        match self {
+            Image::Vhdx(c) => Ok(c.flush()?),
+            Image::Raw { file, .. } => file.flush().map_err(|source| VdiskError::Io {
+                path: name.into(),
+                op: "flushing",
+                source,
+            }),
+        }
+    }
+}

@@ -1,0 +1,37 @@
+//! # vdisk — the VirtDisk API
+//!
+//! A [`Disk`] is what everything above the format layers uses: a VHDX chain
+//! or a raw file, opened read-only or writable, with change tracking wired
+//! into every write path.
+//!
+//! ```text
+//! write / zero / trim ──► tracking on?
+//!        │ no                      │ yes
+//!        ▼                         ▼
+//!   image (VHDX chain / raw)   regions already durably marked and nothing
+//!                              queued? ── yes ──► image
+//!                                     └─ no ───► stage marks, queue the op
+//!                                                 (copy of the data)
+//! commit (queue full, flush, seal, overlapping read, close):
+//!   tracker.commit()  (one journal append + fsync for the whole batch)
+//!   ─► first time in a session: the VHDX takes the DataWriteGuid that was
+//!      just journaled
+//!   ─► replay the queued ops on the image, in order
+//! ```
+//!
+//! So no data write can reach the disk file before the mark that covers it
+//! is durable, and the tracking never loses a change (see `rct`). Sequential
+//! streams mark a growing window ahead of themselves so they rarely wait.
+//! A tracking error never stops the disk from working: it is kept and
+//! returned by every tracking query until tracking is re-enabled.
+
+#![forbid(unsafe_code)]
+
+mod disk;
+mod error;
+mod image;
+
+pub use disk::{Disk, TrackingStatus};
+pub use error::{Result, VdiskError};
+pub use image::Image;
+pub use rct::{ChangedRange, Changes, RctError, RctId, TrackingState};
