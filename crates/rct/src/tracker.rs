@@ -173,16 +173,11 @@ impl Tracker {
             commits: 0,
         };
         let mut at = HEADER_SIZE;
-        loop {
-            match Record::decode(&bytes[at.min(bytes.len())..], t.header.epoch)
-                .map_err(|w| corrupt(at as u64, w))?
-            {
-                Some((rec, n)) => {
-                    t.apply(rec).map_err(|w| corrupt(at as u64, w))?;
-                    at += n;
-                }
-                None => break,
-            }
+        while let Some((rec, n)) =
+            Record::decode(&bytes[at.min(bytes.len())..], t.header.epoch).map_err(|w| corrupt(at as u64, w))?
+        {
+            t.apply(rec).map_err(|w| corrupt(at as u64, w))?;
+            at += n;
         }
         // A torn last append is expected after a crash; a valid record after
         // a bad one is not: the journal was damaged and cannot be trusted.
