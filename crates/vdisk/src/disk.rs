@@ -29,7 +29,7 @@ impl Op {
 enum Tracking {
     /// No tracking file.
     Missing,
-    On(Tracker),
+    On(Box<Tracker>),
     /// The tracking file exists but could not be used; queries return this.
     Broken(RctError),
 }
@@ -74,7 +74,7 @@ impl Disk {
         let image = Image::open(&*fs, path, writable)?;
         let tracking = if fs.exists(&tracking_path(path)) {
             match Tracker::open(fs.clone(), path, image.size(), &image.identity()) {
-                Ok(t) => Tracking::On(t),
+                Ok(t) => Tracking::On(Box::new(t)),
                 Err(e) => Tracking::Broken(e),
             }
         } else {
@@ -305,7 +305,7 @@ impl Disk {
             granularity,
             &self.image.identity(),
         )?;
-        self.tracking = Tracking::On(t);
+        self.tracking = Tracking::On(Box::new(t));
         self.identity_done = matches!(self.image, Image::Raw { .. });
         Ok(())
     }
