@@ -6,6 +6,7 @@
 use crate::image::{is_zero, Image};
 use anyhow::{bail, Context, Result};
 use std::path::Path;
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use storage::{Fs, LocalFs, Storage};
 use vhdx::{create, CreateOptions, DiskType};
 
@@ -96,49 +97,145 @@ pub fn convert(
             Box::new(RawSink(f))
         }
     };
-    let mut summary = ConvertSummary {
+    let (bytes_read, bytes_written) = copy(&image, &mut *sink, progress)?;
+    sink.finish()
+        .with_context(|| format!("cannot finish {}", dst.display()))?;
+    Ok(ConvertSummary {
         virtual_size: size,
-        ..Default::default()
-    };
-    let mut buf = vec![0u8; CHUNK as usize];
+        bytes_read,
+        bytes_written,
+    })
+}
+
+/// Buffers in flight between the reader and the writer: one being read,
+/// one being written, and one queued so neither waits on the other.
+const BUFFERS: usize = 3;
+
+/// Zero detection granule: ranges of zeros this long are not written.
+const GRANULE: usize = 64 << 10;
+
+/// Data read from the source: `runs` are the ranges of `buf` (start, end)
+/// that are not all zeros, to be written at `offset + start`.
+struct Piece {
+    offset: u64,
+    buf: Vec<u8>,
+    runs: Vec<(usize, usize)>,
+}
+
+enum Msg {
+    Data(Piece),
+    /// Everything below this virtual offset has been sent.
+    Done(u64),
+}
+
+/// Moves every non-zero byte of `image` into `sink`; returns the bytes read
+/// and written.
+///
+/// Reading (with the zero scan) runs on its own thread and writing on this
+/// one, so the copy out of the source's page cache overlaps the copy into
+/// the destination's: each costs about as much as the other, and doing them
+/// one after the other left half of the machine idle.
+fn copy(image: &Image, sink: &mut dyn Sink, progress: &dyn Fn(u64, u64)) -> Result<(u64, u64)> {
+    let size = image.size();
+    std::thread::scope(|s| {
+        let (full_tx, full_rx) = mpsc::sync_channel::<Result<Msg>>(BUFFERS);
+        let (free_tx, free_rx) = mpsc::channel::<Vec<u8>>();
+        for _ in 0..BUFFERS {
+            free_tx
+                .send(vec![0u8; CHUNK as usize])
+                .expect("the receiver is alive");
+        }
+        let reader = s.spawn(move || read_pieces(image, &full_tx, &free_rx));
+        let written = write_pieces(sink, full_rx, free_tx, &|done| progress(done, size));
+        let read = reader.join().expect("the reader thread does not panic");
+        Ok((read, written?))
+    })
+}
+
+/// The reader's side of [`copy`]: sends the data of `image` piece by
+/// piece, each in a buffer taken from `free`. Stops at the first error
+/// (sent on) or when the writer has gone. Returns the bytes read.
+fn read_pieces(image: &Image, full: &SyncSender<Result<Msg>>, free: &Receiver<Vec<u8>>) -> u64 {
+    let size = image.size();
+    let mut read = 0;
     let mut pos = 0;
     while pos < size {
         let len = CHUNK.min(size - pos);
-        for (off, n, data) in image.extents(pos, len)? {
+        let extents = match image.extents(pos, len) {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = full.send(Err(e));
+                return read;
+            }
+        };
+        for (offset, n, data) in extents {
             if !data {
                 continue;
             }
-            let b = &mut buf[..n as usize];
-            image.read(off, b)?;
-            summary.bytes_read += n;
-            write_nonzero(&mut *sink, off, b, &mut summary.bytes_written)?;
+            let Ok(mut buf) = free.recv() else {
+                return read;
+            };
+            buf.resize(n as usize, 0);
+            if let Err(e) = image.read(offset, &mut buf) {
+                let _ = full.send(Err(e));
+                return read;
+            }
+            read += n;
+            let runs = nonzero_runs(&buf);
+            if full
+                .send(Ok(Msg::Data(Piece { offset, buf, runs })))
+                .is_err()
+            {
+                return read;
+            }
         }
         pos += len;
-        progress(pos, size);
+        if full.send(Ok(Msg::Done(pos))).is_err() {
+            return read;
+        }
     }
-    sink.finish()
-        .with_context(|| format!("cannot finish {}", dst.display()))?;
-    Ok(summary)
+    read
 }
 
-/// Writes the parts of `b` that are not all zeros, in 64 KiB granules.
-fn write_nonzero(sink: &mut dyn Sink, off: u64, b: &[u8], written: &mut u64) -> Result<()> {
-    const GRANULE: usize = 64 << 10;
-    let mut i = 0;
-    while i < b.len() {
-        let start = i;
-        while i < b.len() && !is_zero(&b[i..(i + GRANULE).min(b.len())]) {
-            i = (i + GRANULE).min(b.len());
-        }
-        if i > start {
-            sink.write(off + start as u64, &b[start..i])?;
-            *written += (i - start) as u64;
-        }
-        while i < b.len() && is_zero(&b[i..(i + GRANULE).min(b.len())]) {
-            i = (i + GRANULE).min(b.len());
+/// The writer's side of [`copy`]: writes each piece and hands its buffer
+/// back. Returns the bytes written. Dropping `full` and `free` on return is
+/// what stops the reader early after an error.
+fn write_pieces(
+    sink: &mut dyn Sink,
+    full: Receiver<Result<Msg>>,
+    free: Sender<Vec<u8>>,
+    progress: &dyn Fn(u64),
+) -> Result<u64> {
+    let mut written = 0;
+    for msg in full {
+        match msg? {
+            Msg::Data(p) => {
+                for &(start, end) in &p.runs {
+                    sink.write(p.offset + start as u64, &p.buf[start..end])?;
+                    written += (end - start) as u64;
+                }
+                let _ = free.send(p.buf);
+            }
+            Msg::Done(pos) => progress(pos),
         }
     }
-    Ok(())
+    Ok(written)
+}
+
+/// The ranges of `b` that are not all zeros, in [`GRANULE`] steps.
+fn nonzero_runs(b: &[u8]) -> Vec<(usize, usize)> {
+    let mut runs: Vec<(usize, usize)> = Vec::new();
+    for (i, g) in b.chunks(GRANULE).enumerate() {
+        if is_zero(g) {
+            continue;
+        }
+        let (start, end) = (i * GRANULE, i * GRANULE + g.len());
+        match runs.last_mut() {
+            Some(last) if last.1 == start => last.1 = end,
+            _ => runs.push((start, end)),
+        }
+    }
+    runs
 }
 
 /// Where converted bytes go.

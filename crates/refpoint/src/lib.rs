@@ -5,11 +5,13 @@
 //!
 //! ```text
 //! refpoint vhd create|info|check|map|convert|compare|merge
+//! refpoint rct enable|disable|status|seal|release|changes · disk write
 //!        │
 //!        ├─ image.rs    one readable disk: raw file or VHDX chain
 //!        ├─ convert.rs  image → VHDX (fixed/dynamic) or raw, skipping zeros
 //!        ├─ compare.rs  first differing byte of two images
 //!        ├─ report.rs   info / map / check as text or JSON
+//!        ├─ tracking.rs change tracking through `vdisk`
 //!        └─ units.rs    sizes with K/M/G/T suffixes
 //! ```
 
@@ -19,4 +21,5 @@ pub mod demo;
 pub mod image;
 pub mod progress;
 pub mod report;
+pub mod tracking;
 pub mod units;

@@ -33,9 +33,90 @@ enum Noun {
     /// Create, inspect, check, convert, compare and merge VHDX files.
     #[command(subcommand)]
     Vhd(Vhd),
+    /// Resilient change tracking: which ranges changed since an RCT ID.
+    #[command(subcommand)]
+    Rct(Rct),
+    /// Read and write disks through the tracked I/O path.
+    #[command(subcommand)]
+    Disk(DiskCmd),
     /// A guided run on local files in the state directory.
     #[command(subcommand)]
     Demo(Demo),
+}
+
+#[derive(Subcommand)]
+enum Rct {
+    /// Start tracking a disk (a new tracking GUID: earlier RCT IDs become unknown).
+    Enable {
+        disk: PathBuf,
+        /// Tracking granularity (a power of two, at least 4K).
+        #[arg(long, value_parser = parse_size, default_value = "64K")]
+        granularity: u64,
+    },
+    /// Stop tracking a disk; later queries fail with "tracking disabled".
+    Disable { disk: PathBuf },
+    /// Show the tracking state: enabled, most recent RCT ID, newer changes.
+    Status {
+        disk: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Close the current generation; prints the new RCT ID alone on the last line.
+    Seal { disk: PathBuf },
+    /// Release an RCT ID: changes since it can no longer be asked for.
+    Release { disk: PathBuf, id: String },
+    /// Ranges changed since an RCT ID (virtual-disk byte offsets).
+    #[command(
+        after_help = "Exit status: 0 with the ranges; 3 when tracking cannot prove the answer
+(unknown or released ID, tracking disabled, tracking file missing or corrupt, disk modified
+while not tracked): take a full backup instead. 1 for other errors.
+
+JSON: {\"since\": ID, \"until\": ID|null, \"ranges\": [{\"offset\": N, \"length\": N}, ...], \"processed_length\": N}
+When --max-ranges stops early, continue with --offset <offset + processed_length>."
+    )]
+    Changes {
+        disk: PathBuf,
+        #[arg(long)]
+        since: String,
+        /// Only changes up to this later RCT ID.
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long, value_parser = parse_size, default_value = "0")]
+        offset: u64,
+        /// Bytes to look at [default: to the end of the disk].
+        #[arg(long, value_parser = parse_size)]
+        length: Option<u64>,
+        #[arg(long, default_value_t = usize::MAX, hide_default_value = true)]
+        max_ranges: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum DiskCmd {
+    /// Write bytes to a disk through the tracked path (a file's content, or a repeated byte).
+    Write {
+        disk: PathBuf,
+        #[arg(long, value_parser = parse_size)]
+        offset: u64,
+        /// Write the content of this file.
+        #[arg(long, conflicts_with_all = ["pattern", "length"])]
+        from: Option<PathBuf>,
+        /// Byte value to repeat (with --length).
+        #[arg(long, requires = "length", value_parser = clap_num_u8)]
+        pattern: Option<u8>,
+        #[arg(long, value_parser = parse_size)]
+        length: Option<u64>,
+    },
+}
+
+fn clap_num_u8(s: &str) -> Result<u8, String> {
+    let r = match s.strip_prefix("0x") {
+        Some(h) => u8::from_str_radix(h, 16),
+        None => s.parse(),
+    };
+    r.map_err(|_| format!("{s:?} is not a byte value (0-255 or 0x00-0xff)"))
 }
 
 #[derive(Subcommand)]
@@ -200,11 +281,134 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<()> {
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.noun {
         Noun::Vhd(cmd) => vhd(cmd),
+        Noun::Rct(cmd) => rct_cmd(cmd),
+        Noun::Disk(DiskCmd::Write {
+            disk,
+            offset,
+            from,
+            pattern,
+            length,
+        }) => {
+            let data = match (from, pattern, length) {
+                (Some(f), _, _) => {
+                    std::fs::read(&f).with_context(|| format!("cannot read {}", f.display()))?
+                }
+                (None, Some(p), Some(n)) => vec![p; n as usize],
+                _ => anyhow::bail!("give --from FILE, or --pattern BYTE with --length N"),
+            };
+            refpoint::tracking::write(&disk, offset, &data)?;
+            println!(
+                "wrote {} at offset {offset} of {}",
+                human(data.len() as u64),
+                disk.display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Noun::Demo(Demo::Run) => {
             refpoint::demo::run(&refpoint::demo::state_dir())?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Exit status of a tracking error: take a full backup.
+const EXIT_TRACKING: u8 = 3;
+
+fn rct_cmd(cmd: Rct) -> Result<ExitCode> {
+    use refpoint::tracking::{self as t, ChangesResult, ErrorOut};
+    match cmd {
+        Rct::Enable { disk, granularity } => {
+            let mut d = t::open(&disk, true)?;
+            d.enable_tracking(granularity)?;
+            d.close()?;
+            println!(
+                "change tracking enabled on {} ({} granularity)",
+                disk.display(),
+                human(granularity)
+            );
+        }
+        Rct::Disable { disk } => {
+            let mut d = t::open(&disk, true)?;
+            d.disable_tracking()?;
+            d.close()?;
+            println!("change tracking disabled on {}", disk.display());
+        }
+        Rct::Status { disk, json } => {
+            let s = t::status(&disk)?;
+            if json {
+                print_json(&s)?;
+            } else {
+                println!("disk:            {}", s.disk);
+                println!("enabled:         {}", s.enabled);
+                if let Some(id) = &s.most_recent_id {
+                    println!("most recent ID:  {id}");
+                }
+                if let Some(n) = s.newer_changes {
+                    println!("newer changes:   {n}");
+                }
+                for id in &s.retained_ids {
+                    println!("retained:        {id}");
+                }
+                if let Some(e) = &s.error {
+                    println!(
+                        "error:           {} ({}); a full backup is needed",
+                        e.message, e.error
+                    );
+                }
+            }
+        }
+        Rct::Seal { disk } => {
+            let mut d = t::open(&disk, true)?;
+            let id = d.seal()?;
+            d.close()?;
+            println!(
+                "sealed {}; changes since this point can be asked for with:",
+                disk.display()
+            );
+            println!("{id}");
+        }
+        Rct::Release { disk, id } => {
+            let id: rct::RctId = id.parse()?;
+            let mut d = t::open(&disk, true)?;
+            d.release(&id)?;
+            d.close()?;
+            println!("released {id}");
+        }
+        Rct::Changes {
+            disk,
+            since,
+            until,
+            offset,
+            length,
+            max_ranges,
+            json,
+        } => match t::changes(&disk, &since, until.as_deref(), offset, length, max_ranges)? {
+            ChangesResult::Changes(c) => {
+                if json {
+                    print_json(&c)?;
+                } else {
+                    let total: u64 = c.ranges.iter().map(|r| r.length).sum();
+                    for r in &c.ranges {
+                        println!("{:>#18x} {:>#14x}", r.offset, r.length);
+                    }
+                    println!(
+                        "{} ranges, {} changed; processed {} bytes",
+                        c.ranges.len(),
+                        human(total),
+                        c.processed_length
+                    );
+                }
+            }
+            ChangesResult::TrackingError(e) => {
+                if json {
+                    print_json(&ErrorOut::new(&e))?;
+                }
+                eprintln!("error ({}): {e}", e.kind());
+                return Ok(ExitCode::from(EXIT_TRACKING));
+            }
+        },
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn vhd(cmd: Vhd) -> Result<ExitCode> {
