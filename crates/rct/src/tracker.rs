@@ -532,8 +532,10 @@ impl Tracker {
             });
         }
         let mut union = RoaringBitmap::new();
-        for (_, set) in self.gens.range(since.generation + 1..=last) {
-            union |= set;
+        if last > since.generation {
+            for (_, set) in self.gens.range(since.generation + 1..=last) {
+                union |= set;
+            }
         }
         if until.is_none() {
             union |= &self.staged;
@@ -547,10 +549,15 @@ impl Tracker {
         ))
     }
 
-    /// Saves the state compactly with the disk's final identity.
-    pub fn close(mut self, identity: &str) -> Result<()> {
+    /// Saves the state compactly with the identities the disk may carry
+    /// from now on (the first is the disk's own; more are needed while a
+    /// checkpoint or merge switches the disk to another file).
+    pub fn close(mut self, identities: &[String]) -> Result<()> {
         self.commit()?;
-        self.rewrite(identity)
+        let first = identities.first().cloned().unwrap_or_default();
+        self.rewrite(&first)?;
+        self.identities = identities.to_vec();
+        self.rewrite_identities()
     }
 }
 

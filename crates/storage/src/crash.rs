@@ -203,7 +203,9 @@ impl Storage for SimHandle {
         let mut st = self.live()?;
         // Replay the pending ops onto the durable image instead of copying
         // the whole file: flushes are frequent, files are not small.
-        let FileState { durable, pending, .. } = &mut *st;
+        let FileState {
+            durable, pending, ..
+        } = &mut *st;
         for op in pending.drain(..) {
             apply(durable, &op);
         }
@@ -343,6 +345,33 @@ impl Fs for CrashFs {
 
     fn exists(&self, path: &Path) -> bool {
         self.files().contains_key(path)
+            || self
+                .files()
+                .keys()
+                .any(|k| k.starts_with(path) && k != path)
+    }
+
+    fn create_dir_all(&self, _: &Path) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn remove_dir(&self, _: &Path) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
+        let mut out: Vec<PathBuf> = self
+            .files()
+            .keys()
+            .filter_map(|k| {
+                let rest = k.strip_prefix(dir).ok()?;
+                let first = rest.components().next()?;
+                Some(dir.join(first))
+            })
+            .collect();
+        out.sort();
+        out.dedup();
+        Ok(out)
     }
 }
 

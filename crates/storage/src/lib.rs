@@ -103,4 +103,35 @@ pub trait Fs: Send + Sync {
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
     /// Whether a file exists at `path`.
     fn exists(&self, path: &Path) -> bool;
+    /// Creates a directory and its parents (a no-op where directories are
+    /// implicit).
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Removes an empty directory (a no-op where directories are implicit).
+    fn remove_dir(&self, path: &Path) -> io::Result<()>;
+    /// The files directly inside `dir`, sorted.
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<std::path::PathBuf>>;
+
+    /// Reads a whole (small) file.
+    fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
+        let f = self.open(path, OpenMode::ReadOnly)?;
+        let mut b = vec![0u8; f.len()? as usize];
+        f.read_at(0, &mut b)?;
+        Ok(b)
+    }
+
+    /// Replaces a (small) file atomically: a temporary file is written and
+    /// flushed, then renamed over `path`.
+    fn write_file_atomic(&self, path: &Path, data: &[u8]) -> io::Result<()> {
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = std::path::PathBuf::from(tmp);
+        if self.exists(&tmp) {
+            self.remove(&tmp)?;
+        }
+        let f = self.create(&tmp)?;
+        f.write_at(0, data)?;
+        f.flush()?;
+        drop(f);
+        self.rename(&tmp, path)
+    }
 }

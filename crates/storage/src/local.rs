@@ -106,6 +106,23 @@ impl Fs for LocalFs {
     fn exists(&self, path: &Path) -> bool {
         path.exists()
     }
+
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        std::fs::create_dir_all(path)
+    }
+
+    fn remove_dir(&self, path: &Path) -> io::Result<()> {
+        std::fs::remove_dir(path)
+    }
+
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<std::path::PathBuf>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir)? {
+            out.push(e?.path());
+        }
+        out.sort();
+        Ok(out)
+    }
 }
 
 #[cfg(test)]

@@ -45,13 +45,19 @@ pub enum TrackingStatus {
 /// Queue limits: one journal fsync is shared by this many queued bytes/ops.
 const QUEUE_MAX_BYTES: u64 = 64 << 20;
 const QUEUE_MAX_OPS: usize = 16384;
-/// Sequential streams mark up to this far ahead of themselves.
+/// Sequential streams mark up to this far ahead of themselves. The window
+/// doubles each time a stream reaches its end, so it never exceeds the
+/// stream's length so far: a stream reports at most about twice what it
+/// wrote. It starts over at every seal.
 const MAX_WINDOW: u64 = 1 << 30;
 
 /// An opened disk with tracked writes.
 pub struct Disk {
     fs: Arc<dyn Fs>,
     path: PathBuf,
+    /// The disk whose tracking file (`<owner>.rct`) this disk uses: itself,
+    /// or for a machine disk with checkpoints, its original base file.
+    owner: PathBuf,
     name: String,
     image: Image,
     writable: bool,
@@ -62,6 +68,9 @@ pub struct Disk {
     /// VHDX at the next commit.
     pending_identity: Option<Uuid>,
     identity_done: bool,
+    /// Identities adopted for files this disk is switching to; kept across
+    /// the clean close.
+    adopted: Vec<String>,
     /// Where the last write ended, and the current look-ahead window.
     seq_end: u64,
     window: u64,
@@ -71,9 +80,20 @@ impl Disk {
     /// Opens a disk. Tracking problems never fail the open: they are kept
     /// and reported by tracking queries.
     pub fn open(fs: Arc<dyn Fs>, path: &Path, writable: bool) -> Result<Self> {
+        Self::open_tracked_as(fs, path, path, writable)
+    }
+
+    /// Opens `path` (e.g. the newest file of a chain) with the tracking of
+    /// `owner` (the disk's original file, where `<owner>.rct` lives).
+    pub fn open_tracked_as(
+        fs: Arc<dyn Fs>,
+        path: &Path,
+        owner: &Path,
+        writable: bool,
+    ) -> Result<Self> {
         let image = Image::open(&*fs, path, writable)?;
-        let tracking = if fs.exists(&tracking_path(path)) {
-            match Tracker::open(fs.clone(), path, image.size(), &image.identity()) {
+        let tracking = if fs.exists(&tracking_path(owner)) {
+            match Tracker::open(fs.clone(), owner, image.size(), &image.identity()) {
                 Ok(t) => Tracking::On(Box::new(t)),
                 Err(e) => Tracking::Broken(e),
             }
@@ -86,6 +106,7 @@ impl Disk {
         Ok(Disk {
             fs,
             path: path.to_path_buf(),
+            owner: owner.to_path_buf(),
             name: path.display().to_string(),
             image,
             writable,
@@ -94,6 +115,7 @@ impl Disk {
             queued_bytes: 0,
             pending_identity: None,
             identity_done,
+            adopted: Vec::new(),
             seq_end: u64::MAX,
             window: 0,
         })
@@ -270,7 +292,9 @@ impl Disk {
         }
         if let Tracking::On(t) = tracking {
             if self.writable {
-                t.close(&identity_after)?;
+                let mut ids = vec![identity_after];
+                ids.extend(self.adopted);
+                t.close(&ids)?;
             }
         }
         Ok(())
@@ -282,7 +306,7 @@ impl Disk {
         match &mut self.tracking {
             Tracking::On(t) => Ok(t),
             Tracking::Missing => Err(RctError::FileMissing {
-                path: tracking_path(&self.path).display().to_string(),
+                path: tracking_path(&self.owner).display().to_string(),
             }
             .into()),
             Tracking::Broken(e) => Err(clone_error(e).into()),
@@ -307,6 +331,7 @@ impl Disk {
         )?;
         self.tracking = Tracking::On(Box::new(t));
         self.identity_done = matches!(self.image, Image::Raw { .. });
+        self.window = 0;
         Ok(())
     }
 
@@ -315,7 +340,7 @@ impl Disk {
         self.commit()?;
         match std::mem::replace(&mut self.tracking, Tracking::Missing) {
             Tracking::On(t) => t.disable()?,
-            _ => Tracker::write_disabled(self.fs.clone(), &self.path, self.size())?,
+            _ => Tracker::write_disabled(self.fs.clone(), &self.owner, self.size())?,
         }
         self.tracking = Tracking::Broken(RctError::Disabled {
             disk: self.name.clone(),
@@ -338,7 +363,12 @@ impl Disk {
     /// which so names a durable state of the disk.
     pub fn seal(&mut self) -> Result<RctId> {
         self.flush()?;
-        Ok(self.tracker()?.seal()?)
+        let id = self.tracker()?.seal()?;
+        // The new generation starts with no look-ahead: a stream running
+        // across the seal doubles its window again from one write, instead
+        // of marking twice its whole earlier length in the new generation.
+        self.window = 0;
+        Ok(id)
     }
 
     pub fn release(&mut self, id: &RctId) -> Result<()> {
@@ -362,6 +392,39 @@ impl Disk {
         Ok(self
             .tracker()?
             .query_changes(since, until, offset, length, max_ranges)?)
+    }
+
+    /// Journals an identity the disk is about to take (e.g. the
+    /// DataWriteGuid of a new checkpoint child, or of a merged parent), so
+    /// the tracking keeps trusting the disk afterwards.
+    pub fn expect_identity(&mut self, identity: &str) -> Result<()> {
+        self.commit()?;
+        if let Tracking::On(t) = &mut self.tracking {
+            t.stage_identity(identity);
+            t.commit()?;
+        }
+        Ok(())
+    }
+
+    /// Journals `identity` (see [`Disk::expect_identity`]) and keeps it
+    /// trusted after this handle closes: the tracking follows the disk to
+    /// the file that carries it (a checkpoint's child, a merged parent).
+    pub fn adopt_identity(&mut self, identity: &str) -> Result<()> {
+        self.expect_identity(identity)?;
+        self.adopted.push(identity.to_string());
+        Ok(())
+    }
+
+    /// Marks a range changed without writing it (content that changes by
+    /// other means, such as reverting to a checkpoint).
+    pub fn mark_changed(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.check(offset, len, false)?;
+        self.commit()?;
+        if let Tracking::On(t) = &mut self.tracking {
+            t.stage(offset, len);
+            t.commit()?;
+        }
+        Ok(())
     }
 
     /// Journal commits so far (for measurements).

@@ -57,6 +57,60 @@ impl Image {
         }
     }
 
+    pub fn format(&self) -> &'static str {
+        match self {
+            Image::Raw { .. } => "raw",
+            Image::Vhdx(_) => "vhdx",
+        }
+    }
+
+    /// Logical sector size (512 for raw files).
+    pub fn logical_sector_size(&self) -> u32 {
+        match self {
+            Image::Raw { .. } => 512,
+            Image::Vhdx(c) => c.logical_sector_size(),
+        }
+    }
+
+    /// Ranges of `offset..offset+len` that may hold data (`true`) or are
+    /// known to read as zeros (`false`: unallocated blocks, file holes).
+    pub fn extents(&self, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>> {
+        match self {
+            Image::Vhdx(c) => Ok(c
+                .map(offset, len)?
+                .into_iter()
+                .map(|(o, l, layer)| (o, l, layer.is_some()))
+                .collect()),
+            Image::Raw { file, .. } => {
+                let ranges = file
+                    .data_ranges(offset, len)
+                    .map_err(|source| VdiskError::Io {
+                        path: String::new(),
+                        op: "mapping holes",
+                        source,
+                    })?;
+                let mut out = Vec::new();
+                let mut pos = offset;
+                for (o, l) in ranges {
+                    if o > pos {
+                        out.push((pos, o - pos, false));
+                    }
+                    out.push((o, l, true));
+                    pos = o + l;
+                }
+                if pos < offset + len {
+                    out.push((pos, offset + len - pos, false));
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Reads virtual bytes (zeros past the end of a raw file).
+    pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.read("", offset, buf)
+    }
+
     pub(crate) fn read(&self, name: &str, offset: u64, buf: &mut [u8]) -> Result<()> {
         match self {
             Image::Vhdx(c) => Ok(c.read(offset, buf)?),

@@ -21,17 +21,25 @@
 //!
 //! So no data write can reach the disk file before the mark that covers it
 //! is durable, and the tracking never loses a change (see `rct`). Sequential
-//! streams mark a growing window ahead of themselves so they rarely wait.
+//! streams mark a growing window ahead of themselves so they rarely wait;
+//! the window is at most the stream's length so far (so a stream reports at
+//! most about twice what it wrote) and starts over at every seal.
 //! A tracking error never stops the disk from working: it is kept and
 //! returned by every tracking query until tracking is re-enabled.
 
 #![forbid(unsafe_code)]
 
+mod checkpoint;
 mod disk;
 mod error;
 mod image;
+pub mod machine;
 
 pub use disk::{Disk, TrackingStatus};
 pub use error::{Result, VdiskError};
 pub use image::Image;
+pub use machine::{
+    BackupLink, Checkpoint, CheckpointKind, Consistency, Machine, MachineDisk, ReferencePoint,
+    Store,
+};
 pub use rct::{ChangedRange, Changes, RctError, RctId, TrackingState};

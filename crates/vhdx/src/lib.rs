@@ -76,4 +76,4 @@ pub use create::{create, create_child, CreateOptions};
 pub use disk::{DiskType, Stats, Vhdx};
 pub use error::{Corruption, Error, Result};
 pub use io::{Extent, Source};
-pub use merge::{merge_into_parent, MergeReport};
+pub use merge::{merge_into_parent, merge_into_parent_as, pending_merge_linkage, MergeReport};

@@ -45,6 +45,29 @@ pub fn merge_into_parent(
     remove_child: bool,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<MergeReport> {
+    merge_into_parent_as(fs, child_path, remove_child, None, progress)
+}
+
+/// The DataWriteGuid the parent has or will have once the merge of
+/// `child_path` completes: the child's `parent_linkage2` if a merge was
+/// started, else `None`.
+pub fn pending_merge_linkage(fs: &dyn Fs, child_path: &Path) -> Result<Option<Uuid>> {
+    let child = Vhdx::open(fs, child_path, false)?;
+    let Some(loc) = child.parent_locator() else { return Ok(None) };
+    let (_, l2) = loc.linkages().map_err(|kind| Error::Corrupt { file: child.name().into(), offset: 0, kind })?;
+    Ok(l2)
+}
+
+/// Like [`merge_into_parent`], with the parent's new DataWriteGuid chosen by
+/// the caller (who may need to know it beforehand, e.g. change tracking).
+/// A merge that was already started keeps the GUID it started with.
+pub fn merge_into_parent_as(
+    fs: &dyn Fs,
+    child_path: &Path,
+    remove_child: bool,
+    new_parent_guid: Option<Uuid>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<MergeReport> {
     let mut child = Vhdx::open(fs, child_path, true)?;
     if child.parent_locator().is_none() {
         return Err(Error::InvalidParameter(format!(
@@ -67,7 +90,7 @@ pub fn merge_into_parent(
     let g = match linkage2 {
         Some(g) => g,
         None => {
-            let g = Uuid::new_v4();
+            let g = new_parent_guid.unwrap_or_else(Uuid::new_v4);
             let mut loc = child.parent_locator().unwrap().clone();
             loc.set(PARENT_LINKAGE2, format_linkage(g));
             child.set_parent_locator(loc)?;

@@ -1,0 +1,20 @@
+//! Backup errors.
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(transparent)]
+    Disk(#[from] vdisk::VdiskError),
+    #[error(transparent)]
+    Vhdx(#[from] vhdx::Error),
+    #[error("backup repository: {0}")]
+    Repository(String),
+    #[error("{path}: I/O error while {op}: {source}")]
+    Io {
+        path: String,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub type Result<T, E = BackupError> = std::result::Result<T, E>;

@@ -1,0 +1,44 @@
+//! The manifest of one backup point (`<repo>/<NNNN>/manifest.json`): what
+//! was backed up, from which RCT IDs, and a BLAKE3 hash per block of each
+//! disk's content at that point. A point exists once its manifest does.
+
+use serde::{Deserialize, Serialize};
+
+pub const MANIFEST_FORMAT: &str = "refpoint-backup-1";
+pub const MANIFEST_NAME: &str = "manifest.json";
+/// Bytes hashed per manifest hash.
+pub const HASH_BLOCK: u64 = 1 << 20;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Manifest {
+    pub format: String,
+    pub machine: String,
+    pub point: u32,
+    /// "full", "incremental", or "mixed" (some disks full).
+    pub kind: String,
+    pub created: u64,
+    pub checkpoint: u64,
+    pub disks: Vec<DiskManifest>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiskManifest {
+    pub name: String,
+    /// File name inside the point's directory.
+    pub file: String,
+    /// The point whose file is this file's parent (differential exports).
+    pub parent_point: Option<u32>,
+    pub virtual_size: u64,
+    pub logical_sector_size: u32,
+    /// The RCT ID of the disk at this point.
+    pub rct_id: Option<String>,
+    /// The RCT ID the differential is based on.
+    pub since_rct_id: Option<String>,
+    /// Why this disk was exported in full.
+    pub full_reason: Option<String>,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub hash_block: u64,
+    /// BLAKE3 (hex) of each `hash_block` bytes of the disk's content.
+    pub hashes: Vec<String>,
+}

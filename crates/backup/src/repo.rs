@@ -1,0 +1,138 @@
+//! A backup repository: a directory of numbered points,
+//!
+//! ```text
+//! <repo>/0001/manifest.json  disk0.vhdx            (full)
+//! <repo>/0002/manifest.json  disk0.avhdx → ../0001/disk0.vhdx
+//! <repo>/0003/manifest.json  disk0.avhdx → ../0002/disk0.avhdx
+//! ```
+//!
+//! so every point's file is the top of a valid VHDX chain. A directory
+//! without a manifest is an interrupted backup and is removed by the next.
+
+use crate::error::{BackupError, Result};
+use crate::manifest::{Manifest, MANIFEST_NAME};
+use std::path::{Path, PathBuf};
+use storage::Fs;
+
+pub struct Repo<'a> {
+    pub fs: &'a dyn Fs,
+    pub dir: PathBuf,
+}
+
+pub fn point_dir(dir: &Path, point: u32) -> PathBuf {
+    dir.join(format!("{point:04}"))
+}
+
+impl<'a> Repo<'a> {
+    pub fn new(fs: &'a dyn Fs, dir: &Path) -> Self {
+        Self {
+            fs,
+            dir: vhdx::paths::absolute(dir),
+        }
+    }
+
+    pub(crate) fn io(
+        &self,
+        path: &Path,
+        op: &'static str,
+    ) -> impl FnOnce(std::io::Error) -> BackupError {
+        let path = path.display().to_string();
+        move |source| BackupError::Io { path, op, source }
+    }
+
+    /// Numbers of the directories that look like points, complete or not.
+    fn point_dirs(&self) -> Result<Vec<u32>> {
+        if !self.fs.exists(&self.dir) {
+            return Ok(vec![]);
+        }
+        let mut out: Vec<u32> = self
+            .fs
+            .list_dir(&self.dir)
+            .map_err(self.io(&self.dir, "listing"))?
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str()?.parse().ok())
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// The complete points, oldest first.
+    pub fn points(&self) -> Result<Vec<Manifest>> {
+        let mut out = Vec::new();
+        for n in self.point_dirs()? {
+            if self.fs.exists(&point_dir(&self.dir, n).join(MANIFEST_NAME)) {
+                out.push(self.manifest(n)?);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn manifest(&self, point: u32) -> Result<Manifest> {
+        let p = point_dir(&self.dir, point).join(MANIFEST_NAME);
+        if !self.fs.exists(&p) {
+            return Err(BackupError::Repository(format!(
+                "{} has no point {point} (see `refpoint backup list`)",
+                self.dir.display()
+            )));
+        }
+        let b = self.fs.read_file(&p).map_err(self.io(&p, "reading"))?;
+        serde_json::from_slice(&b)
+            .map_err(|e| BackupError::Repository(format!("{}: invalid manifest: {e}", p.display())))
+    }
+
+    pub fn write_manifest(&self, m: &Manifest) -> Result<()> {
+        let p = point_dir(&self.dir, m.point).join(MANIFEST_NAME);
+        let b = serde_json::to_vec_pretty(m).expect("manifest serializes");
+        self.fs
+            .write_file_atomic(&p, &b)
+            .map_err(self.io(&p, "writing"))
+    }
+
+    /// Removes point directories without a manifest (interrupted backups);
+    /// returns their numbers.
+    pub fn remove_incomplete(&self) -> Result<Vec<u32>> {
+        let mut removed = Vec::new();
+        for n in self.point_dirs()? {
+            let d = point_dir(&self.dir, n);
+            if !self.fs.exists(&d.join(MANIFEST_NAME)) {
+                self.remove_point_files(&d)?;
+                removed.push(n);
+            }
+        }
+        Ok(removed)
+    }
+
+    pub(crate) fn remove_point_files(&self, d: &Path) -> Result<()> {
+        for f in self.fs.list_dir(d).map_err(self.io(d, "listing"))? {
+            self.fs.remove(&f).map_err(self.io(&f, "removing"))?;
+        }
+        self.fs.remove_dir(d).map_err(self.io(d, "removing"))
+    }
+
+    /// The file of `disk` at `point`.
+    pub fn disk_file(&self, point: u32, disk: &str) -> Result<PathBuf> {
+        let m = self.manifest(point)?;
+        let d = m.disks.iter().find(|d| d.name == disk).ok_or_else(|| {
+            BackupError::Repository(format!(
+                "point {point} has no disk {disk:?}; it has {:?}",
+                m.disks.iter().map(|d| &d.name).collect::<Vec<_>>()
+            ))
+        })?;
+        Ok(point_dir(&self.dir, point).join(&d.file))
+    }
+
+    /// Resolves "latest" / a number to a point number.
+    pub fn resolve_point(&self, point: Option<u32>) -> Result<u32> {
+        let points = self.points()?;
+        match point {
+            Some(n) if points.iter().any(|m| m.point == n) => Ok(n),
+            Some(n) => Err(BackupError::Repository(format!(
+                "{} has no point {n}",
+                self.dir.display()
+            ))),
+            None => points.last().map(|m| m.point).ok_or_else(|| {
+                BackupError::Repository(format!("{} holds no backup", self.dir.display()))
+            }),
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! Checkpoints and reference points of a machine (the Hyper-V model):
+//!
+//! ```text
+//! create:  seal each disk's tracking (RCT ID) ─► new child <disk>_<id>.avhdx
+//!          (its DataWriteGuid journaled first) ─► machine file names the child
+//! delete:  journal the parent's post-merge DataWriteGuid ─► merge the child
+//!          back (crash-safe, resumable) ─► machine file names the parent
+//! convert: delete, keeping per disk the RCT ID of the checkpoint as a
+//!          reference point ("what changed since" for the next backup)
+//! apply:   mark what the child changed, replace it with a fresh child
+//! ```
+//!
+//! Every step that changes which file carries a disk first tells the
+//! tracking about the identity that file will have, so tracking survives a
+//! crash at any point and never mistakes our own switch for a foreign write.
+
+use crate::disk::Disk;
+use crate::error::Result;
+use crate::machine::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use uuid::Uuid;
+use vhdx::{create_child, merge_into_parent_as, pending_merge_linkage, Chain, Source, Vhdx};
+
+/// Runs a freeze/thaw hook through the shell.
+fn run_hook(what: &str, cmd: &str) -> Result<()> {
+    let st = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .status()
+        .map_err(|source| crate::VdiskError::Io {
+            path: cmd.to_string(),
+            op: "running a hook",
+            source,
+        })?;
+    if !st.success() {
+        return Err(invalid(format!("{what} command `{cmd}` failed ({st})")));
+    }
+    Ok(())
+}
+
+fn child_path(base: &Path, id: u64, attempt: u32) -> PathBuf {
+    let stem = base
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "disk".into());
+    let suffix = if attempt == 0 {
+        String::new()
+    } else {
+        format!("-{attempt}")
+    };
+    base.with_file_name(format!("{stem}_{id}{suffix}.avhdx"))
+}
+
+impl Store {
+    /// Opens a machine disk's current file with its tracking.
+    pub fn open_disk(&self, m: &Machine, disk: &str, writable: bool) -> Result<Disk> {
+        let d = m
+            .disk(disk)
+            .ok_or_else(|| invalid(format!("machine {} has no disk {disk:?}", m.name)))?;
+        Disk::open_tracked_as(self.fs.clone(), &d.active, &d.base, writable)
+    }
+
+    /// Creates a checkpoint of every disk of the machine.
+    pub fn create_checkpoint(
+        &self,
+        name: &str,
+        kind: CheckpointKind,
+        consistency: Consistency,
+    ) -> Result<Checkpoint> {
+        let mut m = self.load(name)?;
+        let id = m.next_id;
+        let freeze = (consistency == Consistency::Application)
+            .then(|| m.freeze.clone())
+            .flatten();
+        if let Some(f) = &freeze {
+            run_hook("freeze", f)?;
+        }
+        let result = self.checkpoint_disks(&m, id);
+        if consistency == Consistency::Application {
+            if let Some(t) = &m.thaw {
+                run_hook("thaw", t)?;
+            }
+        }
+        let disks = result?;
+        for (d, cd) in m.disks.iter_mut().zip(&disks) {
+            d.active = cd.child.clone();
+        }
+        let cp = Checkpoint {
+            id,
+            kind,
+            consistency,
+            created: now(),
+            disks,
+            backup: None,
+        };
+        m.checkpoints.push(cp.clone());
+        m.next_id += 1;
+        self.save(&m)?;
+        Ok(cp)
+    }
+
+    fn checkpoint_disks(&self, m: &Machine, id: u64) -> Result<Vec<CheckpointDisk>> {
+        let mut out = Vec::new();
+        for d in &m.disks {
+            let mut disk = Disk::open_tracked_as(self.fs.clone(), &d.active, &d.base, true)?;
+            let rct_id = if disk.is_tracked() {
+                Some(disk.seal()?.to_string())
+            } else {
+                None
+            };
+            // A child left by an interrupted attempt is not referenced by the
+            // machine file: pick a fresh name rather than trust it.
+            let mut attempt = 0;
+            while self.fs.exists(&child_path(&d.base, id, attempt)) {
+                attempt += 1;
+            }
+            let child = child_path(&d.base, id, attempt);
+            let c = create_child(&*self.fs, &child, &d.active, None)?;
+            let child_identity = format!("vhdx:{}", c.data_write_guid());
+            c.close()?;
+            disk.adopt_identity(&child_identity)?;
+            disk.close()?;
+            out.push(CheckpointDisk {
+                name: d.name.clone(),
+                frozen: d.active.clone(),
+                child,
+                rct_id,
+            });
+        }
+        Ok(out)
+    }
+
+    fn newest_checkpoint(&self, m: &Machine, id: u64) -> Result<Checkpoint> {
+        let cp = m
+            .checkpoint(id)
+            .ok_or_else(|| invalid(format!("machine {} has no checkpoint {id}", m.name)))?
+            .clone();
+        let newest = cp
+            .disks
+            .iter()
+            .all(|cd| m.disk(&cd.name).is_some_and(|d| d.active == cd.child));
+        if !newest {
+            return Err(invalid(format!(
+                "checkpoint {id} is not the newest of machine {}; delete or convert newer checkpoints first",
+                m.name
+            )));
+        }
+        Ok(cp)
+    }
+
+    /// Merges checkpoint `id`'s children back into their parents
+    /// (crash-safe: run again after an interruption to finish).
+    pub fn delete_checkpoint(&self, name: &str, id: u64) -> Result<Checkpoint> {
+        let mut m = self.load(name)?;
+        let cp = self.newest_checkpoint(&m, id)?;
+        for cd in &cp.disks {
+            let base = m.disk(&cd.name).unwrap().base.clone();
+            if self.fs.exists(&cd.child) {
+                let g = pending_merge_linkage(&*self.fs, &cd.child)?.unwrap_or_else(Uuid::new_v4);
+                let mut disk = Disk::open_tracked_as(self.fs.clone(), &cd.child, &base, true)?;
+                disk.adopt_identity(&format!("vhdx:{g}"))?;
+                disk.close()?;
+                merge_into_parent_as(&*self.fs, &cd.child, true, Some(g), &mut |_, _| {})?;
+            }
+            let d = m.disks.iter_mut().find(|d| d.name == cd.name).unwrap();
+            d.active = cd.frozen.clone();
+        }
+        m.checkpoints.retain(|c| c.id != id);
+        self.save(&m)?;
+        Ok(cp)
+    }
+
+    /// Converts recovery checkpoint `id` to a reference point: merges it
+    /// back and keeps, per disk, its RCT ID.
+    pub fn convert_checkpoint(&self, name: &str, id: u64) -> Result<ReferencePoint> {
+        let m = self.load(name)?;
+        let cp = self.newest_checkpoint(&m, id)?;
+        if cp.kind != CheckpointKind::Recovery {
+            return Err(invalid(format!("checkpoint {id} is a standard checkpoint; only recovery checkpoints become reference points")));
+        }
+        self.delete_checkpoint(name, id)?;
+        let mut m = self.load(name)?;
+        let rp = ReferencePoint {
+            id: cp.id,
+            created: cp.created,
+            checkpoint: cp.id,
+            disks: cp
+                .disks
+                .iter()
+                .map(|d| ReferenceDisk {
+                    name: d.name.clone(),
+                    rct_id: d.rct_id.clone(),
+                })
+                .collect(),
+            backup: cp.backup.clone(),
+        };
+        m.reference_points.push(rp.clone());
+        self.save(&m)?;
+        Ok(rp)
+    }
+
+    /// Reverts the machine to checkpoint `id`: the changes since are
+    /// discarded (and marked changed for tracking), a fresh child starts.
+    pub fn apply_checkpoint(&self, name: &str, id: u64) -> Result<()> {
+        let mut m = self.load(name)?;
+        let cp = self.newest_checkpoint(&m, id)?;
+        let mut new_children = Vec::new();
+        for cd in &cp.disks {
+            let base = m.disk(&cd.name).unwrap().base.clone();
+            let mut disk = Disk::open_tracked_as(self.fs.clone(), &cd.child, &base, true)?;
+            // Everything the child holds goes back to the checkpoint's content.
+            let child = Vhdx::open(&*self.fs, &cd.child, false)?;
+            for x in child.resolve(0, child.virtual_size())? {
+                if x.source != Source::Parent {
+                    disk.mark_changed(x.offset, x.len)?;
+                }
+            }
+            drop(child);
+            let mut attempt = 1;
+            while self.fs.exists(&child_path(&base, id, attempt)) {
+                attempt += 1;
+            }
+            let fresh = child_path(&base, id, attempt);
+            let c = create_child(&*self.fs, &fresh, &cd.frozen, None)?;
+            disk.adopt_identity(&format!("vhdx:{}", c.data_write_guid()))?;
+            c.close()?;
+            disk.close()?;
+            new_children.push((cd.name.clone(), cd.child.clone(), fresh));
+        }
+        for (name, old, fresh) in &new_children {
+            m.disks.iter_mut().find(|d| &d.name == name).unwrap().active = fresh.clone();
+            for c in m.checkpoints.iter_mut().filter(|c| c.id == id) {
+                c.disks.iter_mut().find(|d| &d.name == name).unwrap().child = fresh.clone();
+            }
+            let _ = old;
+        }
+        self.save(&m)?;
+        for (_, old, _) in new_children {
+            let _ = self.fs.remove(&old);
+        }
+        Ok(())
+    }
+
+    /// Forgets a reference point and releases its RCT IDs.
+    pub fn destroy_reference_point(&self, name: &str, id: u64) -> Result<()> {
+        let mut m = self.load(name)?;
+        let rp = m
+            .reference_point(id)
+            .ok_or_else(|| invalid(format!("machine {name} has no reference point {id}")))?
+            .clone();
+        for rd in &rp.disks {
+            let Some(idstr) = &rd.rct_id else { continue };
+            if let (Ok(rid), Ok(mut disk)) = (
+                idstr.parse::<rct::RctId>(),
+                self.open_disk(&m, &rd.name, true),
+            ) {
+                // A stale ID (already released, tracking reset) is no reason
+                // to keep the reference point.
+                let _ = disk.release(&rid);
+                disk.close()?;
+            }
+        }
+        m.reference_points.retain(|r| r.id != id);
+        self.save(&m)?;
+        Ok(())
+    }
+
+    /// Records that checkpoint `id` was backed up to `link`.
+    pub fn set_checkpoint_backup(&self, name: &str, id: u64, link: BackupLink) -> Result<()> {
+        let mut m = self.load(name)?;
+        if let Some(c) = m.checkpoints.iter_mut().find(|c| c.id == id) {
+            c.backup = Some(link);
+        }
+        self.save(&m)
+    }
+
+    /// Opens the frozen content of a checkpoint's disk, read-only.
+    pub fn open_checkpoint_disk(&self, cp: &Checkpoint, disk: &str) -> Result<Chain> {
+        let cd = cp
+            .disks
+            .iter()
+            .find(|d| d.name == disk)
+            .ok_or_else(|| invalid(format!("checkpoint {} has no disk {disk}", cp.id)))?;
+        Ok(Chain::open(&*self.fs, &cd.frozen, false)?)
+    }
+}
