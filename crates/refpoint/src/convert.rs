@@ -5,9 +5,11 @@
 
 use crate::image::{is_zero, Image};
 use anyhow::{bail, Context, Result};
+use std::cell::Cell;
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
-use storage::{Fs, LocalFs, Storage};
+use std::sync::Arc;
+use storage::{Fs, LocalFs, OpenMode, Storage};
 use vhdx::{create, CreateOptions, DiskType};
 
 /// The output format.
@@ -97,7 +99,10 @@ pub fn convert(
             Box::new(RawSink(f))
         }
     };
-    let (bytes_read, bytes_written) = copy(&image, &mut *sink, progress)?;
+    // A second handle on the destination for write-behind flushes; without
+    // one the copy is only slower, so failing to open it is no error.
+    let writeback = LocalFs.open(dst, OpenMode::ReadOnly).ok();
+    let (bytes_read, bytes_written) = copy(&image, &mut *sink, writeback, progress)?;
     sink.finish()
         .with_context(|| format!("cannot finish {}", dst.display()))?;
     Ok(ConvertSummary {
@@ -135,7 +140,16 @@ enum Msg {
 /// one, so the copy out of the source's page cache overlaps the copy into
 /// the destination's: each costs about as much as the other, and doing them
 /// one after the other left half of the machine idle.
-fn copy(image: &Image, sink: &mut dyn Sink, progress: &dyn Fn(u64, u64)) -> Result<(u64, u64)> {
+///
+/// `writeback`, a handle on the destination file, is flushed from a third
+/// thread every [`WRITEBACK_STEP`] of progress: the disk then writes while
+/// the copy goes on, instead of all at once in the final flush.
+fn copy(
+    image: &Image,
+    sink: &mut dyn Sink,
+    writeback: Option<Arc<dyn Storage>>,
+    progress: &dyn Fn(u64, u64),
+) -> Result<(u64, u64)> {
     let size = image.size();
     std::thread::scope(|s| {
         let (full_tx, full_rx) = mpsc::sync_channel::<Result<Msg>>(BUFFERS);
@@ -146,10 +160,38 @@ fn copy(image: &Image, sink: &mut dyn Sink, progress: &dyn Fn(u64, u64)) -> Resu
                 .expect("the receiver is alive");
         }
         let reader = s.spawn(move || read_pieces(image, &full_tx, &free_rx));
-        let written = write_pieces(sink, full_rx, free_tx, &|done| progress(done, size));
+        let (tick_tx, tick_rx) = mpsc::channel::<()>();
+        let flusher = writeback.map(|f| s.spawn(move || write_behind(&*f, &tick_rx)));
+        let next_tick = Cell::new(WRITEBACK_STEP);
+        let written = write_pieces(sink, full_rx, free_tx, &|done| {
+            progress(done, size);
+            if done >= next_tick.get() {
+                let _ = tick_tx.send(());
+                next_tick.set(done + WRITEBACK_STEP);
+            }
+        });
+        drop(tick_tx);
         let read = reader.join().expect("the reader thread does not panic");
-        Ok((read, written?))
+        let written = written?;
+        if let Some(f) = flusher {
+            f.join().expect("the flusher thread does not panic")?;
+        }
+        Ok((read, written))
     })
+}
+
+/// Progress between two write-behind flushes: enough data for the disk to
+/// stream, little enough that the final flush finds little left to do.
+const WRITEBACK_STEP: u64 = 128 << 20;
+
+/// Flushes `file` once per tick (ticks that queue up while a flush runs
+/// count as one) until the ticks stop.
+fn write_behind(file: &dyn Storage, ticks: &Receiver<()>) -> Result<()> {
+    while ticks.recv().is_ok() {
+        while ticks.try_recv().is_ok() {}
+        file.flush()?;
+    }
+    Ok(())
 }
 
 /// The reader's side of [`copy`]: sends the data of `image` piece by
@@ -261,5 +303,104 @@ impl Sink for RawSink {
     }
     fn finish(self: Box<Self>) -> Result<()> {
         Ok(self.0.flush()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records what it is given; fails at the write numbered `fail_at`.
+    struct Recorder {
+        writes: Vec<(u64, Vec<u8>)>,
+        fail_at: Option<usize>,
+    }
+
+    impl Sink for Recorder {
+        fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+            if Some(self.writes.len()) == self.fail_at {
+                bail!("the sink is full");
+            }
+            self.writes.push((offset, data.to_vec()));
+            Ok(())
+        }
+        fn finish(self: Box<Self>) -> Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A raw image of several chunks: data, a zero granule, more data.
+    fn raw_image(dir: &Path) -> (Image, Vec<u8>) {
+        let size = 3 * CHUNK as usize + 5 * GRANULE;
+        let mut data: Vec<u8> = (0..size).map(|i| (i % 251) as u8 | 1).collect();
+        let hole = CHUNK as usize + 2 * GRANULE;
+        data[hole..hole + GRANULE].fill(0);
+        let path = dir.join("src.img");
+        std::fs::write(&path, &data).unwrap();
+        let file = LocalFs.open(&path, OpenMode::ReadOnly).unwrap();
+        (
+            Image::Raw {
+                file,
+                size: size as u64,
+            },
+            data,
+        )
+    }
+
+    #[test]
+    fn nonzero_runs_merge_data_and_skip_zero_granules() {
+        let mut b = vec![1u8; 4 * GRANULE + 10];
+        b[GRANULE..2 * GRANULE].fill(0);
+        b[4 * GRANULE..].fill(0);
+        assert_eq!(
+            nonzero_runs(&b),
+            vec![(0, GRANULE), (2 * GRANULE, 4 * GRANULE)]
+        );
+        assert!(nonzero_runs(&[0u8; 100]).is_empty());
+    }
+
+    #[test]
+    fn copy_writes_every_nonzero_byte_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        let (image, data) = raw_image(d.path());
+        let mut sink = Recorder {
+            writes: vec![],
+            fail_at: None,
+        };
+        let seen = std::cell::RefCell::new(vec![]);
+        // The source stands in for the destination of the write-behind
+        // flushes, which only need some file to flush.
+        let Image::Raw { file, .. } = &image else {
+            unreachable!()
+        };
+        let writeback = Some(file.clone());
+        let (read, written) = copy(&image, &mut sink, writeback, &|done, _| {
+            seen.borrow_mut().push(done)
+        })
+        .unwrap();
+        assert_eq!(read, data.len() as u64);
+        assert_eq!(written, (data.len() - GRANULE) as u64);
+        let mut out = vec![0u8; data.len()];
+        let mut last = 0;
+        for (off, b) in &sink.writes {
+            assert!(*off >= last, "writes arrive in order");
+            out[*off as usize..*off as usize + b.len()].copy_from_slice(b);
+            last = off + b.len() as u64;
+        }
+        assert_eq!(out, data);
+        assert_eq!(seen.borrow().last(), Some(&(data.len() as u64)));
+    }
+
+    #[test]
+    fn a_failing_sink_stops_the_copy() {
+        let d = tempfile::tempdir().unwrap();
+        let (image, _) = raw_image(d.path());
+        let mut sink = Recorder {
+            writes: vec![],
+            fail_at: Some(1),
+        };
+        let e = copy(&image, &mut sink, None, &|_, _| {}).unwrap_err();
+        assert!(e.to_string().contains("the sink is full"));
+        assert_eq!(sink.writes.len(), 1);
     }
 }

@@ -19,6 +19,7 @@ pub mod compare;
 pub mod convert;
 pub mod demo;
 pub mod image;
+pub mod machines;
 pub mod progress;
 pub mod report;
 pub mod tracking;

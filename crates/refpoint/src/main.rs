@@ -39,9 +39,162 @@ enum Noun {
     /// Read and write disks through the tracked I/O path.
     #[command(subcommand)]
     Disk(DiskCmd),
+    /// Named sets of disks (virtual machines) in the state directory.
+    #[command(subcommand)]
+    Machine(MachineCmd),
+    /// Point-in-time states of a machine's disks.
+    #[command(subcommand)]
+    Checkpoint(CheckpointCmd),
+    /// What remains of converted recovery checkpoints: the RCT IDs to back up from.
+    #[command(subcommand)]
+    Reference(ReferenceCmd),
+    /// Back up a machine (full or incremental), or manage a backup repository.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Backup(BackupArgs),
+    /// Restore a backup point as one flat image.
+    Restore {
+        /// The backup repository.
+        dir: PathBuf,
+        /// Point number (see `refpoint backup list DIR`) or "latest".
+        #[arg(long, default_value = "latest")]
+        point: String,
+        /// Where to write the image (a directory when restoring several disks).
+        #[arg(long)]
+        to: PathBuf,
+        #[arg(long, value_enum, default_value = "vhdx")]
+        format: FormatArg,
+        /// Only this disk.
+        #[arg(long)]
+        disk: Option<String>,
+    },
+    /// Re-hash a repository's chains against the manifests.
+    Verify {
+        dir: PathBuf,
+        /// Only this point [default: every point].
+        #[arg(long)]
+        point: Option<u32>,
+        #[arg(long)]
+        json: bool,
+    },
     /// A guided run on local files in the state directory.
     #[command(subcommand)]
     Demo(Demo),
+}
+
+#[derive(Subcommand)]
+enum MachineCmd {
+    /// Create a machine; enables change tracking on its disks.
+    #[command(
+        after_help = "Example:\n  refpoint machine create vm1 --disk os.vhdx --disk data=data.vhdx --freeze 'ssh vm1 fsfreeze -f /' --thaw 'ssh vm1 fsfreeze -u /'"
+    )]
+    Create {
+        name: String,
+        /// A disk file, optionally named: NAME=PATH (default names disk0, disk1, ...).
+        #[arg(long = "disk", required = true)]
+        disks: Vec<String>,
+        /// Command run before an application-consistent checkpoint.
+        #[arg(long, requires = "thaw")]
+        freeze: Option<String>,
+        /// Command run after it (also when the checkpoint fails).
+        #[arg(long, requires = "freeze")]
+        thaw: Option<String>,
+    },
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    Show {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a machine (its disk files stay).
+    Remove { name: String },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KindArg {
+    Standard,
+    Recovery,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ConsistencyArg {
+    Application,
+    Crash,
+}
+
+#[derive(Subcommand)]
+enum CheckpointCmd {
+    /// Give every disk a new differencing child; the parents become a frozen, consistent image.
+    Create {
+        machine: String,
+        #[arg(long, value_enum, default_value = "standard")]
+        kind: KindArg,
+        /// application runs the machine's freeze/thaw commands around it.
+        #[arg(long, value_enum)]
+        consistency: Option<ConsistencyArg>,
+    },
+    List {
+        machine: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revert the machine to a checkpoint (the newest); later changes are discarded.
+    Apply { machine: String, checkpoint: u64 },
+    /// Merge a checkpoint (the newest) back; crash-safe, run again to resume.
+    Delete { machine: String, checkpoint: u64 },
+    /// Turn a recovery checkpoint into a reference point (merge back, keep the RCT IDs).
+    Convert { machine: String, checkpoint: u64 },
+}
+
+#[derive(Subcommand)]
+enum ReferenceCmd {
+    List {
+        machine: String,
+        #[arg(long)]
+        json: bool,
+    },
+    Show {
+        machine: String,
+        id: u64,
+    },
+    /// Forget a reference point and release its RCT IDs.
+    Destroy {
+        machine: String,
+        id: u64,
+    },
+}
+
+#[derive(Args)]
+struct BackupArgs {
+    #[command(subcommand)]
+    cmd: Option<BackupCmd>,
+    /// The machine to back up.
+    #[arg(required = true)]
+    machine: Option<String>,
+    /// The backup repository (a directory).
+    #[arg(long, required = true)]
+    to: Option<PathBuf>,
+    /// Print a JSON summary.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum BackupCmd {
+    /// List the points of a repository (1 is the first full backup).
+    List {
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Merge old differentials into a synthetic full so only N points remain.
+    Consolidate {
+        dir: PathBuf,
+        #[arg(long)]
+        keep: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -304,11 +457,354 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Noun::Machine(c) => machine_cmd(c),
+        Noun::Checkpoint(c) => checkpoint_cmd(c),
+        Noun::Reference(c) => reference_cmd(c),
+        Noun::Backup(b) => backup_cmd(b),
+        Noun::Restore {
+            dir,
+            point,
+            to,
+            format,
+            disk,
+        } => {
+            let point = if point == "latest" {
+                None
+            } else {
+                Some(
+                    point
+                        .parse()
+                        .context("--point takes a number or \"latest\"")?,
+                )
+            };
+            let fmt = match format {
+                FormatArg::Vhdx => backup::RestoreFormat::Vhdx,
+                FormatArg::Raw => backup::RestoreFormat::Raw,
+            };
+            let pb = bar(0, "restore", false);
+            let out = backup::restore(
+                &LocalFs,
+                &dir,
+                point,
+                disk.as_deref(),
+                &to,
+                fmt,
+                &mut |d, t| {
+                    pb.set_length(t);
+                    pb.set_position(d);
+                },
+            )?;
+            pb.finish_and_clear();
+            for p in out {
+                println!("restored {}", p.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Noun::Verify { dir, point, json } => {
+            let pb = bar(0, "verify", json);
+            let r = backup::verify(&LocalFs, &dir, point, &mut |d, t| {
+                pb.set_length(t);
+                pb.set_position(d);
+            })?;
+            pb.finish_and_clear();
+            if json {
+                print_json(&r)?;
+            } else if let Some(b) = &r.first_bad {
+                println!(
+                    "BAD: point {} disk {} at offset {} ({:#x}) in {}: {}",
+                    b.point, b.disk, b.offset, b.offset, b.file, b.problem
+                );
+            } else {
+                println!(
+                    "points {:?} verified: {} checked, all blocks match",
+                    r.points_checked,
+                    human(r.bytes_checked)
+                );
+            }
+            Ok(if r.first_bad.is_none() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            })
+        }
         Noun::Demo(Demo::Run) => {
             refpoint::demo::run(&refpoint::demo::state_dir())?;
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn machine_cmd(c: MachineCmd) -> Result<ExitCode> {
+    use refpoint::machines::{parse_disk_arg, store};
+    let st = store();
+    match c {
+        MachineCmd::Create {
+            name,
+            disks,
+            freeze,
+            thaw,
+        } => {
+            let disks: Vec<_> = disks.iter().map(|d| parse_disk_arg(d)).collect();
+            let m = st.create(&name, &disks, freeze, thaw)?;
+            println!(
+                "created machine {} with {} disk(s); change tracking enabled",
+                m.name,
+                m.disks.len()
+            );
+            for d in &m.disks {
+                println!("  {}/{}  {}", m.name, d.name, d.base.display());
+            }
+        }
+        MachineCmd::List { json } => {
+            let ms = st.list()?;
+            if json {
+                print_json(&ms)?;
+            } else {
+                for m in ms {
+                    println!(
+                        "{}  {} disk(s), {} checkpoint(s), {} reference point(s)",
+                        m.name,
+                        m.disks.len(),
+                        m.checkpoints.len(),
+                        m.reference_points.len()
+                    );
+                }
+            }
+        }
+        MachineCmd::Show { name, json } => {
+            let m = st.load(&name)?;
+            if json {
+                print_json(&m)?;
+            } else {
+                println!("machine {}", m.name);
+                for d in &m.disks {
+                    println!(
+                        "  disk {}: {} (writing to {})",
+                        d.name,
+                        d.base.display(),
+                        d.active.display()
+                    );
+                }
+                if let (Some(f), Some(t)) = (&m.freeze, &m.thaw) {
+                    println!("  freeze: {f}\n  thaw:   {t}");
+                }
+                for c in &m.checkpoints {
+                    println!(
+                        "  checkpoint {} ({:?}, {})",
+                        c.id,
+                        c.kind,
+                        refpoint::machines::time(c.created)
+                    );
+                }
+                for r in &m.reference_points {
+                    println!(
+                        "  reference point {} ({})",
+                        r.id,
+                        refpoint::machines::time(r.created)
+                    );
+                }
+            }
+        }
+        MachineCmd::Remove { name } => {
+            st.remove(&name)?;
+            println!("removed machine {name} (its disk files are untouched)");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn checkpoint_cmd(c: CheckpointCmd) -> Result<ExitCode> {
+    use vdisk::{CheckpointKind, Consistency};
+    let st = refpoint::machines::store();
+    match c {
+        CheckpointCmd::Create {
+            machine,
+            kind,
+            consistency,
+        } => {
+            let kind = match kind {
+                KindArg::Standard => CheckpointKind::Standard,
+                KindArg::Recovery => CheckpointKind::Recovery,
+            };
+            let has_hooks = st.load(&machine)?.freeze.is_some();
+            let consistency = match consistency {
+                Some(ConsistencyArg::Application) => Consistency::Application,
+                Some(ConsistencyArg::Crash) => Consistency::Crash,
+                None if has_hooks => Consistency::Application,
+                None => Consistency::Crash,
+            };
+            let cp = st.create_checkpoint(&machine, kind, consistency)?;
+            println!("checkpoint {} of {machine} created", cp.id);
+            for d in &cp.disks {
+                println!(
+                    "  {}: frozen {}, writes go to {}",
+                    d.name,
+                    d.frozen.display(),
+                    d.child.display()
+                );
+                if let Some(id) = &d.rct_id {
+                    println!("    RCT ID {id}");
+                }
+            }
+        }
+        CheckpointCmd::List { machine, json } => {
+            let m = st.load(&machine)?;
+            if json {
+                print_json(&m.checkpoints)?;
+            } else {
+                for c in &m.checkpoints {
+                    println!(
+                        "{}  {:?}  {:?}  {}",
+                        c.id,
+                        c.kind,
+                        c.consistency,
+                        refpoint::machines::time(c.created)
+                    );
+                }
+            }
+        }
+        CheckpointCmd::Apply {
+            machine,
+            checkpoint,
+        } => {
+            st.apply_checkpoint(&machine, checkpoint)?;
+            println!("{machine} reverted to checkpoint {checkpoint}");
+        }
+        CheckpointCmd::Delete {
+            machine,
+            checkpoint,
+        } => {
+            st.delete_checkpoint(&machine, checkpoint)?;
+            println!("checkpoint {checkpoint} of {machine} merged back and deleted");
+        }
+        CheckpointCmd::Convert {
+            machine,
+            checkpoint,
+        } => {
+            let r = st.convert_checkpoint(&machine, checkpoint)?;
+            println!(
+                "checkpoint {checkpoint} of {machine} is now reference point {}",
+                r.id
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn reference_cmd(c: ReferenceCmd) -> Result<ExitCode> {
+    let st = refpoint::machines::store();
+    match c {
+        ReferenceCmd::List { machine, json } => {
+            let m = st.load(&machine)?;
+            if json {
+                print_json(&m.reference_points)?;
+            } else {
+                for r in &m.reference_points {
+                    let b = r
+                        .backup
+                        .as_ref()
+                        .map(|b| format!("  backup {} point {}", b.dir.display(), b.point))
+                        .unwrap_or_default();
+                    println!("{}  {}{b}", r.id, refpoint::machines::time(r.created));
+                }
+            }
+        }
+        ReferenceCmd::Show { machine, id } => {
+            let m = st.load(&machine)?;
+            let r = m
+                .reference_point(id)
+                .with_context(|| format!("{machine} has no reference point {id}"))?;
+            print_json(r)?;
+        }
+        ReferenceCmd::Destroy { machine, id } => {
+            st.destroy_reference_point(&machine, id)?;
+            println!("reference point {id} of {machine} destroyed; its RCT IDs are released");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn backup_cmd(b: BackupArgs) -> Result<ExitCode> {
+    match b.cmd {
+        Some(BackupCmd::List { dir, json }) => {
+            let repo = backup::Repo::new(&LocalFs, &dir);
+            let points = repo.points()?;
+            if json {
+                let rows: Vec<_> = points
+                    .iter()
+                    .map(|p| serde_json::json!({"point": p.point, "kind": p.kind, "created": p.created, "machine": p.machine,
+                        "disks": p.disks.iter().map(|d| serde_json::json!({"name": d.name, "file": d.file, "bytes_written": d.bytes_written})).collect::<Vec<_>>()}))
+                    .collect();
+                print_json(&rows)?;
+            } else {
+                for p in &points {
+                    let w: u64 = p.disks.iter().map(|d| d.bytes_written).sum();
+                    println!(
+                        "{:>4}  {:<11}  {}  {}  {} written",
+                        p.point,
+                        p.kind,
+                        refpoint::machines::time(p.created),
+                        p.machine,
+                        human(w)
+                    );
+                }
+            }
+        }
+        Some(BackupCmd::Consolidate { dir, keep }) => {
+            let removed = backup::consolidate(&LocalFs, &dir, keep, &mut |_, _| {})?;
+            if removed.is_empty() {
+                println!("nothing to consolidate: at most {keep} point(s)");
+            } else {
+                println!("consolidated: removed points {removed:?}; the oldest kept point is now a full backup");
+            }
+        }
+        None => {
+            let (machine, to) = (
+                b.machine.expect("clap requires MACHINE"),
+                b.to.expect("clap requires --to"),
+            );
+            let st = refpoint::machines::store();
+            let pb = bar(0, "backup", b.json);
+            let s = backup::backup(&st, &machine, &to, &mut |disk, n, total| {
+                pb.set_message(disk.to_string());
+                pb.set_length(total);
+                pb.inc(n);
+            })?;
+            pb.finish_and_clear();
+            if b.json {
+                print_json(&s)?;
+            } else {
+                for r in &s.recovered {
+                    println!("recovered: {r}");
+                }
+                println!(
+                    "point {} of {} ({}) in {}",
+                    s.point, machine, s.kind, s.repository
+                );
+                for d in &s.disks {
+                    let why = d
+                        .full_reason
+                        .as_deref()
+                        .map(|r| format!(" — full because {r}"))
+                        .unwrap_or_default();
+                    println!(
+                        "  {}: {}, {} changed, {} written{why}",
+                        d.name,
+                        d.kind,
+                        human(d.changed_bytes),
+                        human(d.bytes_written)
+                    );
+                }
+                println!(
+                    "{} read, {} written in {:.1}s",
+                    human(s.bytes_read),
+                    human(s.bytes_written),
+                    s.seconds
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Exit status of a tracking error: take a full backup.

@@ -150,8 +150,28 @@ impl Store {
     }
 
     /// Merges checkpoint `id`'s children back into their parents
-    /// (crash-safe: run again after an interruption to finish).
+    /// (crash-safe: run again after an interruption to finish) and releases
+    /// the RCT IDs sealed for it.
     pub fn delete_checkpoint(&self, name: &str, id: u64) -> Result<Checkpoint> {
+        let cp = self.merge_back(name, id)?;
+        let m = self.load(name)?;
+        for cd in &cp.disks {
+            let Some(rid) = cd
+                .rct_id
+                .as_ref()
+                .and_then(|s| s.parse::<rct::RctId>().ok())
+            else {
+                continue;
+            };
+            let mut disk = self.open_disk(&m, &cd.name, true)?;
+            // Already released (an earlier, interrupted delete) is fine.
+            let _ = disk.release(&rid);
+            disk.close()?;
+        }
+        Ok(cp)
+    }
+
+    fn merge_back(&self, name: &str, id: u64) -> Result<Checkpoint> {
         let mut m = self.load(name)?;
         let cp = self.newest_checkpoint(&m, id)?;
         for cd in &cp.disks {
@@ -179,7 +199,7 @@ impl Store {
         if cp.kind != CheckpointKind::Recovery {
             return Err(invalid(format!("checkpoint {id} is a standard checkpoint; only recovery checkpoints become reference points")));
         }
-        self.delete_checkpoint(name, id)?;
+        self.merge_back(name, id)?;
         let mut m = self.load(name)?;
         let rp = ReferencePoint {
             id: cp.id,
