@@ -87,10 +87,15 @@ fn check_storage(file: Arc<dyn Storage>, name: &str) -> Result<CheckReport> {
             Err(k) => r.problem(off, format!("header copy: {k}"), true),
         }
     }
+    // The log is read only where the header places it validly inside the
+    // file (a bad place is reported by the open below), so a damaged
+    // LogLength never sizes an allocation.
+    let file_len = file.len().map_err(io("reading the length", 0))?;
     if let Some(h) = headers.iter().max_by_key(|h| h.sequence_number) {
-        if !h.log_guid.is_nil() && h.log_version == 0 && h.log_length > 0 {
-            let mut log = vec![0u8; h.log_length as usize];
-            if file.read_at(h.log_offset, &mut log).is_ok() {
+        let span = h.log_span().filter(|&(_, end)| end <= file_len);
+        if let (false, 0, Some((start, end))) = (h.log_guid.is_nil(), h.log_version, span) {
+            let mut log = vec![0u8; (end - start) as usize];
+            if file.read_at(start, &mut log).is_ok() {
                 match find_active_sequence(&log, h.log_guid) {
                     Some(_) => r.notes.push("the log holds updates to replay (the file was not closed cleanly); a writable open replays them".into()),
                     None => r.problem(h.log_offset, Corruption::NoValidLogSequence.to_string(), true),
@@ -151,11 +156,9 @@ fn check_overlaps(v: &Vhdx, r: &mut CheckReport) {
             )
         })
         .collect();
-    spans.push((
-        v.header.log_offset,
-        v.header.log_offset + v.header.log_length as u64,
-        "the log".into(),
-    ));
+    if let Some((start, end)) = v.header.log_span() {
+        spans.push((start, end, "the log".into()));
+    }
     let mut used = 0u64;
     for (i, e) in v.bat.iter().enumerate() {
         let sb = g.is_sector_bitmap_index(i);
@@ -184,7 +187,8 @@ fn check_overlaps(v: &Vhdx, r: &mut CheckReport) {
         } else {
             format!("payload block {}", g.block_of_index(i))
         };
-        spans.push((e.file_offset(), e.file_offset() + len, what));
+        // Entries past the end of the file are reported by `bat_problems`.
+        spans.push((e.file_offset(), e.file_offset().saturating_add(len), what));
     }
     spans.sort();
     for w in spans.windows(2) {

@@ -166,11 +166,7 @@ impl Vhdx {
                 Corruption::UnsupportedLogVersion(header.log_version),
             ));
         }
-        let log_ok = header.log_offset % MIB == 0
-            && header.log_offset >= HEADER_SECTION_SIZE
-            && (header.log_length as u64).is_multiple_of(MIB)
-            && header.log_length > 0
-            && header.log_offset + header.log_length as u64 <= file_len;
+        let log_ok = header.log_span().is_some_and(|(_, end)| end <= file_len);
         if !log_ok && (writable || !header.log_guid.is_nil()) {
             return Err(corrupt(
                 hdr_off,
@@ -201,13 +197,17 @@ impl Vhdx {
                     },
                 ));
             }
-            let last_file_offset = head.last_file_offset;
+            // Judge the whole sequence before replaying any of it: where it
+            // writes, how much it zeroes, how far it grows the file.
+            let mut needed = head.last_file_offset;
+            let mut zeroed = 0u64;
             for u in entries.iter().flat_map(|e| e.updates.iter()) {
                 if let LogUpdate::Zero { length, .. } = u {
-                    if *length > MAX_REPLAY_ZERO {
+                    zeroed = zeroed.saturating_add(*length);
+                    if zeroed > MAX_REPLAY_ZERO {
                         return Err(Error::Unsupported {
                             file: name.clone(),
-                            what: format!("a log zero descriptor of {length} bytes"),
+                            what: format!("log zero descriptors covering {zeroed} bytes"),
                         });
                     }
                 }
@@ -219,6 +219,15 @@ impl Vhdx {
                         },
                     ));
                 }
+                needed = needed.max(u.file_offset().saturating_add(update_len(u)));
+            }
+            if needed.saturating_sub(file_len) > MAX_LOG_GROWTH {
+                return Err(corrupt(
+                    header.log_offset,
+                    Corruption::LogGrowsFile { file_len, needed },
+                ));
+            }
+            for u in entries.iter().flat_map(|e| e.updates.iter()) {
                 for (off, page) in pages_of(u) {
                     if writable {
                         file.write_at(off, &page)
@@ -227,9 +236,8 @@ impl Vhdx {
                         overlay.insert(off, page);
                     }
                 }
-                effective_len = effective_len.max(u.file_offset().saturating_add(update_len(u)));
             }
-            effective_len = effective_len.max(last_file_offset);
+            effective_len = effective_len.max(needed);
             if writable {
                 if file_len < effective_len {
                     file.set_len(effective_len)
@@ -324,7 +332,7 @@ impl Vhdx {
         if self.overlay.is_empty() {
             return Ok(());
         }
-        let end = offset + buf.len() as u64;
+        let end = offset.saturating_add(buf.len() as u64);
         let first = offset.saturating_sub(LOG_SECTOR_SIZE as u64 - 1);
         for (&po, page) in self.overlay.range(first..end) {
             let s = po.max(offset);
@@ -374,7 +382,8 @@ impl Vhdx {
             };
             return Err(self.corrupt(REGION_TABLE_OFFSETS[0], Corruption::MissingRegion(missing)));
         };
-        // Regions must not overlap each other or the log.
+        // Regions must not overlap each other or the log (if the header
+        // places one; a read-only open tolerates a bad place for an empty log).
         let mut spans: Vec<(u64, u64, String)> = table
             .entries
             .iter()
@@ -386,17 +395,32 @@ impl Vhdx {
                 )
             })
             .collect();
-        spans.push((
-            self.header.log_offset,
-            self.header.log_offset + self.header.log_length as u64,
-            "the log".into(),
-        ));
+        if let Some((start, end)) = self.header.log_span() {
+            spans.push((start, end, "the log".into()));
+        }
         spans.sort();
         for w in spans.windows(2) {
             if w[1].0 < w[0].1 {
                 return Err(self.corrupt(
                     w[1].0,
                     Corruption::Overlap(format!("{} and {}", w[0].2, w[1].2)),
+                ));
+            }
+        }
+        // §2.2.3: the BAT and metadata regions are part of the file. One that
+        // reaches past the end (after log replay) means the file was cut
+        // short: its missing part would read as zeros, and reading it would
+        // take memory sized by a damaged length field instead of the file.
+        for r in [&bat, &meta] {
+            if r.file_offset + r.length as u64 > self.durable_len {
+                return Err(self.corrupt(
+                    r.file_offset,
+                    Corruption::RegionPastEof {
+                        guid: r.guid,
+                        offset: r.file_offset,
+                        length: r.length,
+                        file_len: self.durable_len,
+                    },
                 ));
             }
         }
@@ -548,7 +572,11 @@ impl Vhdx {
                         offset: e.file_offset(),
                     },
                 ));
-            } else if e.file_offset() + len > file_len {
+            } else if e
+                .file_offset()
+                .checked_add(len)
+                .is_none_or(|end| end > file_len)
+            {
                 out.push((
                     at,
                     Corruption::BatPastEof {
@@ -586,8 +614,18 @@ impl Vhdx {
 
     /// Writes `h` (with the next SequenceNumber) over the non-current
     /// header and flushes; it becomes current.
+    ///
+    /// A SequenceNumber at its maximum cannot be followed (the new header
+    /// would not be current), so such a file cannot be updated.
     pub(crate) fn write_header(&mut self, mut h: Header) -> Result<()> {
-        h.sequence_number = self.header.sequence_number + 1;
+        h.sequence_number =
+            self.header
+                .sequence_number
+                .checked_add(1)
+                .ok_or_else(|| Error::Unsupported {
+                    file: self.name.clone(),
+                    what: "updating a header whose SequenceNumber is at its maximum".into(),
+                })?;
         let slot = 1 - self.header_slot;
         let off = HEADER_OFFSETS[slot];
         self.file
@@ -735,9 +773,20 @@ impl Drop for Vhdx {
     }
 }
 
-/// The largest zeroed range a log entry may ask for; metadata updates are
-/// never larger, and this bounds the memory a read-only replay needs.
+/// The most bytes the zero descriptors (§2.3.1.2) of one replayed sequence
+/// may cover together; metadata updates are never larger, and this bounds
+/// the memory a read-only replay needs (it keeps the zeroed pages).
 const MAX_REPLAY_ZERO: u64 = 64 * MIB;
+
+/// The most a log replay may grow the file. §2.3.1.1: FlushedFileOffset is
+/// the file's size when the entry was written (the file is at least that
+/// long, or the open fails as truncated) and LastFileOffset the size all
+/// allocated structures fit into, so a replay grows the file only by what
+/// the writer allocated after its last flush of the file size (less than
+/// 1 MB for refpoint, which makes the size durable before writing the log).
+/// A log asking for more is corrupt; taken at its word, a damaged 64-bit
+/// offset would grow the file to exabytes.
+pub(crate) const MAX_LOG_GROWTH: u64 = GIB;
 
 fn update_len(u: &LogUpdate) -> u64 {
     match u {

@@ -31,7 +31,7 @@ pub enum Corruption {
     NoValidRegionTable,
     #[error("region {0} is listed twice")]
     DuplicateRegion(Uuid),
-    #[error("region {guid} at {offset:#x} length {length:#x} is not 1 MB aligned or lies inside the header section")]
+    #[error("region {guid} at {offset:#x} length {length:#x} is not 1 MB aligned, lies inside the header section or ends past the largest file offset")]
     BadRegionLocation {
         guid: Uuid,
         offset: u64,
@@ -41,6 +41,13 @@ pub enum Corruption {
     UnknownRequiredRegion(Uuid),
     #[error("required region {0} (BAT or metadata) is missing")]
     MissingRegion(Uuid),
+    #[error("region {guid} at {offset:#x} length {length:#x} lies past the end of the file ({file_len:#x}): it was truncated")]
+    RegionPastEof {
+        guid: Uuid,
+        offset: u64,
+        length: u32,
+        file_len: u64,
+    },
     #[error("objects overlap: {0}")]
     Overlap(String),
     #[error("metadata table has a bad signature")]
@@ -93,6 +100,8 @@ pub enum Corruption {
     Truncated { file_len: u64, flushed: u64 },
     #[error("log entry descriptor writes to {offset:#x}, inside the header section")]
     LogWriteInHeaderSection { offset: u64 },
+    #[error("the log would grow the file from {file_len:#x} to {needed:#x} bytes, more than a log entry can account for: the log is corrupt")]
+    LogGrowsFile { file_len: u64, needed: u64 },
 }
 
 /// What went wrong in a `vhdx` operation.

@@ -19,9 +19,12 @@ pub struct Header {
 }
 
 impl Header {
-    /// Parses and validates signature and checksum.
+    /// Parses and validates signature and checksum (a buffer shorter than
+    /// 4 KB has no valid signature).
     pub fn parse(b: &[u8]) -> Result<Self, Corruption> {
-        let b = &b[..HEADER_SIZE];
+        let Some(b) = b.get(..HEADER_SIZE) else {
+            return Err(Corruption::BadHeaderSignature);
+        };
         if &b[0..4] != HEADER_SIGNATURE {
             return Err(Corruption::BadHeaderSignature);
         }
@@ -38,6 +41,19 @@ impl Header {
             log_length: le32(b, 68),
             log_offset: le64(b, 72),
         })
+    }
+
+    /// Where the log is, as `(offset, end)`, if the header places it the way
+    /// §2.2.2 requires: 1 MB aligned, after the header section, a nonzero
+    /// multiple of 1 MB long, ending inside the 64-bit file offset range.
+    pub fn log_span(&self) -> Option<(u64, u64)> {
+        let len = self.log_length as u64;
+        let end = self.log_offset.checked_add(len)?;
+        let ok = self.log_offset.is_multiple_of(MIB)
+            && self.log_offset >= HEADER_SECTION_SIZE
+            && len.is_multiple_of(MIB)
+            && len > 0;
+        ok.then_some((self.log_offset, end))
     }
 
     /// The 4 KB on-disk form, checksum included.

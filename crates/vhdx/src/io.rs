@@ -32,6 +32,14 @@ pub struct Extent {
 /// Bytes of zeros used to write zeroed ranges piecewise.
 const ZERO_CHUNK: usize = MIB as usize;
 
+/// Sector bitmaps (1 MB each, §2.4) kept in memory besides those with
+/// unflushed changes; a clean one is dropped to make room and read again
+/// when needed. Reading a large differencing disk end to end touches every
+/// chunk's bitmap, and a damaged BAT can point all of them at the same
+/// megabyte of a small file: unbounded, the cache would grow to 16 GB for a
+/// 64 TB disk of 512-byte sectors.
+const MAX_CACHED_BITMAPS: usize = 64;
+
 impl Vhdx {
     pub(crate) fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         let size = self.virtual_size();
@@ -46,7 +54,8 @@ impl Vhdx {
         Ok(())
     }
 
-    /// The 1 MB sector bitmap of `chunk` (zeros if not allocated).
+    /// The 1 MB sector bitmap of `chunk` (zeros if not allocated). At most
+    /// [`MAX_CACHED_BITMAPS`] are kept besides those with unflushed changes.
     pub(crate) fn sector_bitmap(&self, chunk: u64) -> Result<Arc<Vec<u8>>> {
         let mut cache = self
             .sector_bitmaps
@@ -61,6 +70,17 @@ impl Vhdx {
             self.read_meta(e.file_offset(), &mut b)?;
         }
         let b = Arc::new(b);
+        if cache.len() >= MAX_CACHED_BITMAPS {
+            let dirty = |c: u64| {
+                self.dirty_bitmap_pages
+                    .range((c, 0)..=(c, u64::MAX))
+                    .next()
+                    .is_some()
+            };
+            if let Some(clean) = cache.keys().copied().find(|&c| !dirty(c)) {
+                cache.remove(&clean);
+            }
+        }
         cache.insert(chunk, b.clone());
         Ok(b)
     }

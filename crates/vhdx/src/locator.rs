@@ -4,6 +4,7 @@
 
 use crate::error::Corruption;
 use crate::format::*;
+use std::collections::HashSet;
 use uuid::Uuid;
 
 pub const PARENT_LINKAGE: &str = "parent_linkage";
@@ -58,6 +59,11 @@ impl ParentLocator {
         }
     }
 
+    /// Parses a locator item. Each key and value is its own run of the item
+    /// (§2.6.2.6.2), so together they cannot take more bytes than the item
+    /// holds; entries that point many times at the same bytes are refused
+    /// rather than decoded over and over (65535 entries × 64 KB strings
+    /// would be gigabytes from a 1 MB item).
     pub fn parse(b: &[u8]) -> Result<Self, Corruption> {
         if b.len() < HEADER_LEN {
             return Err(bad("item shorter than its header"));
@@ -67,14 +73,20 @@ impl ParentLocator {
             return Err(bad("entry table runs past the item"));
         }
         let mut entries: Vec<(String, String)> = Vec::with_capacity(count);
+        let mut keys = HashSet::with_capacity(count);
+        let mut string_bytes = 0usize;
         for i in 0..count {
             let e = &b[HEADER_LEN + i * ENTRY_SIZE..];
             let (ko, vo, kl, vl) = (le32(e, 0), le32(e, 4), le16(e, 8), le16(e, 10));
             if ko == 0 || vo == 0 || kl == 0 || vl == 0 {
                 return Err(bad("zero offset or length in an entry"));
             }
+            string_bytes += kl as usize + vl as usize;
+            if string_bytes > b.len() {
+                return Err(bad("keys and values take more bytes than the item holds"));
+            }
             let key = utf16(b, ko, kl)?;
-            if entries.iter().any(|(k, _)| *k == key) {
+            if !keys.insert(key.clone()) {
                 return Err(bad(format!("key {key} appears twice")));
             }
             entries.push((key, utf16(b, vo, vl)?));

@@ -128,12 +128,29 @@ impl LogEntry {
 
     /// Decodes and fully validates the entry at `offset` of the log ring
     /// `log` (wrapping at its end). `None` if anything does not check out.
+    ///
+    /// The structure is checked first, straight from the ring and without
+    /// copying: header fields, then every descriptor and data sector header
+    /// (§2.3.1.2–§2.3.1.4), stopping at the first that does not fit. Only an
+    /// entry that passes gets its checksum computed and its data copied. No
+    /// sector of a well-formed entry but its first starts with "loge", so
+    /// well-formed entries never overlap, and a ring full of entry headers
+    /// that each claim the whole ring costs time linear in the ring, not one
+    /// checksum of the ring per sector.
     pub fn decode(log: &[u8], offset: usize, log_guid: Uuid) -> Option<(LogEntry, usize)> {
         let ring = log.len();
-        if !offset.is_multiple_of(LOG_SECTOR_SIZE) || offset >= ring {
+        if !offset.is_multiple_of(LOG_SECTOR_SIZE)
+            || !ring.is_multiple_of(LOG_SECTOR_SIZE)
+            || offset >= ring
+        {
             return None;
         }
-        let first = &log[offset..offset + LOG_SECTOR_SIZE];
+        // The k-th 4 KB sector of the entry.
+        let sector = |k: usize| {
+            let at = (offset + k * LOG_SECTOR_SIZE) % ring;
+            &log[at..at + LOG_SECTOR_SIZE]
+        };
+        let first = sector(0);
         if &first[0..4] != LOG_ENTRY_SIGNATURE {
             return None;
         }
@@ -141,26 +158,16 @@ impl LogEntry {
         if len == 0 || !len.is_multiple_of(LOG_SECTOR_SIZE) || len > ring {
             return None;
         }
-        let mut b = Vec::with_capacity(len);
-        let end = offset + len;
-        if end <= ring {
-            b.extend_from_slice(&log[offset..end]);
-        } else {
-            b.extend_from_slice(&log[offset..]);
-            b.extend_from_slice(&log[..end - ring]);
-        }
-        if le32(&b, 4) != crc_with_zeroed_field(&b, 4) {
-            return None;
-        }
-        let tail = le32(&b, 12);
-        let seq = le64(&b, 16);
-        let count = le32(&b, 24) as usize;
-        let flushed = le64(&b, 48);
-        let last = le64(&b, 56);
+        let sectors = len / LOG_SECTOR_SIZE;
+        let tail = le32(first, 12);
+        let seq = le64(first, 16);
+        let count = le32(first, 24) as usize;
+        let flushed = le64(first, 48);
+        let last = le64(first, 56);
         if seq == 0
             || !(tail as usize).is_multiple_of(LOG_SECTOR_SIZE)
             || tail as usize >= ring
-            || guid(&b, 32) != log_guid
+            || guid(first, 32) != log_guid
             || !flushed.is_multiple_of(MIB)
             || !last.is_multiple_of(MIB)
             || count > len / LOG_DESCRIPTOR_SIZE
@@ -168,51 +175,70 @@ impl LogEntry {
             return None;
         }
         let desc_sectors = descriptor_sectors(count);
-        let mut data_pos = desc_sectors * LOG_SECTOR_SIZE;
-        let mut updates = Vec::with_capacity(count);
-        for i in 0..count {
+        if desc_sectors > sectors {
+            return None;
+        }
+        let descriptor = |i: usize| {
             let d = descriptor_pos(i);
-            if d + LOG_DESCRIPTOR_SIZE > len || le64(&b, d + 24) != seq {
+            &sector(d / LOG_SECTOR_SIZE)[d % LOG_SECTOR_SIZE..][..LOG_DESCRIPTOR_SIZE]
+        };
+        let mut data_sector = desc_sectors;
+        for i in 0..count {
+            let d = descriptor(i);
+            if le64(d, 24) != seq || !le64(d, 16).is_multiple_of(LOG_SECTOR_SIZE as u64) {
                 return None;
             }
-            let file_offset = le64(&b, d + 16);
-            if !file_offset.is_multiple_of(LOG_SECTOR_SIZE as u64) {
-                return None;
-            }
-            match &b[d..d + 4] {
+            match &d[0..4] {
                 s if s == ZERO_DESCRIPTOR_SIGNATURE => {
-                    let length = le64(&b, d + 8);
-                    if !length.is_multiple_of(LOG_SECTOR_SIZE as u64) {
+                    if !le64(d, 8).is_multiple_of(LOG_SECTOR_SIZE as u64) {
                         return None;
                     }
-                    updates.push(LogUpdate::Zero {
-                        file_offset,
-                        length,
-                    });
                 }
                 s if s == DATA_DESCRIPTOR_SIGNATURE => {
-                    if data_pos + LOG_SECTOR_SIZE > len {
+                    if data_sector >= sectors {
                         return None;
                     }
-                    let s = &b[data_pos..data_pos + LOG_SECTOR_SIZE];
+                    let s = sector(data_sector);
                     if &s[0..4] != DATA_SECTOR_SIGNATURE
                         || le32(s, 4) != (seq >> 32) as u32
                         || le32(s, 4092) != seq as u32
                     {
                         return None;
                     }
-                    let mut data = vec![0u8; LOG_SECTOR_SIZE].into_boxed_slice();
-                    data[0..8].copy_from_slice(&b[d + 8..d + 16]);
-                    data[8..4092].copy_from_slice(&s[8..4092]);
-                    data[4092..4096].copy_from_slice(&b[d + 4..d + 8]);
-                    updates.push(LogUpdate::Data { file_offset, data });
-                    data_pos += LOG_SECTOR_SIZE;
+                    data_sector += 1;
                 }
                 _ => return None,
             }
         }
-        if data_pos != len {
+        if data_sector != sectors {
             return None;
+        }
+        let mut crc = crc_with_zeroed_field(first, 4);
+        for k in 1..sectors {
+            crc = crc32c::crc32c_append(crc, sector(k));
+        }
+        if le32(first, 4) != crc {
+            return None;
+        }
+        let mut data_sector = desc_sectors;
+        let mut updates = Vec::with_capacity(count);
+        for i in 0..count {
+            let d = descriptor(i);
+            let file_offset = le64(d, 16);
+            if &d[0..4] == ZERO_DESCRIPTOR_SIGNATURE {
+                updates.push(LogUpdate::Zero {
+                    file_offset,
+                    length: le64(d, 8),
+                });
+            } else {
+                let s = sector(data_sector);
+                let mut data = vec![0u8; LOG_SECTOR_SIZE].into_boxed_slice();
+                data[0..8].copy_from_slice(&d[8..16]);
+                data[8..4092].copy_from_slice(&s[8..4092]);
+                data[4092..4096].copy_from_slice(&d[4..8]);
+                updates.push(LogUpdate::Data { file_offset, data });
+                data_sector += 1;
+            }
         }
         let entry = LogEntry {
             sequence_number: seq,
@@ -229,6 +255,14 @@ impl LogEntry {
 /// Finds the active log sequence (§2.3.3): the newest valid and complete
 /// sequence whose entries carry `log_guid`. Returns its entries in replay
 /// order, or `None` if the log holds no valid sequence.
+///
+/// The scan moves forward only: past each sequence it reads, valid or not
+/// (starting again inside a sequence whose head's tail lies outside it
+/// would only find a shorter one with the same head), or by one sector
+/// where none starts; it ends once it has wrapped around the ring or stands
+/// still (a sequence covering the whole ring). With [`LogEntry::decode`]
+/// stopping at the first sector that does not fit, the search takes time
+/// linear in the ring, whatever the ring holds.
 pub fn find_active_sequence(log: &[u8], log_guid: Uuid) -> Option<Vec<LogEntry>> {
     let ring = log.len();
     if ring == 0 || !ring.is_multiple_of(LOG_SECTOR_SIZE) {
@@ -243,9 +277,9 @@ pub fn find_active_sequence(log: &[u8], log_guid: Uuid) -> Option<Vec<LogEntry>>
         while covered < ring {
             match LogEntry::decode(log, head, log_guid) {
                 Some((e, len))
-                    if seq
-                        .last()
-                        .is_none_or(|(_, l)| e.sequence_number == l.sequence_number + 1) =>
+                    if seq.last().is_none_or(|(_, l)| {
+                        l.sequence_number.checked_add(1) == Some(e.sequence_number)
+                    }) =>
                 {
                     seq.push((head, e));
                     head = (head + len) % ring;
@@ -254,6 +288,7 @@ pub fn find_active_sequence(log: &[u8], log_guid: Uuid) -> Option<Vec<LogEntry>>
                 _ => break,
             }
         }
+        let empty = seq.is_empty();
         let valid_from = seq.last().and_then(|(_, head_entry)| {
             seq.iter()
                 .position(|(off, _)| *off == head_entry.tail as usize)
@@ -264,16 +299,15 @@ pub fn find_active_sequence(log: &[u8], log_guid: Uuid) -> Option<Vec<LogEntry>>
                 .as_ref()
                 .is_none_or(|c| c.last().unwrap().sequence_number < head_seq);
             if better {
-                candidate = Some(seq[from..].iter().map(|(_, e)| e.clone()).collect());
-            }
-            current_tail = head;
-        } else {
-            current_tail += LOG_SECTOR_SIZE;
-            if current_tail >= ring {
-                current_tail = 0;
+                candidate = Some(seq.drain(from..).map(|(_, e)| e).collect());
             }
         }
-        if current_tail < old_tail || (current_tail == old_tail && valid_from.is_none()) {
+        current_tail = if empty {
+            (current_tail + LOG_SECTOR_SIZE) % ring
+        } else {
+            head
+        };
+        if current_tail <= old_tail {
             break;
         }
         old_tail = current_tail;

@@ -30,8 +30,12 @@ const ENTRY_SIZE: usize = 32;
 
 impl MetadataTable {
     /// Parses the table and checks every item lies inside a metadata region
-    /// of `region_length` bytes without overlapping another.
+    /// of `region_length` bytes without overlapping another. A buffer
+    /// shorter than the 64 KB table has no valid signature.
     pub fn parse(b: &[u8], region_length: u32) -> Result<Self, Corruption> {
+        let Some(b) = b.get(..METADATA_TABLE_SIZE) else {
+            return Err(Corruption::BadMetadataSignature);
+        };
         if &b[0..8] != METADATA_TABLE_SIGNATURE {
             return Err(Corruption::BadMetadataSignature);
         }

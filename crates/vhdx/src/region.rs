@@ -25,9 +25,12 @@ const ENTRY_SIZE: usize = 32;
 const HEADER_LEN: usize = 16;
 
 impl RegionTable {
-    /// Parses and validates one 64 KB copy.
+    /// Parses and validates one 64 KB copy (a shorter buffer has no valid
+    /// signature).
     pub fn parse(b: &[u8]) -> Result<Self, Corruption> {
-        let b = &b[..REGION_TABLE_SIZE];
+        let Some(b) = b.get(..REGION_TABLE_SIZE) else {
+            return Err(Corruption::BadRegionTableSignature);
+        };
         if &b[0..4] != REGION_TABLE_SIGNATURE {
             return Err(Corruption::BadRegionTableSignature);
         }
@@ -55,6 +58,7 @@ impl RegionTable {
                 || entry.file_offset < HEADER_SECTION_SIZE
                 || !(entry.length as u64).is_multiple_of(OBJECT_ALIGNMENT)
                 || entry.length == 0
+                || entry.file_offset.checked_add(entry.length as u64).is_none()
             {
                 return Err(Corruption::BadRegionLocation {
                     guid: entry.guid,
