@@ -198,7 +198,8 @@ impl Chain {
     /// needs partial sectors filled (differencing disks only).
     fn unaligned(&self, offset: u64, len: u64) -> bool {
         let ss = self.logical_sector_size() as u64;
-        self.top().parent_locator().is_some() && (!offset.is_multiple_of(ss) || !len.is_multiple_of(ss))
+        self.top().parent_locator().is_some()
+            && (!offset.is_multiple_of(ss) || !len.is_multiple_of(ss))
     }
 
     /// Writes to the top file; partial sectors of a differencing top are

@@ -143,64 +143,11 @@ fn check_storage(file: Arc<dyn Storage>, name: &str) -> Result<CheckReport> {
 /// Payload and bitmap blocks must not overlap each other, the regions or
 /// the log (§2.1, §2.5.1).
 fn check_overlaps(v: &Vhdx, r: &mut CheckReport) {
-    let g = v.geometry;
-    let mut spans: Vec<(u64, u64, String)> = v
-        .region_table
-        .entries
-        .iter()
-        .map(|e| {
-            (
-                e.file_offset,
-                e.file_offset + e.length as u64,
-                format!("region {}", e.guid),
-            )
-        })
-        .collect();
-    if let Some((start, end)) = v.header.log_span() {
-        spans.push((start, end, "the log".into()));
+    let layout = v.layout();
+    for (off, kind) in layout.overlaps() {
+        r.problem(off, kind.to_string(), false);
     }
-    let mut used = 0u64;
-    for (i, e) in v.bat.iter().enumerate() {
-        let sb = g.is_sector_bitmap_index(i);
-        let allocated = if sb {
-            e.state() == SB_BLOCK_PRESENT
-        } else {
-            matches!(
-                e.state(),
-                PAYLOAD_BLOCK_FULLY_PRESENT | PAYLOAD_BLOCK_PARTIALLY_PRESENT
-            )
-        };
-        if !allocated || e.file_offset() < HEADER_SECTION_SIZE {
-            continue;
-        }
-        let len = if sb {
-            SECTOR_BITMAP_BLOCK_SIZE
-        } else {
-            g.block_size as u64
-        };
-        used += len;
-        if !sb {
-            r.allocated_blocks += 1;
-        }
-        let what = if sb {
-            format!("sector bitmap block {}", i as u64 / (g.chunk_ratio + 1))
-        } else {
-            format!("payload block {}", g.block_of_index(i))
-        };
-        // Entries past the end of the file are reported by `bat_problems`.
-        spans.push((e.file_offset(), e.file_offset().saturating_add(len), what));
-    }
-    spans.sort();
-    for w in spans.windows(2) {
-        if w[1].0 < w[0].1 {
-            r.problem(
-                w[1].0,
-                Corruption::Overlap(format!("{} and {} use the same file space", w[0].2, w[1].2))
-                    .to_string(),
-                false,
-            );
-        }
-    }
+    r.allocated_blocks = layout.payload_blocks;
     let structures: u64 = HEADER_SECTION_SIZE
         + v.region_table
             .entries
@@ -208,7 +155,7 @@ fn check_overlaps(v: &Vhdx, r: &mut CheckReport) {
             .map(|e| e.length as u64)
             .sum::<u64>()
         + v.header.log_length as u64;
-    r.leaked_bytes = v.eof.saturating_sub(structures + used);
+    r.leaked_bytes = v.eof.saturating_sub(structures + layout.used);
 }
 
 /// Checks, then repairs what can be repaired safely: replays the log,

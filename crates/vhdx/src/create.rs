@@ -71,7 +71,9 @@ impl CreateOptions {
         }
         if self.virtual_size == 0
             || self.virtual_size > MAX_VIRTUAL_DISK_SIZE
-            || !self.virtual_size.is_multiple_of(self.logical_sector_size as u64)
+            || !self
+                .virtual_size
+                .is_multiple_of(self.logical_sector_size as u64)
         {
             return bad(format!(
                 "size {} must be above 0, at most 64 TiB and a multiple of the {}-byte sector",

@@ -511,7 +511,14 @@ impl Vhdx {
             .map(|c| BatEntry(u64::from_le_bytes(c.try_into().unwrap())))
             .collect();
         if strictness == Strictness::Strict {
-            if let Some((off, kind)) = self.bat_problems().into_iter().next() {
+            // A writable open of a file whose blocks overlap its metadata
+            // would overwrite one with the other: refuse it (`check` lists all).
+            let first = self
+                .bat_problems()
+                .into_iter()
+                .next()
+                .or_else(|| self.layout().overlaps().into_iter().next());
+            if let Some((off, kind)) = first {
                 return Err(self.corrupt(off, kind));
             }
         }
@@ -595,6 +602,62 @@ impl Vhdx {
             }
         }
         out
+    }
+
+    /// Where every structure lies in the file (§2.1: objects must not
+    /// overlap): regions, the log, and allocated payload and bitmap blocks.
+    pub(crate) fn layout(&self) -> Layout {
+        let g = self.geometry;
+        let mut spans: Vec<(u64, u64, Object)> = self
+            .region_table
+            .entries
+            .iter()
+            .map(|e| {
+                (
+                    e.file_offset,
+                    e.file_offset.saturating_add(e.length as u64),
+                    Object::Region(e.guid),
+                )
+            })
+            .collect();
+        if let Some((start, end)) = self.header.log_span() {
+            spans.push((start, end, Object::Log));
+        }
+        let (mut used, mut payload_blocks) = (0u64, 0u64);
+        for (i, e) in self.bat.iter().enumerate() {
+            let sb = g.is_sector_bitmap_index(i);
+            let allocated = if sb {
+                e.state() == SB_BLOCK_PRESENT
+            } else {
+                matches!(
+                    e.state(),
+                    PAYLOAD_BLOCK_FULLY_PRESENT | PAYLOAD_BLOCK_PARTIALLY_PRESENT
+                )
+            };
+            // Entries inside the header section are reported by `bat_problems`.
+            if !allocated || e.file_offset() < HEADER_SECTION_SIZE {
+                continue;
+            }
+            let len = if sb {
+                SECTOR_BITMAP_BLOCK_SIZE
+            } else {
+                g.block_size as u64
+            };
+            used += len;
+            let what = if sb {
+                Object::SectorBitmap(i as u64 / (g.chunk_ratio + 1))
+            } else {
+                payload_blocks += 1;
+                Object::Payload(g.block_of_index(i))
+            };
+            spans.push((e.file_offset(), e.file_offset().saturating_add(len), what));
+        }
+        spans.sort_unstable_by_key(|s| (s.0, s.1));
+        Layout {
+            spans,
+            used,
+            payload_blocks,
+        }
     }
 
     /// §2.2.2.1: a writable open updates both headers (new FileWriteGuid,
@@ -764,6 +827,56 @@ impl Vhdx {
     /// Bytes of the file, as the handle sees it.
     pub fn file_size(&self) -> u64 {
         self.file.len().unwrap_or(self.eof)
+    }
+}
+
+/// One object of the file, for overlap reports.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Object {
+    Region(Uuid),
+    Log,
+    Payload(u64),
+    SectorBitmap(u64),
+}
+
+impl std::fmt::Display for Object {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Object::Region(g) => write!(f, "region {g}"),
+            Object::Log => write!(f, "the log"),
+            Object::Payload(b) => write!(f, "payload block {b}"),
+            Object::SectorBitmap(c) => write!(f, "sector bitmap block {c}"),
+        }
+    }
+}
+
+/// The file's objects sorted by offset.
+pub(crate) struct Layout {
+    pub spans: Vec<(u64, u64, Object)>,
+    /// Bytes used by allocated blocks.
+    pub used: u64,
+    pub payload_blocks: u64,
+}
+
+impl Layout {
+    /// Every pair of objects sharing file space.
+    pub fn overlaps(&self) -> Vec<(u64, Corruption)> {
+        let mut out = Vec::new();
+        let mut reach: Option<(u64, Object)> = None;
+        for &(start, end, what) in &self.spans {
+            if let Some((r_end, r_what)) = reach {
+                if start < r_end {
+                    out.push((
+                        start,
+                        Corruption::Overlap(format!("{r_what} and {what} use the same file space")),
+                    ));
+                }
+            }
+            if reach.is_none_or(|(r_end, _)| end > r_end) {
+                reach = Some((end, what));
+            }
+        }
+        out
     }
 }
 

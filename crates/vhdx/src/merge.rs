@@ -53,8 +53,14 @@ pub fn merge_into_parent(
 /// started, else `None`.
 pub fn pending_merge_linkage(fs: &dyn Fs, child_path: &Path) -> Result<Option<Uuid>> {
     let child = Vhdx::open(fs, child_path, false)?;
-    let Some(loc) = child.parent_locator() else { return Ok(None) };
-    let (_, l2) = loc.linkages().map_err(|kind| Error::Corrupt { file: child.name().into(), offset: 0, kind })?;
+    let Some(loc) = child.parent_locator() else {
+        return Ok(None);
+    };
+    let (_, l2) = loc.linkages().map_err(|kind| Error::Corrupt {
+        file: child.name().into(),
+        offset: 0,
+        kind,
+    })?;
     Ok(l2)
 }
 
