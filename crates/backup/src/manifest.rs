@@ -1,6 +1,7 @@
 //! The manifest of one backup point (`<repo>/<NNNN>/manifest.json`): what
 //! was backed up, from which RCT IDs, and a BLAKE3 hash per block of each
-//! disk's content at that point. A point exists once its manifest does.
+//! disk's content at that point and of the file that holds it. A point
+//! exists once its manifest does.
 
 use serde::{Deserialize, Serialize};
 
@@ -41,4 +42,16 @@ pub struct DiskManifest {
     pub hash_block: u64,
     /// BLAKE3 (hex) of each `hash_block` bytes of the disk's content.
     pub hashes: Vec<String>,
+    /// Length of `file` as written. With `file_hashes`, lets `verify` find
+    /// damage anywhere in the file (headers, log, metadata, unused space),
+    /// not only in the content the hashes above cover: such damage may not
+    /// change what a reader sees today, yet it is a failing medium, and the
+    /// next log replay or block allocation could make it matter.
+    #[serde(default)]
+    pub file_size: u64,
+    /// BLAKE3 (hex) of each `hash_block` bytes of `file`, read back after
+    /// it was closed. Empty in manifests written before it existed, which
+    /// are then checked by content only.
+    #[serde(default)]
+    pub file_hashes: Vec<String>,
 }

@@ -10,9 +10,9 @@
 //! without a manifest is an interrupted backup and is removed by the next.
 
 use crate::error::{BackupError, Result};
-use crate::manifest::{Manifest, MANIFEST_NAME};
+use crate::manifest::{Manifest, HASH_BLOCK, MANIFEST_NAME};
 use std::path::{Path, PathBuf};
-use storage::Fs;
+use storage::{Fs, OpenMode};
 
 pub struct Repo<'a> {
     pub fs: &'a dyn Fs,
@@ -102,11 +102,39 @@ impl<'a> Repo<'a> {
         Ok(removed)
     }
 
+    /// Removes a point directory, manifest first: removal cut short leaves
+    /// an incomplete point (which the next backup removes), never a point
+    /// that looks complete but lacks files.
     pub(crate) fn remove_point_files(&self, d: &Path) -> Result<()> {
+        let m = d.join(MANIFEST_NAME);
+        if self.fs.exists(&m) {
+            self.fs.remove(&m).map_err(self.io(&m, "removing"))?;
+        }
         for f in self.fs.list_dir(d).map_err(self.io(d, "listing"))? {
             self.fs.remove(&f).map_err(self.io(&f, "removing"))?;
         }
         self.fs.remove_dir(d).map_err(self.io(d, "removing"))
+    }
+
+    /// Length and BLAKE3 per [`HASH_BLOCK`] of the bytes of a (closed)
+    /// file, read back through the file system: what the file holds, not
+    /// what its writer meant to put there.
+    pub fn hash_file(&self, path: &Path) -> Result<(u64, Vec<String>)> {
+        let f = self
+            .fs
+            .open(path, OpenMode::ReadOnly)
+            .map_err(self.io(path, "opening"))?;
+        let len = f.len().map_err(self.io(path, "reading the length of"))?;
+        let mut buf = vec![0u8; HASH_BLOCK as usize];
+        let mut hashes = Vec::with_capacity(len.div_ceil(HASH_BLOCK) as usize);
+        let mut pos = 0;
+        while pos < len {
+            let b = &mut buf[..HASH_BLOCK.min(len - pos) as usize];
+            f.read_at(pos, b).map_err(self.io(path, "reading"))?;
+            hashes.push(crate::export::hash(b));
+            pos += b.len() as u64;
+        }
+        Ok((len, hashes))
     }
 
     /// The file of `disk` at `point`.

@@ -3,11 +3,13 @@
 
 use crate::error::{BackupError, Result};
 use crate::export::hash;
-use crate::manifest::{Manifest, HASH_BLOCK};
+use crate::manifest::{DiskManifest, Manifest, HASH_BLOCK};
 use crate::repo::{point_dir, Repo};
 use serde::Serialize;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use storage::Fs;
+use storage::{Fs, OpenMode};
 use vhdx::{create, locator, Chain, CreateOptions, DiskType, Vhdx};
 
 /// Output format of a restore.
@@ -137,6 +139,10 @@ pub fn restore(
 pub struct BadBlock {
     pub point: u32,
     pub disk: String,
+    /// `"file"`: `offset` is a byte offset in `file` (its bytes differ from
+    /// what was written); `"content"`: a virtual-disk offset (the disk's
+    /// content differs from what was backed up).
+    pub scope: &'static str,
     pub offset: u64,
     /// The file that holds the bad data.
     pub file: String,
@@ -147,12 +153,102 @@ pub struct BadBlock {
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct VerifyReport {
     pub points_checked: Vec<u32>,
+    /// Virtual-disk bytes re-hashed against the content hashes.
     pub bytes_checked: u64,
+    /// File bytes re-hashed against the file hashes.
+    pub file_bytes_checked: u64,
     pub first_bad: Option<BadBlock>,
 }
 
-/// Re-hashes the chain of each disk at `point` (every point if `None`)
-/// against the manifests; stops at the first bad block.
+/// The files of a disk's chain at point `m`, oldest (the full) first:
+/// `(point, manifest of the disk there)` through the `parent_point` links.
+fn chain_files(
+    repo: &Repo,
+    m: &Manifest,
+    disk: &DiskManifest,
+    cache: &mut HashMap<u32, Manifest>,
+) -> std::result::Result<Vec<(u32, DiskManifest)>, String> {
+    let mut out = vec![(m.point, disk.clone())];
+    while let Some(pp) = out.last().unwrap().1.parent_point {
+        if out.len() > vhdx::MAX_CHAIN_DEPTH {
+            return Err(format!("the chain of point {} loops", m.point));
+        }
+        let pm = match cache.entry(pp) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(
+                repo.manifest(pp)
+                    .map_err(|e| format!("parent point {pp} is unusable: {e}"))?,
+            ),
+        };
+        let pd = pm
+            .disks
+            .iter()
+            .find(|d| d.name == disk.name)
+            .ok_or_else(|| format!("parent point {pp} has no disk {:?}", disk.name))?
+            .clone();
+        out.push((pp, pd));
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// Re-hashes a file against its manifest's file hashes; the offset of the
+/// first bad block and what is wrong, if any.
+fn check_file(
+    repo: &Repo,
+    path: &Path,
+    d: &DiskManifest,
+    checked: &mut u64,
+) -> Option<(u64, String)> {
+    let f = match repo.fs.open(path, OpenMode::ReadOnly) {
+        Ok(f) => f,
+        Err(e) => return Some((0, format!("cannot be opened: {e}"))),
+    };
+    let len = match f.len() {
+        Ok(l) => l,
+        Err(e) => return Some((0, format!("cannot be read: {e}"))),
+    };
+    let mut buf = vec![0u8; HASH_BLOCK as usize];
+    for (i, want) in d.file_hashes.iter().enumerate() {
+        let off = i as u64 * HASH_BLOCK;
+        let n = HASH_BLOCK.min(d.file_size.saturating_sub(off));
+        if off + n > len {
+            return Some((
+                off,
+                format!(
+                    "the file is {len} bytes, the manifest says {}: it was truncated",
+                    d.file_size
+                ),
+            ));
+        }
+        let b = &mut buf[..n as usize];
+        if let Err(e) = f.read_at(off, b) {
+            return Some((off, format!("bytes {off}..{} cannot be read: {e}", off + n)));
+        }
+        *checked += n;
+        if hash(b) != *want {
+            return Some((
+                off,
+                format!(
+                    "file bytes {off}..{} do not match the manifest's BLAKE3 hash",
+                    off + n
+                ),
+            ));
+        }
+    }
+    if len != d.file_size {
+        return Some((
+            d.file_size,
+            format!("the file is {len} bytes, the manifest says {}", d.file_size),
+        ));
+    }
+    None
+}
+
+/// Re-hashes each disk at `point` (every point if `None`) against the
+/// manifests, stopping at the first bad block: first the bytes of every
+/// file of its chain (the full and each differential up to the point), so
+/// damage anywhere in a file is found, then the content the chain reads as.
 pub fn verify(
     fs: &dyn Fs,
     dir: &Path,
@@ -171,17 +267,39 @@ pub fn verify(
         )));
     }
     let mut r = VerifyReport::default();
+    let mut cache: HashMap<u32, Manifest> = points.iter().map(|m| (m.point, m.clone())).collect();
+    // Files already re-hashed (a full is part of every later point's chain).
+    let mut files_ok: HashSet<PathBuf> = HashSet::new();
     for m in &points {
         r.points_checked.push(m.point);
         for d in &m.disks {
             let file = point_dir(&repo.dir, m.point).join(&d.file);
-            let bad = |offset, file: String, problem: String| BadBlock {
+            let bad = |scope, offset, file: String, problem: String| BadBlock {
                 point: m.point,
                 disk: d.name.clone(),
+                scope,
                 offset,
                 file,
                 problem,
             };
+            let chain_files = match chain_files(&repo, m, d, &mut cache) {
+                Ok(c) => c,
+                Err(why) => {
+                    r.first_bad = Some(bad("file", 0, file.display().to_string(), why));
+                    return Ok(r);
+                }
+            };
+            for (p, cd) in &chain_files {
+                let path = point_dir(&repo.dir, *p).join(&cd.file);
+                if cd.file_hashes.is_empty() || files_ok.contains(&path) {
+                    continue;
+                }
+                if let Some((off, why)) = check_file(&repo, &path, cd, &mut r.file_bytes_checked) {
+                    r.first_bad = Some(bad("file", off, path.display().to_string(), why));
+                    return Ok(r);
+                }
+                files_ok.insert(path);
+            }
             let chain = match Chain::open(fs, &file, false) {
                 Ok(c) => c,
                 Err(e) => {
@@ -191,7 +309,7 @@ pub fn verify(
                         }
                         _ => file.display().to_string(),
                     };
-                    r.first_bad = Some(bad(0, f, e.to_string()));
+                    r.first_bad = Some(bad("file", 0, f, e.to_string()));
                     return Ok(r);
                 }
             };
@@ -201,7 +319,12 @@ pub fn verify(
                 let len = HASH_BLOCK.min(d.virtual_size - off);
                 let b = &mut buf[..len as usize];
                 if let Err(e) = chain.read(off, b) {
-                    r.first_bad = Some(bad(off, file.display().to_string(), e.to_string()));
+                    r.first_bad = Some(bad(
+                        "content",
+                        off,
+                        file.display().to_string(),
+                        e.to_string(),
+                    ));
                     return Ok(r);
                 }
                 r.bytes_checked += len;
@@ -215,6 +338,7 @@ pub fn verify(
                         .map(|l| chain.layers()[l].name().to_string())
                         .unwrap_or_else(|| file.display().to_string());
                     r.first_bad = Some(bad(
+                        "content",
                         off,
                         holder,
                         "content does not match the manifest's BLAKE3 hash".into(),
@@ -229,7 +353,8 @@ pub fn verify(
 }
 
 /// Merges the oldest points into a synthetic full so that `keep` points
-/// remain; returns the points removed.
+/// remain; returns the points removed. A consolidation that was cut short
+/// is finished first (see [`finish_interrupted_consolidation`]).
 pub fn consolidate(
     fs: &dyn Fs,
     dir: &Path,
@@ -240,13 +365,84 @@ pub fn consolidate(
         return Err(BackupError::Repository("--keep must be at least 1".into()));
     }
     let repo = Repo::new(fs, dir);
+    let (mut removed, _) = finish_interrupted(&repo, progress)?;
     let points = repo.points()?;
-    if points.len() <= keep {
-        return Ok(vec![]);
+    if points.len() > keep {
+        let k = points[points.len() - keep].point;
+        removed.extend(consolidate_into(&repo, &points, k, progress)?);
     }
-    let first_kept = points[points.len() - keep].clone();
-    let next = points.iter().find(|p| p.point > first_kept.point).cloned();
-    let k = first_kept.point;
+    Ok(removed)
+}
+
+/// Finishes a consolidation that was cut short, if there is one; returns
+/// what it did, for the log of the run that found it.
+///
+/// Such a point holds a full file (`<disk>.vhdx`, present only once it was
+/// completely written) next to the differential its manifest still names,
+/// and the next point's file may already point at the full: its bytes then
+/// no longer match its manifest until the consolidation finishes.
+pub fn finish_interrupted_consolidation(
+    fs: &dyn Fs,
+    dir: &Path,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Vec<String>> {
+    let repo = Repo::new(fs, dir);
+    Ok(finish_interrupted(&repo, progress)?.1)
+}
+
+fn finish_interrupted(
+    repo: &Repo,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<(Vec<u32>, Vec<String>)> {
+    let (mut removed, mut notes) = (Vec::new(), Vec::new());
+    loop {
+        let points = repo.points()?;
+        let started = points.iter().find(|m| {
+            m.disks.iter().any(|d| {
+                d.parent_point.is_some()
+                    && repo
+                        .fs
+                        .exists(&point_dir(&repo.dir, m.point).join(full_name(&d.name)))
+            })
+        });
+        let Some(k) = started.map(|m| m.point) else {
+            break;
+        };
+        let r = consolidate_into(repo, &points, k, progress)?;
+        notes.push(format!(
+            "finished an interrupted consolidation into point {k} (removed points {r:?})"
+        ));
+        removed.extend(r);
+    }
+    Ok((removed, notes))
+}
+
+fn full_name(disk: &str) -> String {
+    format!("{disk}.vhdx")
+}
+
+/// Makes point `k` a full and removes the older points.
+///
+/// Each step can be cut short (a crash, a full disk) and the whole run
+/// redone: the full is written under a temporary name and renamed only
+/// once complete, and kept if a run before got that far (the next point
+/// may already point at it); re-pointing the next point's file is skipped
+/// when done; the manifests change only after the files, the next point's
+/// first; points go newest first, each manifest first.
+fn consolidate_into(
+    repo: &Repo,
+    points: &[Manifest],
+    k: u32,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<Vec<u32>> {
+    let fs = repo.fs;
+    let first_kept = points
+        .iter()
+        .find(|p| p.point == k)
+        .cloned()
+        .ok_or_else(|| BackupError::Repository(format!("no point {k} to consolidate into")))?;
+    let next = points.iter().find(|p| p.point > k).cloned();
+    let mut next_manifest = next.clone();
     let kdir = point_dir(&repo.dir, k);
     let mut manifest = first_kept.clone();
     for d in manifest.disks.iter_mut() {
@@ -254,45 +450,65 @@ pub fn consolidate(
             continue;
         }
         // 1. flatten point k into a full file next to its differential.
-        let full_name = format!("{}.vhdx", d.name);
+        let full_name = full_name(&d.name);
         let full = kdir.join(&full_name);
         let old = kdir.join(&d.file);
-        let tmp = kdir.join(format!(".{full_name}.consolidating"));
-        if fs.exists(&tmp) {
-            fs.remove(&tmp).map_err(repo.io(&tmp, "removing"))?;
+        if !fs.exists(&full) {
+            let tmp = kdir.join(format!(".{full_name}.consolidating"));
+            if fs.exists(&tmp) {
+                fs.remove(&tmp).map_err(repo.io(&tmp, "removing"))?;
+            }
+            let chain = Chain::open(fs, &old, false)?;
+            flatten(fs, &chain, &tmp, RestoreFormat::Vhdx, progress)?;
+            drop(chain);
+            fs.rename(&tmp, &full).map_err(repo.io(&full, "renaming"))?;
         }
-        let chain = Chain::open(fs, &old, false)?;
-        flatten(fs, &chain, &tmp, RestoreFormat::Vhdx, progress)?;
-        drop(chain);
-        fs.rename(&tmp, &full).map_err(repo.io(&full, "renaming"))?;
         let guid = Vhdx::open(fs, &full, false)?.data_write_guid();
+        (d.file_size, d.file_hashes) = repo.hash_file(&full)?;
         // 2. re-point the next point's differential at the new full.
-        if let Some(nd) = next.as_ref().and_then(|n| {
+        if let Some(nd) = next_manifest.as_mut().and_then(|n| {
             n.disks
-                .iter()
+                .iter_mut()
                 .find(|x| x.name == d.name && x.parent_point == Some(k))
         }) {
-            let nfile = point_dir(&repo.dir, next.as_ref().unwrap().point).join(&nd.file);
-            let mut v = Vhdx::open(fs, &nfile, true)?;
-            let rel = vhdx::paths::relative_to(nfile.parent().unwrap(), &full);
-            let loc = locator::ParentLocator::new_vhdx(
-                guid,
-                &locator::to_locator_path(&rel.to_string_lossy()),
-                &full.to_string_lossy(),
-            );
-            v.set_parent_locator(loc)?;
-            v.close()?;
+            let np = next.as_ref().unwrap().point;
+            let nfile = point_dir(&repo.dir, np).join(&nd.file);
+            let v = Vhdx::open(fs, &nfile, false)?;
+            let done = matches!(vhdx::open_parent(fs, &nfile, &v, false), Ok((p, _)) if p == full);
+            drop(v);
+            if !done {
+                let mut v = Vhdx::open(fs, &nfile, true)?;
+                let rel = vhdx::paths::relative_to(nfile.parent().unwrap(), &full);
+                let loc = locator::ParentLocator::new_vhdx(
+                    guid,
+                    &locator::to_locator_path(&rel.to_string_lossy()),
+                    &full.to_string_lossy(),
+                );
+                v.set_parent_locator(loc)?;
+                v.close()?;
+            }
+            // Its bytes changed (locator, headers, log): new file hashes.
+            (nd.file_size, nd.file_hashes) = repo.hash_file(&nfile)?;
         }
         d.file = full_name;
         d.parent_point = None;
         d.since_rct_id = None;
         d.full_reason = Some("consolidated".into());
-        // 3. the old differential goes once the manifest no longer names it.
-        let _ = old;
     }
     manifest.kind = "full".into();
-    repo.write_manifest(&manifest)?;
-    // 4. remove what is no longer referenced.
+    // 3. the manifests: the next point's first (its file changed already);
+    //    from point k's on, the full is what point k is.
+    if let (Some(n), Some(old)) = (&next_manifest, &next) {
+        if n != old {
+            repo.write_manifest(n)?;
+        }
+    }
+    if manifest != first_kept {
+        repo.write_manifest(&manifest)?;
+    }
+    // 4. remove what is no longer referenced: point k's differentials, then
+    //    the older points, newest first, so that every point still complete
+    //    keeps the whole chain it reads through.
     for d in &first_kept.disks {
         if d.parent_point.is_some() {
             let old = kdir.join(&d.file);
@@ -302,9 +518,10 @@ pub fn consolidate(
         }
     }
     let mut removed = Vec::new();
-    for p in points.iter().filter(|p| p.point < k) {
+    for p in points.iter().rev().filter(|p| p.point < k) {
         repo.remove_point_files(&point_dir(&repo.dir, p.point))?;
         removed.push(p.point);
     }
+    removed.reverse();
     Ok(removed)
 }

@@ -3,8 +3,10 @@
 //! ```text
 //! 0. clean up: a recovery checkpoint left by an interrupted run is
 //!    converted (if its point completed) or merged back; point directories
-//!    without a manifest are removed
-//! 1. recovery checkpoint (freeze/thaw around it when configured)
+//!    without a manifest are removed; an interrupted consolidation is
+//!    finished
+//! 1. tracking that cannot be trusted is restarted (that disk goes full);
+//!    recovery checkpoint (freeze/thaw around it when configured)
 //! 2. per disk: changes since the last reference point of this repository?
 //!       yes → differential export of the changed ranges
 //!       no, or a tracking error → full export (and say why)
@@ -17,9 +19,10 @@ use crate::export::{export_diff, export_full, Exported};
 use crate::manifest::{DiskManifest, Manifest, HASH_BLOCK, MANIFEST_FORMAT};
 use crate::repo::{point_dir, Repo};
 use serde::Serialize;
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
-use vdisk::{BackupLink, CheckpointKind, Consistency, Store};
+use vdisk::{BackupLink, CheckpointKind, Consistency, Store, TrackingStatus};
 
 /// What a backup did.
 #[derive(Debug, Clone, Serialize)]
@@ -72,6 +75,7 @@ pub fn backup(store: &Store, machine: &str, dir: &Path, progress: Progress) -> R
     } else {
         Consistency::Crash
     };
+    let untrusted = restart_untrusted_tracking(store, &m)?;
     let cp = store.create_checkpoint(machine, CheckpointKind::Recovery, consistency)?;
     let pdir = point_dir(&repo.dir, point);
     fs.create_dir_all(&pdir)
@@ -93,6 +97,9 @@ pub fn backup(store: &Store, machine: &str, dir: &Path, progress: Progress) -> R
             .and_then(|d| d.rct_id.clone());
         let plan: std::result::Result<Vec<(u64, u64)>, String> =
             match (prev_disk, &since, &cd.rct_id) {
+                (Some(_), _, _) if untrusted.contains_key(&cd.name) => {
+                    Err(untrusted[&cd.name].clone())
+                }
                 (None, _, _) => Err(if prev.is_none() {
                     "no earlier backup in this repository".into()
                 } else {
@@ -133,6 +140,9 @@ pub fn backup(store: &Store, machine: &str, dir: &Path, progress: Progress) -> R
                     ("full", file, None, Some(reason), size, ex)
                 }
             };
+        // The bytes of the file as written, so `verify` notices damage
+        // anywhere in it.
+        let (file_size, file_hashes) = repo.hash_file(&pdir.join(&file))?;
         summaries.push(DiskSummary {
             name: cd.name.clone(),
             kind,
@@ -154,6 +164,8 @@ pub fn backup(store: &Store, machine: &str, dir: &Path, progress: Progress) -> R
             bytes_written: ex.bytes_written,
             hash_block: HASH_BLOCK,
             hashes: ex.hashes,
+            file_size,
+            file_hashes,
         });
     }
     let kind = if summaries.iter().all(|d| d.kind == "full") {
@@ -216,6 +228,58 @@ fn changed_ranges(
     Ok(c.ranges.iter().map(|r| (r.offset, r.length)).collect())
 }
 
+/// Step 1, for each disk whose tracking cannot be trusted (its file
+/// missing or corrupt, the disk written while not tracked): why, for the
+/// disk's `full_reason`. Tracking disabled on purpose is left alone (the
+/// disk goes full as "not tracked", with the reason).
+///
+/// Such tracking would make every later backup of the disk full, so it is
+/// restarted here (a new tracking GUID), before the checkpoint. That is
+/// safe: the checkpoint's RCT ID then belongs to the new tracking, which
+/// sees every write after it; this backup finds no way from the last
+/// reference point to that ID and exports the disk in full, capturing
+/// everything up to the checkpoint. So the next backup can again be
+/// incremental, and if this one is cut short, the next finds the old ID
+/// unknown to the new tracking and goes full as well.
+fn restart_untrusted_tracking(
+    store: &Store,
+    m: &vdisk::Machine,
+) -> Result<HashMap<String, String>> {
+    let mut out = HashMap::new();
+    for d in &m.disks {
+        // Read-only first: a writable open changes the file (§2.2.2.1).
+        let why = match store.open_disk(m, &d.name, false)?.tracking_status() {
+            TrackingStatus::On(_) => continue,
+            TrackingStatus::Broken { kind, message } if kind == "tracking_disabled" => {
+                out.insert(
+                    d.name.clone(),
+                    format!("change tracking is off ({kind}): {message}"),
+                );
+                continue;
+            }
+            TrackingStatus::Broken { kind, message } => {
+                format!("change tracking cannot be trusted ({kind}): {message}")
+            }
+            TrackingStatus::Missing => {
+                let e = rct::RctError::FileMissing {
+                    path: rct::tracking_path(&d.base).display().to_string(),
+                };
+                format!("change tracking cannot be trusted ({}): {e}", e.kind())
+            }
+        };
+        let mut disk = store.open_disk(m, &d.name, true)?;
+        disk.enable_tracking(rct::DEFAULT_GRANULARITY)?;
+        disk.close()?;
+        out.insert(
+            d.name.clone(),
+            format!(
+                "{why}; tracking was restarted at this backup, so the next one can be incremental"
+            ),
+        );
+    }
+    Ok(out)
+}
+
 /// Converts the checkpoint to a reference point and releases older ones.
 fn finish(store: &Store, machine: &str, cp: u64, notes: &mut Vec<String>) -> Result<()> {
     let rp = store.convert_checkpoint(machine, cp)?;
@@ -240,11 +304,28 @@ fn recover(store: &Store, machine: &str, repo: &Repo) -> Result<Vec<String>> {
         .collect();
     leftovers.sort_by_key(|c| std::cmp::Reverse(c.id));
     for cp in leftovers {
-        let done = cp.backup.as_ref().is_some_and(|b| {
+        let mut done = cp.backup.as_ref().is_some_and(|b| {
             Repo::new(&*store.fs, &b.dir)
                 .manifest(b.point)
                 .is_ok_and(|mf| mf.checkpoint == cp.id)
         });
+        // The manifest is what makes a point exist; the link in the machine
+        // file comes after it, so a cut between the two leaves a complete
+        // point of this repository whose checkpoint has no link yet.
+        if !done && cp.backup.is_none() {
+            let point = repo
+                .points()?
+                .into_iter()
+                .find(|p| p.machine == machine && p.checkpoint == cp.id && p.created == cp.created);
+            if let Some(p) = point {
+                let link = BackupLink {
+                    dir: repo.dir.clone(),
+                    point: p.point,
+                };
+                store.set_checkpoint_backup(machine, cp.id, link)?;
+                done = true;
+            }
+        }
         if done {
             finish(store, machine, cp.id, &mut notes)?;
             notes.push(format!(
@@ -262,6 +343,13 @@ fn recover(store: &Store, machine: &str, repo: &Repo) -> Result<Vec<String>> {
     for n in repo.remove_incomplete()? {
         notes.push(format!("removed incomplete point {n}"));
     }
+    // The next point's file may already be re-pointed at the new full, so
+    // its bytes no longer match its manifest until this is finished.
+    notes.extend(crate::restore::finish_interrupted_consolidation(
+        &*store.fs,
+        &repo.dir,
+        &mut |_, _| {},
+    )?);
     Ok(notes)
 }
 

@@ -153,7 +153,7 @@ impl Store {
     /// (crash-safe: run again after an interruption to finish) and releases
     /// the RCT IDs sealed for it.
     pub fn delete_checkpoint(&self, name: &str, id: u64) -> Result<Checkpoint> {
-        let cp = self.merge_back(name, id)?;
+        let cp = self.merge_back(name, id, |_| {})?;
         let m = self.load(name)?;
         for cd in &cp.disks {
             let Some(rid) = cd
@@ -171,7 +171,14 @@ impl Store {
         Ok(cp)
     }
 
-    fn merge_back(&self, name: &str, id: u64) -> Result<Checkpoint> {
+    /// Merges checkpoint `id` back; `then` edits the machine in the same
+    /// save that forgets the checkpoint.
+    fn merge_back(
+        &self,
+        name: &str,
+        id: u64,
+        then: impl FnOnce(&mut Machine),
+    ) -> Result<Checkpoint> {
         let mut m = self.load(name)?;
         let cp = self.newest_checkpoint(&m, id)?;
         for cd in &cp.disks {
@@ -181,13 +188,22 @@ impl Store {
                 let mut disk = Disk::open_tracked_as(self.fs.clone(), &cd.child, &base, true)?;
                 disk.adopt_identity(&format!("vhdx:{g}"))?;
                 disk.close()?;
-                merge_into_parent_as(&*self.fs, &cd.child, true, Some(g), &mut |_, _| {})?;
+                // The child stays until the machine file names the parent:
+                // until then it is the disk's current file, and writes to it
+                // after an interrupted merge are merged when this resumes.
+                merge_into_parent_as(&*self.fs, &cd.child, false, Some(g), &mut |_, _| {})?;
             }
             let d = m.disks.iter_mut().find(|d| d.name == cd.name).unwrap();
             d.active = cd.frozen.clone();
         }
         m.checkpoints.retain(|c| c.id != id);
+        then(&mut m);
         self.save(&m)?;
+        for cd in &cp.disks {
+            // Nothing refers to the merged child any more; if it cannot be
+            // removed it is only wasted space.
+            let _ = self.fs.remove(&cd.child);
+        }
         Ok(cp)
     }
 
@@ -199,8 +215,6 @@ impl Store {
         if cp.kind != CheckpointKind::Recovery {
             return Err(invalid(format!("checkpoint {id} is a standard checkpoint; only recovery checkpoints become reference points")));
         }
-        self.merge_back(name, id)?;
-        let mut m = self.load(name)?;
         let rp = ReferencePoint {
             id: cp.id,
             created: cp.created,
@@ -215,8 +229,11 @@ impl Store {
                 .collect(),
             backup: cp.backup.clone(),
         };
-        m.reference_points.push(rp.clone());
-        self.save(&m)?;
+        // The checkpoint becomes the reference point in one save of the
+        // machine file: a crash leaves one or the other (the merge then
+        // resumes), never neither, which would lose the RCT ID the next
+        // backup needs to be incremental.
+        self.merge_back(name, id, |m| m.reference_points.push(rp.clone()))?;
         Ok(rp)
     }
 

@@ -322,9 +322,11 @@ impl Disk {
             });
         }
         self.commit()?;
+        // The tracking file belongs to the owner (the disk's original file),
+        // also while a checkpoint child is the file being written.
         let t = Tracker::create(
             self.fs.clone(),
-            &self.path,
+            &self.owner,
             self.size(),
             granularity,
             &self.image.identity(),
