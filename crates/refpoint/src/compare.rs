@@ -1,6 +1,6 @@
 //! `vhd compare`: where two images (raw or VHDX chains) first differ.
 
-use crate::image::Image;
+use crate::image;
 use anyhow::Result;
 use std::path::Path;
 
@@ -28,7 +28,7 @@ const CHUNK: u64 = 4 << 20;
 
 /// Compares two images byte by byte (holes on both sides are skipped).
 pub fn compare(a: &Path, b: &Path, progress: &dyn Fn(u64, u64)) -> Result<Comparison> {
-    let (ia, ib) = (Image::open(a)?, Image::open(b)?);
+    let (ia, ib) = (image::open(a)?, image::open(b)?);
     let common = ia.size().min(ib.size());
     let (mut ba, mut bb) = (vec![0u8; CHUNK as usize], vec![0u8; CHUNK as usize]);
     let mut pos = 0;
@@ -37,8 +37,8 @@ pub fn compare(a: &Path, b: &Path, progress: &dyn Fn(u64, u64)) -> Result<Compar
         let both_zero = ia.extents(pos, len)?.iter().all(|e| !e.2)
             && ib.extents(pos, len)?.iter().all(|e| !e.2);
         if !both_zero {
-            ia.read(pos, &mut ba[..len as usize])?;
-            ib.read(pos, &mut bb[..len as usize])?;
+            ia.read_at(pos, &mut ba[..len as usize])?;
+            ib.read_at(pos, &mut bb[..len as usize])?;
             if let Some(i) = ba[..len as usize]
                 .iter()
                 .zip(&bb[..len as usize])
@@ -60,7 +60,7 @@ pub fn compare(a: &Path, b: &Path, progress: &dyn Fn(u64, u64)) -> Result<Compar
     let mut pos = common;
     while pos < longer.size() && offset.is_none() {
         let len = CHUNK.min(longer.size() - pos);
-        longer.read(pos, &mut ba[..len as usize])?;
+        longer.read_at(pos, &mut ba[..len as usize])?;
         offset = ba[..len as usize]
             .iter()
             .position(|&x| x != 0)

@@ -3,7 +3,7 @@
 //! are holes in the source or read as zeros are not written, so the output
 //! stays sparse.
 
-use crate::image::{is_zero, Image};
+use crate::image::{self, is_zero, Image};
 use anyhow::{bail, Context, Result};
 use std::cell::Cell;
 use std::path::Path;
@@ -68,8 +68,7 @@ pub fn convert(
             dst.display()
         );
     }
-    let image =
-        Image::open(src).with_context(|| format!("cannot open source {}", src.display()))?;
+    let image = image::open(src)?;
     let size = image.size();
     let mut sink: Box<dyn Sink> = match opts.format {
         Format::Vhdx => {
@@ -206,7 +205,7 @@ fn read_pieces(image: &Image, full: &SyncSender<Result<Msg>>, free: &Receiver<Ve
         let extents = match image.extents(pos, len) {
             Ok(x) => x,
             Err(e) => {
-                let _ = full.send(Err(e));
+                let _ = full.send(Err(e.into()));
                 return read;
             }
         };
@@ -218,8 +217,8 @@ fn read_pieces(image: &Image, full: &SyncSender<Result<Msg>>, free: &Receiver<Ve
                 return read;
             };
             buf.resize(n as usize, 0);
-            if let Err(e) = image.read(offset, &mut buf) {
-                let _ = full.send(Err(e));
+            if let Err(e) = image.read_at(offset, &mut buf) {
+                let _ = full.send(Err(e.into()));
                 return read;
             }
             read += n;

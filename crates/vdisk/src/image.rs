@@ -173,3 +173,12 @@ impl Image {
         }
     }
 }
+
+/// Whether `b` is all zeros (compared 16 bytes at a time).
+pub fn is_zero(b: &[u8]) -> bool {
+    let (chunks, rest) = b.split_at(b.len() / 16 * 16);
+    chunks
+        .chunks_exact(16)
+        .all(|c| u128::from_ne_bytes(c.try_into().unwrap()) == 0)
+        && rest.iter().all(|&x| x == 0)
+}

@@ -37,7 +37,7 @@ pub mod machine;
 
 pub use disk::{Disk, TrackingStatus};
 pub use error::{Result, VdiskError};
-pub use image::Image;
+pub use image::{is_zero, Image};
 pub use machine::{
     BackupLink, Checkpoint, CheckpointKind, Consistency, Machine, MachineDisk, ReferencePoint,
     Store,
