@@ -173,8 +173,8 @@ impl Tracker {
             commits: 0,
         };
         let mut at = HEADER_SIZE;
-        while let Some((rec, n)) =
-            Record::decode(&bytes[at.min(bytes.len())..], t.header.epoch).map_err(|w| corrupt(at as u64, w))?
+        while let Some((rec, n)) = Record::decode(&bytes[at.min(bytes.len())..], t.header.epoch)
+            .map_err(|w| corrupt(at as u64, w))?
         {
             t.apply(rec).map_err(|w| corrupt(at as u64, w))?;
             at += n;

@@ -4,6 +4,7 @@
 use crate::error::{Result, VdiskError};
 use crate::image::Image;
 use rct::{tracking_path, Changes, RctError, RctId, Tracker, TrackingState};
+use roaring::RoaringBitmap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use storage::Fs;
@@ -14,15 +15,6 @@ enum Op {
     Write(Vec<u8>),
     Zero(u64),
     Trim(u64),
-}
-
-impl Op {
-    fn len(&self) -> u64 {
-        match self {
-            Op::Write(d) => d.len() as u64,
-            Op::Zero(n) | Op::Trim(n) => *n,
-        }
-    }
 }
 
 /// What the tracking of a disk is doing.
@@ -64,6 +56,10 @@ pub struct Disk {
     tracking: Tracking,
     queue: Vec<(u64, Op)>,
     queued_bytes: u64,
+    /// Tracking regions the queued ops touch. An op touching none of them
+    /// overlaps no queued op, so it may overtake the queue (writes to
+    /// different bytes commute until a flush orders them).
+    queued_regions: RoaringBitmap,
     /// The DataWriteGuid journaled for this session, to be applied to the
     /// VHDX at the next commit.
     pending_identity: Option<Uuid>,
@@ -113,6 +109,7 @@ impl Disk {
             tracking,
             queue: Vec::new(),
             queued_bytes: 0,
+            queued_regions: RoaringBitmap::new(),
             pending_identity: None,
             identity_done,
             adopted: Vec::new(),
@@ -156,12 +153,7 @@ impl Disk {
 
     pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.check(offset, buf.len() as u64, false)?;
-        let end = offset + buf.len() as u64;
-        if self
-            .queue
-            .iter()
-            .any(|(o, op)| *o < end && o + op.len() > offset)
-        {
+        if self.queue_overlaps(offset, buf.len() as u64) {
             self.commit()?;
         }
         self.image.read(&self.name, offset, buf)
@@ -214,7 +206,12 @@ impl Disk {
         };
         let sequential = offset == self.seq_end;
         self.seq_end = offset + len;
-        if self.identity_done && self.queue.is_empty() && t.is_marked(offset, len) {
+        let regions = t.regions(offset, len);
+        if self.identity_done
+            && t.is_marked(offset, len)
+            && (self.queue.is_empty()
+                || self.queued_regions.range_cardinality(regions.clone()) == 0)
+        {
             return direct(&mut self.image, &self.name);
         }
         if !self.identity_done && self.pending_identity.is_none() {
@@ -239,6 +236,7 @@ impl Disk {
         }
         self.queued_bytes += len;
         self.queue.push((offset, queued()));
+        self.queued_regions.insert_range(regions);
         let sequential_window = self.window > 0;
         if sequential_window
             || self.queued_bytes >= QUEUE_MAX_BYTES
@@ -247,6 +245,21 @@ impl Disk {
             self.commit()?;
         }
         Ok(())
+    }
+
+    /// Whether a range may overlap a queued op.
+    fn queue_overlaps(&self, offset: u64, len: u64) -> bool {
+        if self.queue.is_empty() {
+            return false;
+        }
+        match &self.tracking {
+            Tracking::On(t) => {
+                self.queued_regions
+                    .range_cardinality(t.regions(offset, len))
+                    > 0
+            }
+            _ => true,
+        }
     }
 
     /// Makes staged marks durable, then lets the queued ops through.
@@ -262,6 +275,7 @@ impl Disk {
             }
             self.identity_done = true;
         }
+        self.queued_regions.clear();
         for (offset, op) in std::mem::take(&mut self.queue) {
             match op {
                 Op::Write(d) => self.image.write(&self.name, offset, &d)?,

@@ -8,8 +8,8 @@
 //! write / zero / trim ──► tracking on?
 //!        │ no                      │ yes
 //!        ▼                         ▼
-//!   image (VHDX chain / raw)   regions already durably marked and nothing
-//!                              queued? ── yes ──► image
+//!   image (VHDX chain / raw)   regions already durably marked and no
+//!                              queued op in them? ── yes ──► image
 //!                                     └─ no ───► stage marks, queue the op
 //!                                                 (copy of the data)
 //! commit (queue full, flush, seal, overlapping read, close):
@@ -20,7 +20,11 @@
 //! ```
 //!
 //! So no data write can reach the disk file before the mark that covers it
-//! is durable, and the tracking never loses a change (see `rct`). Sequential
+//! is durable, and the tracking never loses a change (see `rct`). An op may
+//! overtake queued ones only in regions none of them touch: ops on the same
+//! bytes keep their order, ops on different bytes commute until a flush
+//! orders everything (a random writer whose regions are mostly marked
+//! writes straight through instead of copying into the queue). Sequential
 //! streams mark a growing window ahead of themselves so they rarely wait;
 //! the window is at most the stream's length so far (so a stream reports at
 //! most about twice what it wrote) and starts over at every seal.
