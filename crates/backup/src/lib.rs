@@ -17,6 +17,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod cv;
 pub mod error;
 pub mod export;
 pub mod manifest;

@@ -9,6 +9,7 @@
 //! so every point's file is the top of a valid VHDX chain. A directory
 //! without a manifest is an interrupted backup and is removed by the next.
 
+use crate::cv;
 use crate::error::{BackupError, Result};
 use crate::manifest::{Manifest, HASH_BLOCK, MANIFEST_NAME};
 use std::path::{Path, PathBuf};
@@ -125,14 +126,50 @@ impl<'a> Repo<'a> {
             .open(path, OpenMode::ReadOnly)
             .map_err(self.io(path, "opening"))?;
         let len = f.len().map_err(self.io(path, "reading the length of"))?;
+        // Holes of a sparse file read as zeros, so they need no reading: a
+        // hash block of a differential is mostly hole (each changed range
+        // takes a whole payload block of space). A whole block is hashed
+        // from the chaining values of its 64 KiB pieces, those in holes
+        // being the known values of zeros.
+        let data = f.data_ranges(0, len).unwrap_or_else(|_| vec![(0, len)]);
+        let mut data = data.iter().peekable();
+        let zero_cvs = cv::zero_block();
+        let mut cvs = [[0u8; 32]; cv::PIECES];
         let mut buf = vec![0u8; HASH_BLOCK as usize];
         let mut hashes = Vec::with_capacity(len.div_ceil(HASH_BLOCK) as usize);
         let mut pos = 0;
         while pos < len {
             let b = &mut buf[..HASH_BLOCK.min(len - pos) as usize];
-            f.read_at(pos, b).map_err(self.io(path, "reading"))?;
-            hashes.push(crate::export::hash(b));
-            pos += b.len() as u64;
+            if (b.len() as u64) < HASH_BLOCK {
+                f.read_at(pos, b).map_err(self.io(path, "reading"))?;
+                hashes.push(crate::export::hash(b));
+                break;
+            }
+            // Which pieces hold data; runs of them are read at once.
+            let mut has_data = [false; cv::PIECES];
+            for (i, d) in has_data.iter_mut().enumerate() {
+                let (s, e) = (pos + i as u64 * cv::PIECE, pos + (i as u64 + 1) * cv::PIECE);
+                while data.next_if(|&&(o, l)| o + l <= s).is_some() {}
+                *d = data.peek().is_some_and(|&&(o, _)| o < e);
+            }
+            let mut i = 0;
+            while i < cv::PIECES {
+                if !has_data[i] {
+                    cvs[i] = zero_cvs[i];
+                    i += 1;
+                    continue;
+                }
+                let j = i + has_data[i..].iter().take_while(|&&d| d).count();
+                let (a, z) = (i * cv::PIECE as usize, j * cv::PIECE as usize);
+                f.read_at(pos + a as u64, &mut b[a..z])
+                    .map_err(self.io(path, "reading"))?;
+                for (k, piece) in (i..j).zip(b[a..z].chunks(cv::PIECE as usize)) {
+                    cvs[k] = cv::piece(piece, k);
+                }
+                i = j;
+            }
+            hashes.push(cv::block_hash(&cvs).to_hex().to_string());
+            pos += HASH_BLOCK;
         }
         Ok((len, hashes))
     }

@@ -14,6 +14,7 @@
 //! 4. convert the checkpoint to a reference point, release the previous one
 //! ```
 
+use crate::cv;
 use crate::error::{BackupError, Result};
 use crate::export::{export_diff, export_full, Exported};
 use crate::manifest::{DiskManifest, Manifest, HASH_BLOCK, MANIFEST_FORMAT};
@@ -123,6 +124,12 @@ pub fn backup(store: &Store, machine: &str, dir: &Path, progress: Progress) -> R
                     let parent = point_dir(&repo.dir, pp).join(&pd.file);
                     let file = format!("{}.avhdx", cd.name);
                     let changed = ranges.iter().map(|r| r.1).sum();
+                    // The previous point's chaining values, if it kept them
+                    // (export_diff checks each block's against its hash).
+                    let prev_cvs = fs
+                        .read_file(&point_dir(&repo.dir, pp).join(cv::file_name(&cd.name)))
+                        .ok()
+                        .and_then(|b| cv::decode(&b, size));
                     let ex = export_diff(
                         fs,
                         &src,
@@ -130,6 +137,7 @@ pub fn backup(store: &Store, machine: &str, dir: &Path, progress: Progress) -> R
                         &pdir.join(&file),
                         &ranges,
                         &pd.hashes,
+                        prev_cvs,
                         &mut tick,
                     )?;
                     ("incremental", file, Some(pp), None, changed, ex)
@@ -143,6 +151,9 @@ pub fn backup(store: &Store, machine: &str, dir: &Path, progress: Progress) -> R
         // The bytes of the file as written, so `verify` notices damage
         // anywhere in it.
         let (file_size, file_hashes) = repo.hash_file(&pdir.join(&file))?;
+        let cv_file = pdir.join(cv::file_name(&cd.name));
+        fs.write_file_atomic(&cv_file, &cv::encode(size, &ex.cvs))
+            .map_err(repo.io(&cv_file, "writing"))?;
         summaries.push(DiskSummary {
             name: cd.name.clone(),
             kind,

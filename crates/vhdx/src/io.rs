@@ -204,13 +204,18 @@ impl Vhdx {
             let chunk = s / SECTORS_PER_BITMAP_BLOCK;
             let in_chunk = s % SECTORS_PER_BITMAP_BLOCK;
             let n = (SECTORS_PER_BITMAP_BLOCK - in_chunk).min(end - s);
-            let mut bits = self.sector_bitmap(chunk)?;
-            let map = Arc::make_mut(&mut bits);
-            sector_bitmap::set_range(map, in_chunk, n, true);
-            self.sector_bitmaps
+            // Changed in place in the cache (where `sector_bitmap` leaves
+            // it): with a second reference alive, `make_mut` would copy the
+            // whole megabyte on every write.
+            let bits = self.sector_bitmap(chunk)?;
+            let slot = self
+                .sector_bitmaps
                 .get_mut()
                 .unwrap_or_else(|e| e.into_inner())
-                .insert(chunk, bits);
+                .entry(chunk)
+                .or_insert(bits);
+            let map: &mut Vec<u8> = Arc::make_mut(slot);
+            sector_bitmap::set_range(map, in_chunk, n, true);
             let per_page = LOG_SECTOR_SIZE as u64 * 8;
             for page in in_chunk / per_page..=(in_chunk + n - 1) / per_page {
                 self.dirty_bitmap_pages.insert((chunk, page));
