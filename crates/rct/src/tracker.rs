@@ -525,7 +525,9 @@ impl Tracker {
         };
         if max_ranges == 0 {
             // A page of no ranges would never advance a paging caller.
-            return Err(RctError::InvalidParameter("max_ranges must be at least 1".into()));
+            return Err(RctError::InvalidParameter(
+                "max_ranges must be at least 1".into(),
+            ));
         }
         let size = self.header.virtual_size;
         if offset.checked_add(length).is_none_or(|e| e > size) {
