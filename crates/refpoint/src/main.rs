@@ -18,10 +18,11 @@ use vhdx::{create, create_child, CreateOptions, DiskType};
     version,
     about = "VHDX virtual disks with resilient change tracking, checkpoints and incremental backup",
     long_about = "refpoint manages VHDX virtual disks the way Hyper-V's host backup stack does: \
-fixed, dynamic and differencing disks, crash-safe metadata through the VHDX log, \
-differencing chains, merge, check and conversion.\n\n\
-Everything is `refpoint <noun> <verb>`; start with `refpoint vhd --help`.",
-    after_help = "Examples:\n  refpoint vhd create disk.vhdx --size 10G\n  refpoint vhd create child.avhdx --parent disk.vhdx\n  refpoint vhd convert disk.img disk.vhdx\n  refpoint vhd info child.avhdx --json"
+fixed, dynamic and differencing disks with crash-safe metadata; resilient change tracking \
+that never misses a change, even across power cuts; machines, checkpoints and reference \
+points; full and incremental backups you can restore and verify.\n\n\
+Everything is `refpoint <noun> <verb>`. State lives in ./refpoint-data (or $REFPOINT_HOME).",
+    after_help = "Examples:\n  refpoint vhd create os.vhdx --size 10G\n  refpoint machine create vm1 --disk os.vhdx\n  refpoint backup vm1 --to /backups/vm1\n  refpoint rct changes vm1/disk0 --since rct:…:00000001 --json\n  refpoint restore /backups/vm1 --point latest --to os-restored.vhdx\n  refpoint demo run"
 )]
 struct Cli {
     #[command(subcommand)]
