@@ -9,6 +9,7 @@ use crate::error::{BackupError, Result};
 use crate::manifest::HASH_BLOCK;
 use std::path::Path;
 use storage::Fs;
+use vdisk::is_zero;
 use vhdx::{create, create_child, Chain, CreateOptions, DiskType};
 
 /// Block size of full exports.
@@ -29,14 +30,6 @@ pub struct Exported {
 
 pub fn hash(b: &[u8]) -> String {
     blake3::hash(b).to_hex().to_string()
-}
-
-fn is_zero(b: &[u8]) -> bool {
-    let (chunks, rest) = b.split_at(b.len() / 16 * 16);
-    chunks
-        .chunks_exact(16)
-        .all(|c| u128::from_ne_bytes(c.try_into().unwrap()) == 0)
-        && rest.iter().all(|&x| x == 0)
 }
 
 /// Writes the whole content of `src` into a new dynamic VHDX at `dst`.

@@ -3,6 +3,9 @@
 //! run, and every point restores bit-exact against a model of what was
 //! written through `refpoint disk write`; consolidation keeps what it must.
 
+mod common;
+
+use common::s;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::os::unix::process::ExitStatusExt;
@@ -51,10 +54,6 @@ impl Cli {
             .map(|p| p["point"].as_u64().unwrap() as u32)
             .collect()
     }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 /// A fingerprint of a file's content: BLAKE3 of each 8 MiB (the models

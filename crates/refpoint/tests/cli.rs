@@ -1,34 +1,16 @@
 //! The `refpoint vhd` commands as a user runs them, checked against qemu-img.
 
+mod common;
+
+use common::{ok, refpoint, s};
 use std::path::Path;
 use std::process::{Command, Output};
-
-fn refpoint(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_refpoint"))
-        .args(args)
-        .output()
-        .expect("run refpoint")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = refpoint(args);
-    assert!(
-        o.status.success(),
-        "refpoint {args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
 
 fn qemu(args: &[&str]) -> Output {
     Command::new("qemu-img")
         .args(args)
         .output()
         .expect("qemu-img is needed for these tests")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 fn write_pattern(path: &Path, size: usize) -> Vec<u8> {

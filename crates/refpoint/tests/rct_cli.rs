@@ -1,28 +1,9 @@
 //! `refpoint rct` as scripts use it.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
-fn refpoint(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_refpoint"))
-        .args(args)
-        .output()
-        .expect("run refpoint")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = refpoint(args);
-    assert!(
-        o.status.success(),
-        "refpoint {args:?} failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::{ok, refpoint, s};
+use std::process::Command;
 
 fn json(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&ok(args)).unwrap()
