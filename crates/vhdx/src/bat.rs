@@ -74,6 +74,17 @@ impl BatEntry {
     }
 }
 
+/// Part of a virtual range that lies within one payload block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    pub block: u64,
+    /// Offset of the piece within its block.
+    pub in_block: u64,
+    /// Virtual offset of the piece.
+    pub offset: u64,
+    pub len: u64,
+}
+
 /// The shape of a BAT, derived from the file parameters (§2.4, §2.5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatGeometry {
@@ -147,6 +158,28 @@ impl BatGeometry {
     /// Sectors per payload block.
     pub fn sectors_per_block(&self) -> u64 {
         self.block_size as u64 / self.logical_sector_size as u64
+    }
+
+    /// Splits a virtual range at block boundaries: each piece lies in one
+    /// payload block.
+    pub fn pieces(&self, offset: u64, len: u64) -> impl Iterator<Item = Piece> {
+        let bs = self.block_size as u64;
+        let end = offset + len;
+        let mut pos = offset;
+        std::iter::from_fn(move || {
+            if pos >= end {
+                return None;
+            }
+            let in_block = pos % bs;
+            let p = Piece {
+                block: pos / bs,
+                in_block,
+                offset: pos,
+                len: (bs - in_block).min(end - pos),
+            };
+            pos += p.len;
+            Some(p)
+        })
     }
 
     /// The virtual bytes of block `block` (the last one may be short).

@@ -109,12 +109,13 @@ impl Vhdx {
                 source,
             });
         };
-        let mut pos = offset;
-        let end = offset + len;
-        while pos < end {
-            let block = pos / bs;
-            let in_block = pos % bs;
-            let piece = (bs - in_block).min(end - pos);
+        for Piece {
+            block,
+            in_block,
+            offset: pos,
+            len: piece,
+        } in g.pieces(offset, len)
+        {
             let e = self.bat[g.payload_index(block)];
             match e.state() {
                 PAYLOAD_BLOCK_FULLY_PRESENT => {
@@ -142,7 +143,6 @@ impl Vhdx {
                 PAYLOAD_BLOCK_NOT_PRESENT if g.has_parent => push(pos, piece, Source::Parent),
                 _ => push(pos, piece, Source::Zero),
             }
-            pos += piece;
         }
         Ok(out)
     }
@@ -244,13 +244,9 @@ impl Vhdx {
         self.check_range(offset, data.len() as u64)?;
         self.before_data_change()?;
         self.check_alignment(offset, data.len() as u64)?;
-        let bs = self.geometry.block_size as u64;
-        let mut done = 0usize;
-        while done < data.len() {
-            let pos = offset + done as u64;
-            let piece = ((bs - pos % bs) as usize).min(data.len() - done);
-            self.write_in_block(pos, &data[done..done + piece])?;
-            done += piece;
+        for p in self.geometry.pieces(offset, data.len() as u64) {
+            let at = (p.offset - offset) as usize;
+            self.write_in_block(p.offset, &data[at..at + p.len as usize])?;
             self.commit_if_log_is_filling()?;
         }
         Ok(())
@@ -332,14 +328,14 @@ impl Vhdx {
         }
         self.before_data_change()?;
         let g = self.geometry;
-        let bs = g.block_size as u64;
         let fixed = self.disk_type() == DiskType::Fixed;
-        let mut pos = offset;
-        let end = offset + len;
-        while pos < end {
-            let block = pos / bs;
-            let in_block = pos % bs;
-            let piece = (bs - in_block).min(end - pos);
+        for Piece {
+            block,
+            in_block,
+            offset: pos,
+            len: piece,
+        } in g.pieces(offset, len)
+        {
             let whole = in_block == 0 && piece == g.block_len(block);
             let state = self.bat[g.payload_index(block)].state();
             if whole && !fixed {
@@ -360,7 +356,6 @@ impl Vhdx {
                     }
                 }
             }
-            pos += piece;
             self.commit_if_log_is_filling()?;
         }
         Ok(())
