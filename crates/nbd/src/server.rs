@@ -1,0 +1,135 @@
+//! Listening, accepting and shutting down.
+
+use crate::device::Exports;
+use crate::negotiate::{negotiate, HandshakeEnd};
+use crate::transmit::transmit;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_rustls::TlsAcceptor;
+
+/// A byte stream a connection runs over (unix, TCP, TLS, in-memory).
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// A client that has not finished the handshake after this long is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(crate) struct Shared {
+    pub exports: Arc<dyn Exports>,
+    pub tls: Option<TlsAcceptor>,
+}
+
+/// An NBD server over an export catalog. Cheap to share; every listener
+/// and connection stops at [`shutdown`](Server::shutdown) after finishing
+/// the requests in flight.
+#[derive(Clone)]
+pub struct Server {
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Server {
+    pub fn new(
+        exports: Arc<dyn Exports>,
+        tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
+    ) -> Self {
+        Server {
+            shared: Arc::new(Shared {
+                exports,
+                tls: tls.map(TlsAcceptor::from),
+            }),
+            shutdown: watch::channel(false).0,
+        }
+    }
+
+    /// Stops accepting; connections end after their in-flight requests.
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Serves a unix socket (no TLS needed: the socket's permissions guard
+    /// it) until shutdown; returns when every connection has ended.
+    pub async fn serve_unix(&self, listener: UnixListener) -> std::io::Result<()> {
+        let mut conns = JoinSet::new();
+        let mut stop = self.shutdown.subscribe();
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                r = listener.accept() => match r {
+                    Ok((s, _)) => { conns.spawn(self.clone().connection(Box::new(s), false)); }
+                    Err(e) => tracing::warn!("accepting on the unix socket: {e}"),
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+        while conns.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    /// Serves TCP until shutdown. With `tls_required`, clients must
+    /// upgrade with NBD_OPT_STARTTLS before anything else.
+    pub async fn serve_tcp(
+        &self,
+        listener: TcpListener,
+        tls_required: bool,
+    ) -> std::io::Result<()> {
+        if tls_required && self.shared.tls.is_none() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "TLS is required on this listener but no certificate was configured",
+            ));
+        }
+        let mut conns = JoinSet::new();
+        let mut stop = self.shutdown.subscribe();
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => break,
+                r = listener.accept() => match r {
+                    Ok((s, peer)) => {
+                        let _ = s.set_nodelay(true);
+                        tracing::debug!("connection from {peer}");
+                        conns.spawn(self.clone().connection(Box::new(s), tls_required));
+                    }
+                    Err(e) => tracing::warn!("accepting on TCP: {e}"),
+                },
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+        while conns.join_next().await.is_some() {}
+        Ok(())
+    }
+
+    /// Serves one already-connected stream (tests, fuzzing, inetd-style use).
+    pub async fn serve_stream(&self, stream: Box<dyn Stream>, tls_required: bool) {
+        self.clone().connection(stream, tls_required).await
+    }
+
+    async fn connection(self, stream: Box<dyn Stream>, tls_required: bool) {
+        let hs = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            negotiate(stream, &self.shared, tls_required),
+        )
+        .await;
+        let (stream, session) = match hs {
+            Ok(Ok(x)) => x,
+            Ok(Err(HandshakeEnd::Aborted)) => return,
+            Ok(Err(e)) => {
+                tracing::info!("handshake ended: {e}");
+                return;
+            }
+            Err(_) => {
+                tracing::info!("handshake timed out");
+                return;
+            }
+        };
+        let export = session.export.clone();
+        tracing::debug!(%export, "transmission");
+        if let Err(e) = transmit(stream, session, self.shutdown.subscribe()).await {
+            tracing::info!(%export, "connection ended: {e}");
+        }
+    }
+}
