@@ -228,10 +228,11 @@ fn changed_ranges(
 ) -> std::result::Result<Vec<(u64, u64)>, String> {
     let parse = |s: &str| s.parse::<rct::RctId>().map_err(|e| e.to_string());
     let (since, until) = (parse(since)?, parse(until)?);
-    let mut d = store.open_disk(m, disk, false).map_err(|e| e.to_string())?;
-    let size = d.size();
-    let c = d
-        .query_changes(&since, Some(&until), 0, size, usize::MAX)
+    let c = store
+        .with_disk(m, disk, |d| {
+            let size = d.size();
+            d.query_changes(&since, Some(&until), 0, size, usize::MAX)
+        })
         .map_err(|e| match e.tracking() {
             Some(t) => format!("change tracking cannot be trusted ({}): {t}", t.kind()),
             None => e.to_string(),
@@ -257,6 +258,7 @@ fn restart_untrusted_tracking(
     m: &vdisk::Machine,
 ) -> Result<HashMap<String, String>> {
     let mut out = HashMap::new();
+    let _parked = store.park(&m.name)?;
     for d in &m.disks {
         // Read-only first: a writable open changes the file (§2.2.2.1).
         let why = match store.open_disk(m, &d.name, false)?.tracking_status() {

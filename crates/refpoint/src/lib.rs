@@ -22,5 +22,6 @@ pub mod image;
 pub mod machines;
 pub mod progress;
 pub mod report;
+pub mod serve;
 pub mod tracking;
 pub mod units;

@@ -11,6 +11,12 @@ pub fn store() -> Store {
     Store::new(Arc::new(LocalFs), &state_dir())
 }
 
+/// The daemon of the state directory, if one runs: commands that touch
+/// the disks it holds go through its API.
+pub fn daemon() -> Option<crate::serve::client::Daemon> {
+    crate::serve::client::Daemon::find(&state_dir())
+}
+
 /// Parses `--disk [NAME=]PATH`.
 pub fn parse_disk_arg(s: &str) -> (Option<String>, std::path::PathBuf) {
     match s.split_once('=') {

@@ -29,6 +29,38 @@ struct Cli {
     noun: Noun,
 }
 
+#[derive(Args)]
+struct ServeArgs {
+    /// NBD unix socket [default: <state dir>/nbd.sock].
+    #[arg(long)]
+    socket: Option<PathBuf>,
+    /// Management API unix socket [default: <state dir>/api.sock].
+    #[arg(long)]
+    api_socket: Option<PathBuf>,
+    /// Also serve NBD on TCP (e.g. 0.0.0.0:10809); clients must use TLS.
+    #[arg(long, value_name = "ADDR:PORT", requires_all = ["tls_cert", "tls_key"])]
+    listen: Option<std::net::SocketAddr>,
+    /// Also serve the API on TCP over TLS; requests need the token
+    /// (`Authorization: Bearer ...`, see --token-file).
+    #[arg(long, value_name = "ADDR:PORT", requires_all = ["tls_cert", "tls_key"])]
+    api_listen: Option<std::net::SocketAddr>,
+    /// TLS certificate chain (PEM) for TCP listeners.
+    #[arg(long)]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long)]
+    tls_key: Option<PathBuf>,
+    /// Require NBD/API clients on TCP to present a certificate signed by this CA (PEM).
+    #[arg(long)]
+    tls_client_ca: Option<PathBuf>,
+    /// API token file [default: <state dir>/api.token, created if missing].
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// Ask the running daemon to shut down gracefully, and wait for it.
+    #[arg(long)]
+    stop: bool,
+}
+
 #[derive(Subcommand)]
 enum Noun {
     /// Create, inspect, check, convert, compare and merge VHDX files.
@@ -49,6 +81,25 @@ enum Noun {
     /// What remains of converted recovery checkpoints: the RCT IDs to back up from.
     #[command(subcommand)]
     Reference(ReferenceCmd),
+    /// Run the daemon: serve every machine disk over NBD (read-write, every
+    /// write tracked), checkpoints and backup points read-only, and the
+    /// management API.
+    ///
+    /// Exports: `<machine>/<disk>`, `<machine>/<disk>@checkpoint-<id>`,
+    /// `<machine>/<disk>@backup-<point>`. Each offers the meta contexts
+    /// `base:allocation`, `refpoint:changes:<RCT ID>` and
+    /// `qemu:dirty-bitmap:<RCT ID>` (changes since that ID).
+    ///
+    /// While it runs, `rct`, `checkpoint`, `reference` and `backup` commands
+    /// go through it. Stop it with Ctrl-C, SIGTERM or `refpoint serve --stop`:
+    /// in-flight I/O finishes and every disk is flushed and closed.
+    ///
+    /// Examples:
+    ///   refpoint serve &
+    ///   qemu-system-x86_64 -drive file=nbd+unix:///vm1/disk0?socket=refpoint-data/nbd.sock,format=raw ...
+    ///   nbdinfo --map=qemu:dirty-bitmap:rct:... 'nbd+unix:///vm1/disk0?socket=refpoint-data/nbd.sock'
+    #[command(verbatim_doc_comment)]
+    Serve(ServeArgs),
     /// Back up a machine (full or incremental), or manage a backup repository.
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Backup(BackupArgs),
@@ -528,6 +579,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::from(2)
             })
         }
+        Noun::Serve(a) => serve_cmd(a),
         Noun::Demo(Demo::Run) => {
             refpoint::demo::run(&refpoint::demo::state_dir())?;
             Ok(ExitCode::SUCCESS)
@@ -614,6 +666,45 @@ fn machine_cmd(c: MachineCmd) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
+    let home = refpoint::demo::state_dir();
+    let api_socket = a
+        .api_socket
+        .unwrap_or_else(|| refpoint::serve::api_socket(&home));
+    if a.stop {
+        let Some(d) = refpoint::machines::daemon() else {
+            anyhow::bail!("no refpoint daemon answers on {}", api_socket.display());
+        };
+        d.post("/v1/shutdown", serde_json::json!({}))?;
+        while api_socket.exists() {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        println!("the refpoint daemon stopped");
+        return Ok(ExitCode::SUCCESS);
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("REFPOINT_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    refpoint::serve::run(refpoint::serve::ServeOptions {
+        nbd_socket: a
+            .socket
+            .unwrap_or_else(|| refpoint::serve::nbd_socket(&home)),
+        api_socket,
+        home,
+        listen: a.listen,
+        api_listen: a.api_listen,
+        tls_cert: a.tls_cert,
+        tls_key: a.tls_key,
+        tls_client_ca: a.tls_client_ca,
+        token_file: a.token_file,
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
 fn checkpoint_cmd(c: CheckpointCmd) -> Result<ExitCode> {
     use vdisk::{CheckpointKind, Consistency};
     let st = refpoint::machines::store();
@@ -634,7 +725,16 @@ fn checkpoint_cmd(c: CheckpointCmd) -> Result<ExitCode> {
                 None if has_hooks => Consistency::Application,
                 None => Consistency::Crash,
             };
-            let cp = st.create_checkpoint(&machine, kind, consistency)?;
+            let cp: vdisk::Checkpoint = match refpoint::machines::daemon() {
+                Some(d) => serde_json::from_value(d.post(
+                    &format!("/v1/machines/{machine}/checkpoints"),
+                    serde_json::json!({
+                        "kind": if kind == CheckpointKind::Recovery { "recovery" } else { "standard" },
+                        "consistency": if consistency == Consistency::Application { "application" } else { "crash" },
+                    }),
+                )?)?,
+                None => st.create_checkpoint(&machine, kind, consistency)?,
+            };
             println!("checkpoint {} of {machine} created", cp.id);
             for d in &cp.disks {
                 println!(
@@ -668,21 +768,42 @@ fn checkpoint_cmd(c: CheckpointCmd) -> Result<ExitCode> {
             machine,
             checkpoint,
         } => {
-            st.apply_checkpoint(&machine, checkpoint)?;
+            match refpoint::machines::daemon() {
+                Some(d) => {
+                    d.post(
+                        &format!("/v1/machines/{machine}/checkpoints/{checkpoint}/apply"),
+                        serde_json::json!({}),
+                    )?;
+                }
+                None => st.apply_checkpoint(&machine, checkpoint)?,
+            }
             println!("{machine} reverted to checkpoint {checkpoint}");
         }
         CheckpointCmd::Delete {
             machine,
             checkpoint,
         } => {
-            st.delete_checkpoint(&machine, checkpoint)?;
+            match refpoint::machines::daemon() {
+                Some(d) => {
+                    d.delete(&format!("/v1/machines/{machine}/checkpoints/{checkpoint}"))?;
+                }
+                None => {
+                    st.delete_checkpoint(&machine, checkpoint)?;
+                }
+            }
             println!("checkpoint {checkpoint} of {machine} merged back and deleted");
         }
         CheckpointCmd::Convert {
             machine,
             checkpoint,
         } => {
-            let r = st.convert_checkpoint(&machine, checkpoint)?;
+            let r: vdisk::ReferencePoint = match refpoint::machines::daemon() {
+                Some(d) => serde_json::from_value(d.post(
+                    &format!("/v1/machines/{machine}/checkpoints/{checkpoint}/convert"),
+                    serde_json::json!({}),
+                )?)?,
+                None => st.convert_checkpoint(&machine, checkpoint)?,
+            };
             println!(
                 "checkpoint {checkpoint} of {machine} is now reference point {}",
                 r.id
@@ -718,7 +839,12 @@ fn reference_cmd(c: ReferenceCmd) -> Result<ExitCode> {
             print_json(r)?;
         }
         ReferenceCmd::Destroy { machine, id } => {
-            st.destroy_reference_point(&machine, id)?;
+            match refpoint::machines::daemon() {
+                Some(d) => {
+                    d.delete(&format!("/v1/machines/{machine}/reference-points/{id}"))?;
+                }
+                None => st.destroy_reference_point(&machine, id)?,
+            }
             println!("reference point {id} of {machine} destroyed; its RCT IDs are released");
         }
     }
@@ -766,12 +892,33 @@ fn backup_cmd(b: BackupArgs) -> Result<ExitCode> {
             );
             let st = refpoint::machines::store();
             let pb = bar(0, "backup", b.json);
-            let s = backup::backup(&st, &machine, &to, &mut |disk, n, total| {
-                pb.set_message(disk.to_string());
-                pb.set_length(total);
-                pb.inc(n);
-            })?;
+            let s: serde_json::Value = match refpoint::machines::daemon() {
+                Some(d) => {
+                    // The daemon holds the disks: it runs the backup as a job.
+                    let to = vhdx::paths::absolute(&to);
+                    let job = d.post(
+                        &format!("/v1/machines/{machine}/backups"),
+                        serde_json::json!({"to": to}),
+                    )?;
+                    d.wait_job(&job, &mut |disk, done, total| {
+                        pb.set_message(disk.to_string());
+                        pb.set_length(total);
+                        pb.set_position(done);
+                    })?
+                }
+                None => serde_json::to_value(backup::backup(
+                    &st,
+                    &machine,
+                    &to,
+                    &mut |disk, n, total| {
+                        pb.set_message(disk.to_string());
+                        pb.set_length(total);
+                        pb.inc(n);
+                    },
+                )?)?,
+            };
             pb.finish_and_clear();
+            let s: BackupSummary = serde_json::from_value(s)?;
             if b.json {
                 print_json(&s)?;
             } else {
@@ -808,11 +955,191 @@ fn backup_cmd(b: BackupArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// What `backup --json` prints (the daemon's job result has the same shape).
+#[derive(serde::Serialize, serde::Deserialize)]
+struct BackupSummary {
+    machine: String,
+    repository: String,
+    point: u32,
+    kind: String,
+    disks: Vec<BackupDisk>,
+    bytes_read: u64,
+    bytes_written: u64,
+    seconds: f64,
+    recovered: Vec<String>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct BackupDisk {
+    name: String,
+    kind: String,
+    full_reason: Option<String>,
+    changed_bytes: u64,
+    bytes_read: u64,
+    bytes_written: u64,
+}
+
 /// Exit status of a tracking error: take a full backup.
 const EXIT_TRACKING: u8 = 3;
 
+fn print_status(s: &refpoint::tracking::Status, json: bool) -> Result<()> {
+    if json {
+        return print_json(s);
+    }
+    println!("disk:            {}", s.disk);
+    println!("enabled:         {}", s.enabled);
+    if let Some(id) = &s.most_recent_id {
+        println!("most recent ID:  {id}");
+    }
+    if let Some(n) = s.newer_changes {
+        println!("newer changes:   {n}");
+    }
+    for id in &s.retained_ids {
+        println!("retained:        {id}");
+    }
+    if let Some(e) = &s.error {
+        println!(
+            "error:           {} ({}); a full backup is needed",
+            e.message, e.error
+        );
+    }
+    Ok(())
+}
+
+fn print_changes(c: &refpoint::tracking::ChangesOut, json: bool) -> Result<()> {
+    if json {
+        return print_json(c);
+    }
+    let total: u64 = c.ranges.iter().map(|r| r.length).sum();
+    for r in &c.ranges {
+        println!("{:>#18x} {:>#14x}", r.offset, r.length);
+    }
+    println!(
+        "{} ranges, {} changed; processed {} bytes",
+        c.ranges.len(),
+        human(total),
+        c.processed_length
+    );
+    Ok(())
+}
+
+/// The disk argument of an `rct` command.
+fn rct_disk(cmd: &Rct) -> &std::path::Path {
+    match cmd {
+        Rct::Enable { disk, .. }
+        | Rct::Disable { disk }
+        | Rct::Status { disk, .. }
+        | Rct::Seal { disk }
+        | Rct::Release { disk, .. }
+        | Rct::Changes { disk, .. } => disk,
+    }
+}
+
+/// `rct` on a disk the daemon holds: through its API.
+fn rct_remote(
+    daemon: refpoint::serve::client::Daemon,
+    machine: &str,
+    name: &str,
+    cmd: Rct,
+) -> Result<ExitCode> {
+    use refpoint::tracking::ErrorOut;
+    let base = format!("/v1/machines/{machine}/disks/{name}");
+    let r = match cmd {
+        Rct::Enable { granularity, .. } => daemon
+            .post(
+                &format!("{base}/tracking/enable"),
+                serde_json::json!({"granularity": granularity}),
+            )
+            .map(|_| {
+                println!(
+                    "change tracking enabled on {machine}/{name} ({} granularity)",
+                    human(granularity)
+                )
+            }),
+        Rct::Disable { .. } => daemon
+            .post(&format!("{base}/tracking/disable"), serde_json::json!({}))
+            .map(|_| println!("change tracking disabled on {machine}/{name}")),
+        Rct::Status { json, .. } => {
+            let v = daemon.get(&format!("{base}/tracking"))?;
+            print_status(&serde_json::from_value(v)?, json)?;
+            Ok(())
+        }
+        Rct::Seal { .. } => daemon
+            .post(&format!("{base}/tracking/seal"), serde_json::json!({}))
+            .map(|v| {
+                println!(
+                    "sealed {machine}/{name}; changes since this point can be asked for with:"
+                );
+                println!("{}", v["id"].as_str().unwrap_or_default());
+            }),
+        Rct::Release { id, .. } => daemon
+            .post(
+                &format!("{base}/tracking/release"),
+                serde_json::json!({"id": id}),
+            )
+            .map(|_| println!("released {id}")),
+        Rct::Changes {
+            since,
+            until,
+            offset,
+            length,
+            max_ranges,
+            json,
+            ..
+        } => {
+            let mut q =
+                format!("{base}/changes?since={since}&offset={offset}&max_ranges={max_ranges}");
+            if let Some(u) = until {
+                q.push_str(&format!("&until={u}"));
+            }
+            if let Some(l) = length {
+                q.push_str(&format!("&length={l}"));
+            }
+            match daemon.get(&q) {
+                Ok(v) => {
+                    print_changes(&serde_json::from_value(v)?, json)?;
+                    Ok(())
+                }
+                Err(e) if e.is_tracking() => {
+                    if json {
+                        if let refpoint::serve::client::DaemonError::Api { message, .. } = &e {
+                            if let Ok(out) = serde_json::from_str::<ErrorOut>(message) {
+                                print_json(&out)?;
+                            }
+                        }
+                    }
+                    Err(e)
+                }
+                Err(e) => Err(e),
+            }
+        }
+    };
+    match r {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.is_tracking() => {
+            let msg = match &e {
+                refpoint::serve::client::DaemonError::Api { kind, message, .. } => {
+                    let m = serde_json::from_str::<ErrorOut>(message)
+                        .map(|o| o.message)
+                        .unwrap_or(message.clone());
+                    format!("error ({kind}): {m}")
+                }
+                e => e.to_string(),
+            };
+            eprintln!("{msg}");
+            Ok(ExitCode::from(EXIT_TRACKING))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 fn rct_cmd(cmd: Rct) -> Result<ExitCode> {
     use refpoint::tracking::{self as t, ChangesResult, ErrorOut};
+    if let Some((m, d)) = t::machine_disk(rct_disk(&cmd)) {
+        if let Some(daemon) = refpoint::machines::daemon() {
+            return rct_remote(daemon, &m, &d, cmd);
+        }
+    }
     match cmd {
         Rct::Enable { disk, granularity } => {
             let mut d = t::open(&disk, true)?;
@@ -830,30 +1157,7 @@ fn rct_cmd(cmd: Rct) -> Result<ExitCode> {
             d.close()?;
             println!("change tracking disabled on {}", disk.display());
         }
-        Rct::Status { disk, json } => {
-            let s = t::status(&disk)?;
-            if json {
-                print_json(&s)?;
-            } else {
-                println!("disk:            {}", s.disk);
-                println!("enabled:         {}", s.enabled);
-                if let Some(id) = &s.most_recent_id {
-                    println!("most recent ID:  {id}");
-                }
-                if let Some(n) = s.newer_changes {
-                    println!("newer changes:   {n}");
-                }
-                for id in &s.retained_ids {
-                    println!("retained:        {id}");
-                }
-                if let Some(e) = &s.error {
-                    println!(
-                        "error:           {} ({}); a full backup is needed",
-                        e.message, e.error
-                    );
-                }
-            }
-        }
+        Rct::Status { disk, json } => print_status(&t::status(&disk)?, json)?,
         Rct::Seal { disk } => {
             let mut d = t::open(&disk, true)?;
             let id = d.seal()?;
@@ -880,22 +1184,7 @@ fn rct_cmd(cmd: Rct) -> Result<ExitCode> {
             max_ranges,
             json,
         } => match t::changes(&disk, &since, until.as_deref(), offset, length, max_ranges)? {
-            ChangesResult::Changes(c) => {
-                if json {
-                    print_json(&c)?;
-                } else {
-                    let total: u64 = c.ranges.iter().map(|r| r.length).sum();
-                    for r in &c.ranges {
-                        println!("{:>#18x} {:>#14x}", r.offset, r.length);
-                    }
-                    println!(
-                        "{} ranges, {} changed; processed {} bytes",
-                        c.ranges.len(),
-                        human(total),
-                        c.processed_length
-                    );
-                }
-            }
+            ChangesResult::Changes(c) => print_changes(&c, json)?,
             ChangesResult::TrackingError(e) => {
                 if json {
                     print_json(&ErrorOut::new(&e))?;

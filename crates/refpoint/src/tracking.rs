@@ -3,7 +3,7 @@
 
 use anyhow::{Context, Result};
 use rct::RctId;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::sync::Arc;
 use storage::LocalFs;
@@ -49,8 +49,31 @@ pub fn open(path: &Path, writable: bool) -> Result<Disk> {
         .with_context(|| format!("cannot open {}", path.display()))
 }
 
+/// The machine disk a `rct`/`disk` argument names (`MACHINE/DISK`, or
+/// the file a machine disk is written to now), if it names one.
+pub fn machine_disk(path: &Path) -> Option<(String, String)> {
+    let store = crate::machines::store();
+    let arg = path.to_string_lossy();
+    if !path.exists() {
+        if let Some((m, d)) = arg.split_once('/') {
+            if store.exists(m) {
+                return Some((m.to_string(), d.to_string()));
+            }
+        }
+    }
+    let abs = vhdx::paths::absolute(path);
+    for m in store.list().unwrap_or_default() {
+        for d in &m.disks {
+            if d.active == abs {
+                return Some((m.name.clone(), d.name.clone()));
+            }
+        }
+    }
+    None
+}
+
 /// `rct status` output.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Status {
     pub disk: String,
     pub enabled: bool,
@@ -62,9 +85,9 @@ pub struct Status {
 }
 
 /// A tracking error as scripts see it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ErrorOut {
-    pub error: &'static str,
+    pub error: String,
     pub message: String,
     pub full_backup_required: bool,
 }
@@ -72,7 +95,7 @@ pub struct ErrorOut {
 impl ErrorOut {
     pub fn new(e: &rct::RctError) -> Self {
         Self {
-            error: e.kind(),
+            error: e.kind().to_string(),
             message: e.to_string(),
             full_backup_required: true,
         }
@@ -81,7 +104,11 @@ impl ErrorOut {
 
 pub fn status(path: &Path) -> Result<Status> {
     let mut d = open(path, false)?;
-    let disk = path.display().to_string();
+    status_of(&mut d, path.display().to_string())
+}
+
+/// The tracking status of an opened disk.
+pub fn status_of(d: &mut Disk, disk: String) -> Result<Status> {
     Ok(match d.tracking_status() {
         TrackingStatus::On(s) => Status {
             disk,
@@ -106,7 +133,7 @@ pub fn status(path: &Path) -> Result<Status> {
             newer_changes: None,
             retained_ids: vec![],
             error: Some(ErrorOut {
-                error: kind,
+                error: kind.to_string(),
                 message,
                 full_backup_required: true,
             }),
@@ -115,7 +142,7 @@ pub fn status(path: &Path) -> Result<Status> {
 }
 
 /// `rct changes --json` output.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct ChangesOut {
     pub since: String,
     pub until: Option<String>,
@@ -123,7 +150,7 @@ pub struct ChangesOut {
     pub processed_length: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct RangeOut {
     pub offset: u64,
     pub length: u64,
@@ -143,6 +170,19 @@ pub fn changes(
     length: Option<u64>,
     max_ranges: usize,
 ) -> Result<ChangesResult> {
+    let mut d = open(path, false)?;
+    changes_of(&mut d, since, until, offset, length, max_ranges)
+}
+
+/// Changes of an opened disk (see [`changes`]).
+pub fn changes_of(
+    d: &mut Disk,
+    since: &str,
+    until: Option<&str>,
+    offset: u64,
+    length: Option<u64>,
+    max_ranges: usize,
+) -> Result<ChangesResult> {
     let parse = |s: &str| s.parse::<RctId>();
     let since_id = match parse(since) {
         Ok(i) => i,
@@ -152,7 +192,6 @@ pub fn changes(
         Ok(u) => u,
         Err(e) => return Ok(ChangesResult::TrackingError(e)),
     };
-    let mut d = open(path, false)?;
     let length = length.unwrap_or(d.size().saturating_sub(offset));
     match d.query_changes(&since_id, until_id.as_ref(), offset, length, max_ranges) {
         Ok(c) => Ok(ChangesResult::Changes(ChangesOut {

@@ -68,7 +68,7 @@ impl Store {
         kind: CheckpointKind,
         consistency: Consistency,
     ) -> Result<Checkpoint> {
-        let mut m = self.load(name)?;
+        let m = self.load(name)?;
         let id = m.next_id;
         let freeze = (consistency == Consistency::Application)
             .then(|| m.freeze.clone())
@@ -76,28 +76,37 @@ impl Store {
         if let Some(f) = &freeze {
             run_hook("freeze", f)?;
         }
-        let result = self.checkpoint_disks(&m, id);
+        // The guest writes while it freezes; the disks are parked (I/O
+        // drained and flushed, new I/O waiting) only for the switch.
+        let parked = self.park(name);
+        let result = parked.and_then(|guard| {
+            let r = self.checkpoint_disks(&m, id).and_then(|disks| {
+                let mut m = m.clone();
+                for (d, cd) in m.disks.iter_mut().zip(&disks) {
+                    d.active = cd.child.clone();
+                }
+                m.checkpoints.push(Checkpoint {
+                    id,
+                    kind,
+                    consistency,
+                    created: now(),
+                    disks: disks.clone(),
+                    backup: None,
+                });
+                m.next_id += 1;
+                self.save(&m)?;
+                Ok(m)
+            });
+            drop(guard);
+            r
+        });
         if consistency == Consistency::Application {
             if let Some(t) = &m.thaw {
                 run_hook("thaw", t)?;
             }
         }
-        let disks = result?;
-        for (d, cd) in m.disks.iter_mut().zip(&disks) {
-            d.active = cd.child.clone();
-        }
-        let cp = Checkpoint {
-            id,
-            kind,
-            consistency,
-            created: now(),
-            disks,
-            backup: None,
-        };
-        m.checkpoints.push(cp.clone());
-        m.next_id += 1;
-        self.save(&m)?;
-        Ok(cp)
+        let m = result?;
+        Ok(m.checkpoints.last().expect("just added").clone())
     }
 
     fn checkpoint_disks(&self, m: &Machine, id: u64) -> Result<Vec<CheckpointDisk>> {
@@ -153,6 +162,7 @@ impl Store {
     /// (crash-safe: run again after an interruption to finish) and releases
     /// the RCT IDs sealed for it.
     pub fn delete_checkpoint(&self, name: &str, id: u64) -> Result<Checkpoint> {
+        let _parked = self.park(name)?;
         let cp = self.merge_back(name, id, |_| {})?;
         let m = self.load(name)?;
         for cd in &cp.disks {
@@ -210,6 +220,7 @@ impl Store {
     /// Converts recovery checkpoint `id` to a reference point: merges it
     /// back and keeps, per disk, its RCT ID.
     pub fn convert_checkpoint(&self, name: &str, id: u64) -> Result<ReferencePoint> {
+        let _parked = self.park(name)?;
         let m = self.load(name)?;
         let cp = self.newest_checkpoint(&m, id)?;
         if cp.kind != CheckpointKind::Recovery {
@@ -240,6 +251,7 @@ impl Store {
     /// Reverts the machine to checkpoint `id`: the changes since are
     /// discarded (and marked changed for tracking), a fresh child starts.
     pub fn apply_checkpoint(&self, name: &str, id: u64) -> Result<()> {
+        let _parked = self.park(name)?;
         let mut m = self.load(name)?;
         let cp = self.newest_checkpoint(&m, id)?;
         let mut new_children = Vec::new();
@@ -281,6 +293,7 @@ impl Store {
 
     /// Forgets a reference point and releases its RCT IDs.
     pub fn destroy_reference_point(&self, name: &str, id: u64) -> Result<()> {
+        let _parked = self.park(name)?;
         let mut m = self.load(name)?;
         let rp = m
             .reference_point(id)

@@ -159,6 +159,16 @@ impl Disk {
         self.image.read(&self.name, offset, buf)
     }
 
+    /// Ranges of `offset..offset+len` that may hold data (`true`) or read
+    /// as zeros (`false`), queued writes included.
+    pub fn extents(&mut self, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>> {
+        self.check(offset, len, false)?;
+        if self.queue_overlaps(offset, len) {
+            self.commit()?;
+        }
+        self.image.extents(offset, len)
+    }
+
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         self.check(offset, data.len() as u64, true)?;
         self.submit(

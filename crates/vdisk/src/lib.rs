@@ -43,7 +43,7 @@ pub use disk::{Disk, TrackingStatus};
 pub use error::{Result, VdiskError};
 pub use image::{is_zero, Image};
 pub use machine::{
-    BackupLink, Checkpoint, CheckpointKind, Consistency, Machine, MachineDisk, ReferencePoint,
-    Store,
+    BackupLink, Checkpoint, CheckpointKind, Consistency, DiskGate, Machine, MachineDisk,
+    ReferencePoint, Store,
 };
 pub use rct::{ChangedRange, Changes, RctError, RctId, TrackingState};

@@ -110,6 +110,26 @@ impl Machine {
 pub struct Store {
     pub fs: Arc<dyn Fs>,
     pub home: PathBuf,
+    /// Who else holds the machines' disks open (the daemon), asked to let
+    /// go of them while an operation changes their files.
+    pub gate: Option<Arc<dyn DiskGate>>,
+}
+
+/// Something that holds machine disks open for writing (the daemon
+/// serving them). Operations that switch or merge a machine's files park
+/// its disks first: in-flight I/O drains, the disks flush and close, new
+/// I/O waits; dropping the returned guard reopens them as the machine
+/// file then says.
+pub trait DiskGate: Send + Sync {
+    fn park(&self, machine: &str) -> Result<Box<dyn std::any::Any>>;
+    /// Runs `f` on the machine's disk if the gate holds it open (`None`
+    /// if it does not): a second handle must not open a held disk.
+    fn with_disk(
+        &self,
+        machine: &str,
+        disk: &str,
+        f: &mut dyn FnMut(&mut crate::Disk) -> Result<()>,
+    ) -> Option<Result<()>>;
 }
 
 pub(crate) fn invalid(why: String) -> VdiskError {
@@ -128,7 +148,38 @@ impl Store {
         Self {
             fs,
             home: home.to_path_buf(),
+            gate: None,
         }
+    }
+
+    /// Runs `f` on a machine disk: the handle the gate holds, or one
+    /// opened (read-only) for the call.
+    pub fn with_disk<T>(
+        &self,
+        m: &Machine,
+        disk: &str,
+        f: impl FnOnce(&mut crate::Disk) -> Result<T>,
+    ) -> Result<T> {
+        let mut f = Some(f);
+        let mut out = None;
+        if let Some(g) = &self.gate {
+            let held = g.with_disk(&m.name, disk, &mut |d| {
+                out = Some(f.take().expect("called once")(d)?);
+                Ok(())
+            });
+            if let Some(r) = held {
+                r?;
+                return Ok(out.expect("set on success"));
+            }
+        }
+        let mut d = self.open_disk(m, disk, false)?;
+        f.take().expect("not called yet")(&mut d)
+    }
+
+    /// Parks the machine's disks held by the gate (if any) until the
+    /// returned guard drops.
+    pub fn park(&self, machine: &str) -> Result<Option<Box<dyn std::any::Any>>> {
+        self.gate.as_ref().map(|g| g.park(machine)).transpose()
     }
 
     fn machines_dir(&self) -> PathBuf {
