@@ -71,6 +71,14 @@ pub trait Storage: Send + Sync {
         Ok(vec![(offset, len)])
     }
 
+    /// Takes an exclusive advisory lock for as long as this handle lives,
+    /// so two writers never open one disk; fails with
+    /// [`io::ErrorKind::WouldBlock`] if another handle holds it. Backends
+    /// without other processes (in-memory ones) have nothing to lock.
+    fn try_lock_exclusive(&self) -> io::Result<()> {
+        Ok(())
+    }
+
     /// Like [`Storage::read_at`], but the part of `buf` past the end of the
     /// file is filled with zeros instead of failing.
     fn read_at_or_zero(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {

@@ -45,6 +45,17 @@ impl Storage for LocalFile {
         self.file.set_len(len)
     }
 
+    /// `flock(LOCK_EX | LOCK_NB)`: held until the file is closed.
+    fn try_lock_exclusive(&self) -> io::Result<()> {
+        self.file.try_lock().map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => io::Error::new(
+                io::ErrorKind::WouldBlock,
+                "the file is locked by another writer",
+            ),
+            std::fs::TryLockError::Error(e) => e,
+        })
+    }
+
     /// Asks the file system for data and holes (`SEEK_DATA`/`SEEK_HOLE`);
     /// file systems without support report the whole range as data.
     fn data_ranges(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, u64)>> {

@@ -37,6 +37,17 @@ impl Image {
             OpenMode::ReadOnly
         };
         let file = fs.open(path, mode).map_err(io("opening"))?;
+        if writable {
+            file.try_lock_exclusive().map_err(|e| {
+                if e.kind() == std::io::ErrorKind::WouldBlock {
+                    VdiskError::Vhdx(vhdx::Error::Locked {
+                        file: path.display().to_string(),
+                    })
+                } else {
+                    io("locking")(e)
+                }
+            })?;
+        }
         let size = file.len().map_err(io("reading the size"))?;
         Ok(Image::Raw { file, size })
     }

@@ -106,6 +106,9 @@ impl Vhdx {
             offset: 0,
             source,
         })?;
+        if writable {
+            lock(&*file, &name)?;
+        }
         let mut v = Self::open_storage(file, name, writable, Strictness::Strict)?;
         v.path = Some(path.to_path_buf());
         Ok(v)
@@ -924,4 +927,22 @@ fn pages_of(u: &LogUpdate) -> Vec<(u64, Box<[u8]>)> {
             })
             .collect(),
     }
+}
+
+/// Takes the writer's advisory lock on a file opened for writing.
+pub(crate) fn lock(file: &dyn Storage, name: &str) -> Result<()> {
+    file.try_lock_exclusive().map_err(|source| {
+        if source.kind() == std::io::ErrorKind::WouldBlock {
+            Error::Locked {
+                file: name.to_string(),
+            }
+        } else {
+            Error::Io {
+                file: name.to_string(),
+                op: "locking",
+                offset: 0,
+                source,
+            }
+        }
+    })
 }

@@ -126,3 +126,27 @@ fn three_level_chain_with_partial_sectors() {
     }
     let _ = Path::new("");
 }
+
+#[test]
+fn a_second_writer_is_refused_by_the_advisory_lock() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("d.vhdx");
+    create(
+        &LocalFs,
+        &p,
+        &opts(8 << 20, 1 << 20, 512, DiskType::Dynamic),
+    )
+    .unwrap()
+    .close()
+    .unwrap();
+    let w = Vhdx::open(&LocalFs, &p, true).unwrap();
+    let e = Vhdx::open(&LocalFs, &p, true)
+        .err()
+        .expect("second writer refused");
+    assert!(matches!(e, vhdx::Error::Locked { .. }), "{e}");
+    assert!(e.to_string().contains("open for writing elsewhere"), "{e}");
+    // Readers are not refused, and the lock goes with the writer.
+    Vhdx::open(&LocalFs, &p, false).unwrap();
+    w.close().unwrap();
+    Vhdx::open(&LocalFs, &p, true).unwrap().close().unwrap();
+}

@@ -305,7 +305,7 @@ mod tests {
         };
         let e = change_extents(50, &c);
         let v: Vec<_> = e.iter().map(|e| (e.length, e.flags)).collect();
-        assert_eq!(v, vec![(50, 1), (250, 0), (700, 1)]);
+        assert_eq!(v, vec![(50, 1), (200, 0), (750, 1)]);
         assert_eq!(e.iter().map(|e| e.length).sum::<u64>(), 1000);
     }
 }
