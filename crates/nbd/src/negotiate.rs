@@ -117,9 +117,8 @@ pub(crate) async fn negotiate(
             }
             NBD_OPT_EXPORT_NAME => {
                 let name = export_name(&data).map_err(|e| HandshakeEnd::Protocol(e.to_string()))?;
-                let device = shared
-                    .exports
-                    .open(&name)
+                let device = open_export(shared, &name)
+                    .await
                     .map_err(|e| HandshakeEnd::Protocol(format!("export {name:?}: {e}")))?;
                 let mut b = Vec::new();
                 b.extend(device.size().to_be_bytes());
@@ -143,7 +142,11 @@ pub(crate) async fn negotiate(
                     .await?;
                     continue;
                 }
-                for e in shared.exports.list() {
+                let exports = shared.exports.clone();
+                let list = tokio::task::spawn_blocking(move || exports.list())
+                    .await
+                    .unwrap_or_default();
+                for e in list {
                     send(
                         &mut s,
                         option,
@@ -201,7 +204,7 @@ pub(crate) async fn negotiate(
                         continue;
                     }
                 };
-                let device = match shared.exports.open(&req.name) {
+                let device = match open_export(shared, &req.name).await {
                     Ok(d) => d,
                     Err(e) => {
                         let msg = format!("export {:?}: {e}", req.name);
@@ -290,7 +293,7 @@ pub(crate) async fn negotiate(
                         continue;
                     }
                 };
-                let device = match shared.exports.open(&req.export) {
+                let device = match open_export(shared, &req.export).await {
                     Ok(d) => d,
                     Err(e) => {
                         let msg = format!("export {:?}: {e}", req.export);
@@ -325,6 +328,16 @@ pub(crate) async fn negotiate(
             }
         }
     }
+}
+
+/// Looks an export up off the async threads (opening a disk does I/O and
+/// may wait for a checkpoint switch).
+async fn open_export(shared: &Shared, name: &str) -> Result<Arc<dyn BlockDevice>, String> {
+    let exports = shared.exports.clone();
+    let name = name.to_string();
+    tokio::task::spawn_blocking(move || exports.open(&name))
+        .await
+        .unwrap_or_else(|_| Err("opening the export failed".into()))
 }
 
 fn session(

@@ -55,15 +55,16 @@ impl Request {
     /// Checks a request against the export; the error is the protocol's
     /// error value for the reply (the request is not executed).
     pub fn validate(&self, size: u64, read_only: bool, structured: bool) -> Result<(), u32> {
-        let allowed = match self.kind {
-            NBD_CMD_READ => NBD_CMD_FLAG_DF,
-            NBD_CMD_WRITE => NBD_CMD_FLAG_FUA,
-            NBD_CMD_WRITE_ZEROES => NBD_CMD_FLAG_FUA | NBD_CMD_FLAG_NO_HOLE,
-            NBD_CMD_TRIM => NBD_CMD_FLAG_FUA,
-            NBD_CMD_BLOCK_STATUS => NBD_CMD_FLAG_REQ_ONE,
-            NBD_CMD_FLUSH | NBD_CMD_CACHE | NBD_CMD_DISC => 0,
-            _ => return Err(NBD_EINVAL),
-        };
+        // FUA is valid on every command (the server MUST accept it, even
+        // by ignoring it; clients are known to set it on reads).
+        let allowed = NBD_CMD_FLAG_FUA
+            | match self.kind {
+                NBD_CMD_READ => NBD_CMD_FLAG_DF,
+                NBD_CMD_WRITE_ZEROES => NBD_CMD_FLAG_NO_HOLE,
+                NBD_CMD_BLOCK_STATUS => NBD_CMD_FLAG_REQ_ONE,
+                NBD_CMD_WRITE | NBD_CMD_TRIM | NBD_CMD_FLUSH | NBD_CMD_CACHE | NBD_CMD_DISC => 0,
+                _ => return Err(NBD_EINVAL),
+            };
         if self.flags & !allowed != 0 {
             return Err(NBD_EINVAL);
         }
@@ -88,7 +89,9 @@ impl Request {
         }
         let end = self.offset.checked_add(self.length as u64);
         if end.is_none_or(|e| e > size) {
-            return Err(if writes { NBD_ENOSPC } else { NBD_EINVAL });
+            // ENOSPC for writes; a read or trim past the end is EINVAL.
+            let write = writes && self.kind != NBD_CMD_TRIM;
+            return Err(if write { NBD_ENOSPC } else { NBD_EINVAL });
         }
         Ok(())
     }

@@ -176,7 +176,12 @@ impl BlockDevice for LiveDevice {
         list_contexts(&ids, query)
     }
     fn has_meta_context(&self, name: &str) -> bool {
-        context_id(name).is_some()
+        // Only IDs the tracking still answers for: a client asking for
+        // another learns at negotiation that there is no such bitmap.
+        context_id(name).is_some_and(|id| {
+            self.with(|d| d.retained_ids())
+                .is_ok_and(|ids| ids.contains(&id))
+        })
     }
     fn meta_extents(&self, name: &str, offset: u64, length: u64) -> DeviceResult<Vec<Extent>> {
         let id = context_id(name)
@@ -273,7 +278,7 @@ impl BlockDevice for FrozenDevice {
         list_contexts(&self.retained(), query)
     }
     fn has_meta_context(&self, name: &str) -> bool {
-        self.tracking.is_some() && context_id(name).is_some()
+        context_id(name).is_some_and(|id| self.retained().contains(&id))
     }
     fn meta_extents(&self, name: &str, offset: u64, length: u64) -> DeviceResult<Vec<Extent>> {
         let id = context_id(name)
