@@ -1,6 +1,16 @@
-//! The transmission phase: requests are read in order, executed
-//! concurrently on blocking threads (up to [`MAX_IN_FLIGHT`] per
-//! connection), and answered as they complete, each reply written whole.
+//! The transmission phase: requests are read in order and handed to the
+//! connection's I/O threads (up to [`MAX_IN_FLIGHT`] in flight); replies
+//! go back to one writer task that writes them whole, as they complete,
+//! batching whatever is ready into one socket write.
+//!
+//! ```text
+//! reader task ──(request, payload)──► I/O threads (WORKERS) ──reply──► writer task
+//!   parse, validate,                   device call                       buffered,
+//!   read payload                       (blocking)                        one flush per batch
+//! ```
+//!
+//! Two hand-offs per request and no task or thread spawned per request:
+//! the cost per 4 KiB request stays a few microseconds.
 
 use crate::device::{DeviceError, DeviceResult, Extent};
 use crate::negotiate::Session;
@@ -9,15 +19,25 @@ use crate::reply;
 use crate::request::Request;
 use crate::server::Stream;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, WriteHalf};
-use tokio::sync::{watch, Mutex, Semaphore};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter, WriteHalf};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 /// Requests one connection may have in flight; more wait to be read.
 pub const MAX_IN_FLIGHT: u32 = 32;
+/// I/O threads per connection: two let a read proceed while another
+/// request waits on the device.
+const WORKERS: usize = 2;
 /// Holes shorter than this are sent as data (a chunk header costs more).
 const MIN_HOLE: u64 = 4096;
 
-type Writer = Arc<Mutex<WriteHalf<Box<dyn Stream>>>>;
+/// A request for the I/O threads: validated (or refused with an error).
+struct Work {
+    req: Request,
+    verdict: Result<(), u32>,
+    payload: Vec<u8>,
+}
+
+type Reply = Vec<Vec<u8>>;
 
 /// Serves requests until the client disconnects, sends NBD_CMD_DISC, breaks
 /// the protocol, or the server shuts down; in-flight requests finish first.
@@ -28,9 +48,29 @@ pub(crate) async fn transmit(
 ) -> std::io::Result<()> {
     let (r, w) = tokio::io::split(stream);
     let mut r = BufReader::with_capacity(256 << 10, r);
-    let writer: Writer = Arc::new(Mutex::new(w));
     let session = Arc::new(session);
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT as usize));
+    let (work_tx, work_rx) = crossbeam_channel::unbounded::<Work>();
+    let (reply_tx, reply_rx) = mpsc::unbounded_channel::<Reply>();
+    let mut workers = Vec::with_capacity(WORKERS);
+    for _ in 0..WORKERS {
+        let (rx, tx, s) = (work_rx.clone(), reply_tx.clone(), session.clone());
+        workers.push(
+            std::thread::Builder::new()
+                .name("nbd-io".into())
+                .spawn(move || {
+                    for w in rx {
+                        // A reply that cannot be sent (the writer gave up)
+                        // still had to be executed: writes are not undone.
+                        let _ = tx.send(run(&s, w));
+                    }
+                })?,
+        );
+    }
+    drop(work_rx);
+    drop(reply_tx);
+    let writer = tokio::spawn(write_replies(w, reply_rx, slots.clone()));
+
     let mut hdr = [0u8; REQUEST_LEN];
     let result = loop {
         let read = tokio::select! {
@@ -78,39 +118,72 @@ pub(crate) async fn transmit(
         if req.kind == NBD_CMD_DISC {
             break Ok(());
         }
-        let permit = slots
-            .clone()
-            .acquire_owned()
+        slots
+            .acquire()
             .await
-            .expect("semaphore is never closed");
-        let writer = writer.clone();
-        let session = session.clone();
-        tokio::spawn(async move {
-            let reply = match verdict {
-                Err(errno) => error_reply(&session, req.cookie, errno, "request refused"),
-                Ok(()) => {
-                    let s = session.clone();
-                    tokio::task::spawn_blocking(move || execute(&s, req, payload))
-                        .await
-                        .unwrap_or_else(|_| {
-                            error_reply(&session, req.cookie, NBD_EIO, "request failed")
-                        })
-                }
-            };
-            let mut w = writer.lock().await;
-            for part in reply {
-                if w.write_all(&part).await.is_err() {
-                    break;
+            .expect("semaphore is never closed")
+            .forget();
+        if work_tx
+            .send(Work {
+                req,
+                verdict,
+                payload,
+            })
+            .is_err()
+        {
+            break Ok(());
+        }
+    };
+    // In-flight requests finish (their replies may still reach the client),
+    // then the threads and the writer end.
+    drop(work_tx);
+    let _ = slots.acquire_many(MAX_IN_FLIGHT).await;
+    let _ =
+        tokio::task::spawn_blocking(move || workers.into_iter().for_each(|w| drop(w.join()))).await;
+    let _ = writer.await;
+    result
+}
+
+/// Writes replies as they come, several per flush when several are ready;
+/// returns each reply's in-flight slot once written (or dropped, when the
+/// client is gone).
+async fn write_replies(
+    w: WriteHalf<Box<dyn Stream>>,
+    mut rx: mpsc::UnboundedReceiver<Reply>,
+    slots: Arc<Semaphore>,
+) {
+    let mut w = BufWriter::with_capacity(256 << 10, w);
+    let mut ok = true;
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            batch.push(more);
+        }
+        for parts in &batch {
+            for p in parts {
+                if ok && w.write_all(p).await.is_err() {
+                    ok = false;
                 }
             }
-            let _ = w.flush().await;
-            drop(permit);
-        });
-    };
-    // Let in-flight requests finish (their replies may still reach the client).
-    let _ = slots.acquire_many(MAX_IN_FLIGHT).await;
-    let _ = writer.lock().await.shutdown().await;
-    result
+        }
+        if ok && w.flush().await.is_err() {
+            ok = false;
+        }
+        slots.add_permits(batch.len());
+    }
+    let _ = w.shutdown().await;
+}
+
+/// Executes one request on an I/O thread; a panicking device answers EIO.
+fn run(s: &Session, w: Work) -> Reply {
+    let cookie = w.req.cookie;
+    match w.verdict {
+        Err(errno) => error_reply(s, cookie, errno, "request refused"),
+        Ok(()) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            execute(s, w.req, w.payload)
+        }))
+        .unwrap_or_else(|_| error_reply(s, cookie, NBD_EIO, "request failed")),
+    }
 }
 
 /// Runs one validated request; returns the reply's parts, in order.

@@ -151,6 +151,19 @@ impl Disk {
 
     // ---- I/O ----
 
+    /// Reads without exclusive access, so readers can run in parallel;
+    /// `None` when queued writes overlap the range (then use
+    /// [`Disk::read`], which commits them first).
+    pub fn read_shared(&self, offset: u64, buf: &mut [u8]) -> Option<Result<()>> {
+        if let Err(e) = self.check(offset, buf.len() as u64, false) {
+            return Some(Err(e));
+        }
+        if self.queue_overlaps(offset, buf.len() as u64) {
+            return None;
+        }
+        Some(self.image.read(&self.name, offset, buf))
+    }
+
     pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.check(offset, buf.len() as u64, false)?;
         if self.queue_overlaps(offset, buf.len() as u64) {

@@ -370,7 +370,7 @@ async fn on_disk(
             return Err(not_found(format!("machine {machine} has no disk {disk:?}")));
         }
         let slot = api.registry.slot(&machine, &disk)?;
-        let mut g = slot.lock();
+        let mut g = slot.write();
         let d = g.as_mut().ok_or_else(|| {
             ApiError(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -106,7 +106,7 @@ pub struct LiveDevice {
 impl LiveDevice {
     pub fn new(export: String, slot: Slot) -> Result<Self, String> {
         let size = slot
-            .lock()
+            .read()
             .as_ref()
             .map(|d| d.size())
             .ok_or("the disk could not be reopened; see the daemon's log")?;
@@ -114,7 +114,7 @@ impl LiveDevice {
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Disk) -> vdisk::Result<T>) -> DeviceResult<T> {
-        let mut g = self.slot.lock();
+        let mut g = self.slot.write();
         let d = g.as_mut().ok_or_else(|| {
             DeviceError::new(
                 NBD_EIO,
@@ -147,6 +147,13 @@ impl BlockDevice for LiveDevice {
         Some(format!("{} (live, tracked)", self.export))
     }
     fn read(&self, offset: u64, buf: &mut [u8]) -> DeviceResult<()> {
+        // Shared first: reads run in parallel unless a queued write
+        // overlaps them.
+        if let Some(d) = self.slot.read().as_ref() {
+            if let Some(r) = d.read_shared(offset, buf) {
+                return r.map_err(device_error);
+            }
+        }
         self.with(|d| d.read(offset, buf))
     }
     fn write(&self, offset: u64, data: &[u8], fua: bool) -> DeviceResult<()> {
@@ -207,7 +214,7 @@ impl FrozenDevice {
             .as_ref()
             .ok_or_else(|| DeviceError::invalid("this export has no change tracking"))?;
         let slot = reg.slot(m, d).map_err(device_error)?;
-        let mut g = slot.lock();
+        let mut g = slot.write();
         let disk = g
             .as_mut()
             .ok_or_else(|| DeviceError::io(format!("{m}/{d} is not open")))?;
@@ -221,7 +228,7 @@ impl FrozenDevice {
         let Ok(slot) = reg.slot(m, d) else {
             return Vec::new();
         };
-        let mut g = slot.lock();
+        let mut g = slot.write();
         let ids = g
             .as_mut()
             .and_then(|d| d.retained_ids().ok())

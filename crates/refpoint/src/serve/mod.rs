@@ -10,7 +10,7 @@
 //!                                                          │       ▼
 //!                                  gated Store (checkpoints, ──► Registry: one slot
 //!                                  merges, backups park the       per machine disk,
-//!                                  machine's slots)               Mutex<Option<Disk>>
+//!                                  machine's slots)               RwLock<Option<Disk>>
 //! ```
 //!
 //! Shutdown (SIGTERM, SIGINT, `POST /v1/shutdown`): stop accepting, let

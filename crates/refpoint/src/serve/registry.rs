@@ -2,15 +2,16 @@
 //! first use. Implements [`DiskGate`] so machine operations (checkpoints,
 //! merges, backups) can park a machine's disks while they switch files.
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::thread::ThreadId;
 use vdisk::{Disk, DiskGate, Store, VdiskError};
 
-/// One live disk: `None` while it could not be (re)opened.
-pub type Slot = Arc<Mutex<Option<Disk>>>;
-type SlotGuard = parking_lot::ArcMutexGuard<parking_lot::RawMutex, Option<Disk>>;
+/// One live disk: `None` while it could not be (re)opened. Reads that
+/// meet no queued write share it; everything else takes it exclusively.
+pub type Slot = Arc<RwLock<Option<Disk>>>;
+type SlotGuard = parking_lot::ArcRwLockWriteGuard<parking_lot::RawRwLock, Option<Disk>>;
 
 pub struct Registry {
     /// The store without a gate: the daemon itself works on the files.
@@ -59,7 +60,7 @@ impl Registry {
         }
         let m = self.store.load(machine)?;
         let d = self.store.open_disk(&m, disk, true)?;
-        let slot: Slot = Arc::new(Mutex::new(Some(d)));
+        let slot: Slot = Arc::new(RwLock::new(Some(d)));
         slots.insert(key, slot.clone());
         Ok(slot)
     }
@@ -90,7 +91,7 @@ impl Registry {
             .collect();
         let mut problems = Vec::new();
         for ((m, d), slot) in slots {
-            if let Some(disk) = slot.lock().take() {
+            if let Some(disk) = slot.write().take() {
                 if let Err(e) = disk.close() {
                     problems.push(format!("{m}/{d}: {e}"));
                 }
@@ -104,7 +105,7 @@ impl Registry {
         self.slots
             .lock()
             .values()
-            .filter(|s| s.lock().is_some())
+            .filter(|s| s.read().is_some())
             .count()
     }
 
@@ -118,7 +119,7 @@ impl Registry {
             .collect();
         let mut problems = Vec::new();
         for ((m, d), slot) in slots {
-            if let Some(disk) = slot.lock().as_mut() {
+            if let Some(disk) = slot.write().as_mut() {
                 if let Err(e) = disk.flush() {
                     problems.push(format!("{m}/{d}: {e}"));
                 }
@@ -192,7 +193,7 @@ impl DiskGate for Gate {
         let mut failure = None;
         for (name, slot) in r.machine_slots(machine) {
             // Waits for the request in flight on this disk; new ones wait.
-            let mut g = slot.lock_arc();
+            let mut g = slot.write_arc();
             if let Some(d) = g.take() {
                 if let Err(e) = d.close() {
                     failure.get_or_insert(e);
@@ -225,7 +226,7 @@ impl DiskGate for Gate {
             return None;
         }
         let slot = r.slot(machine, disk).ok()?;
-        let mut g = slot.lock();
+        let mut g = slot.write();
         g.as_mut().map(f)
     }
 }
