@@ -1,16 +1,19 @@
-//! The transmission phase: requests are read in order and handed to the
-//! connection's I/O threads (up to [`MAX_IN_FLIGHT`] in flight); replies
-//! go back to one writer task that writes them whole, as they complete,
-//! batching whatever is ready into one socket write.
+//! The transmission phase. One task per connection reads requests into a
+//! buffer and parses as many as arrived; plain writes (no FUA) run inline
+//! (they only reach the page cache), everything else goes to the
+//! connection's I/O threads, so reads, flushes and block-status queries
+//! run in parallel (up to [`MAX_IN_FLIGHT`]). The same task writes every
+//! reply, whole, and flushes the socket once per batch.
 //!
 //! ```text
-//! reader task ──(request, payload)──► I/O threads (WORKERS) ──reply──► writer task
-//!   parse, validate,                   device call                       buffered,
-//!   read payload                       (blocking)                        one flush per batch
+//! socket ─► buffer ─► parse ─┬─ WRITE (no FUA), refusals: run inline ─┐
+//!                            └─ other requests ─► I/O threads ────────┤ reply
+//!                                                   (WORKERS)          ▼
+//! socket ◄──────────────── one buffered write + flush per batch ◄─────┘
 //! ```
 //!
-//! Two hand-offs per request and no task or thread spawned per request:
-//! the cost per 4 KiB request stays a few microseconds.
+//! A random 4 KiB writer costs no thread hand-off at all; a hand-off costs
+//! more than the write itself.
 
 use crate::device::{DeviceError, DeviceResult, Extent};
 use crate::negotiate::Session;
@@ -19,16 +22,18 @@ use crate::reply;
 use crate::request::Request;
 use crate::server::Stream;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader, BufWriter, WriteHalf};
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter, WriteHalf};
+use tokio::sync::{mpsc, watch};
 
-/// Requests one connection may have in flight; more wait to be read.
+/// Requests one connection may have on its I/O threads; more wait to be read.
 pub const MAX_IN_FLIGHT: u32 = 32;
-/// I/O threads per connection: two let a read proceed while another
-/// request waits on the device.
+/// I/O threads per connection: reads proceed while another request waits
+/// on the device.
 const WORKERS: usize = 2;
 /// Holes shorter than this are sent as data (a chunk header costs more).
 const MIN_HOLE: u64 = 4096;
+/// How much the input buffer asks the socket for at a time.
+const READ_CHUNK: usize = 256 << 10;
 
 /// A request for the I/O threads: validated (or refused with an error).
 struct Work {
@@ -39,6 +44,89 @@ struct Work {
 
 type Reply = Vec<Vec<u8>>;
 
+/// Whether a request runs on the reading task: cheap and never waiting on
+/// the disk (a refusal, or a write that only reaches the page cache).
+fn inline(w: &Work) -> bool {
+    w.verdict.is_err() || (w.req.kind == NBD_CMD_WRITE && w.req.flags & NBD_CMD_FLAG_FUA == 0)
+}
+
+/// What the parser found in the input buffer.
+enum Parsed {
+    Request(Work),
+    /// Not a whole request yet.
+    NeedMore,
+    /// Disconnect (NBD_CMD_DISC or a broken framing).
+    Close,
+}
+
+/// The connection's input: bytes read, the parse position, and how much
+/// of a refused write's payload is still to be skipped.
+struct Input {
+    buf: Vec<u8>,
+    pos: usize,
+    skip: u64,
+}
+
+impl Input {
+    fn parse(&mut self, s: &Session) -> Parsed {
+        if self.skip > 0 {
+            let n = (self.skip as usize).min(self.buf.len() - self.pos);
+            self.pos += n;
+            self.skip -= n as u64;
+            if self.skip > 0 {
+                return Parsed::NeedMore;
+            }
+        }
+        let avail = &self.buf[self.pos..];
+        if avail.len() < REQUEST_LEN {
+            return Parsed::NeedMore;
+        }
+        let req = match Request::parse(avail[..REQUEST_LEN].try_into().unwrap()) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(export = %s.export, "closing connection: {e}");
+                return Parsed::Close;
+            }
+        };
+        let dev = &s.device;
+        let verdict = req.validate(dev.size(), dev.read_only(), s.structured);
+        let plen = req.payload_len() as usize;
+        if verdict.is_err() && plen > 0 {
+            // A refused write's payload is skipped, not buffered (it may
+            // claim 4 GiB), so the stream stays in sync.
+            self.pos += REQUEST_LEN;
+            self.skip = plen as u64;
+            return Parsed::Request(Work {
+                req,
+                verdict,
+                payload: Vec::new(),
+            });
+        }
+        if avail.len() < REQUEST_LEN + plen {
+            self.buf.reserve(REQUEST_LEN + plen - avail.len());
+            return Parsed::NeedMore;
+        }
+        let payload = avail[REQUEST_LEN..REQUEST_LEN + plen].to_vec();
+        self.pos += REQUEST_LEN + plen;
+        if req.kind == NBD_CMD_DISC {
+            return Parsed::Close;
+        }
+        Parsed::Request(Work {
+            req,
+            verdict,
+            payload,
+        })
+    }
+
+    /// Drops parsed bytes once they are the bigger part of the buffer.
+    fn compact(&mut self) {
+        if self.pos > 0 && self.pos * 2 >= self.buf.len() {
+            self.buf.drain(..self.pos);
+            self.pos = 0;
+        }
+    }
+}
+
 /// Serves requests until the client disconnects, sends NBD_CMD_DISC, breaks
 /// the protocol, or the server shuts down; in-flight requests finish first.
 pub(crate) async fn transmit(
@@ -46,12 +134,11 @@ pub(crate) async fn transmit(
     session: Session,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let (r, w) = tokio::io::split(stream);
-    let mut r = BufReader::with_capacity(256 << 10, r);
+    let (mut r, w) = tokio::io::split(stream);
+    let mut w = BufWriter::with_capacity(256 << 10, w);
     let session = Arc::new(session);
-    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT as usize));
     let (work_tx, work_rx) = crossbeam_channel::unbounded::<Work>();
-    let (reply_tx, reply_rx) = mpsc::unbounded_channel::<Reply>();
+    let (reply_tx, mut reply_rx) = mpsc::unbounded_channel::<Reply>();
     let mut workers = Vec::with_capacity(WORKERS);
     for _ in 0..WORKERS {
         let (rx, tx, s) = (work_rx.clone(), reply_tx.clone(), session.clone());
@@ -60,121 +147,103 @@ pub(crate) async fn transmit(
                 .name("nbd-io".into())
                 .spawn(move || {
                     for w in rx {
-                        // A reply that cannot be sent (the writer gave up)
-                        // still had to be executed: writes are not undone.
+                        // A reply that cannot be sent (the connection is
+                        // gone) still had to be executed: writes stand.
                         let _ = tx.send(run(&s, w));
                     }
                 })?,
         );
     }
-    drop(work_rx);
-    drop(reply_tx);
-    let writer = tokio::spawn(write_replies(w, reply_rx, slots.clone()));
+    drop((work_rx, reply_tx));
 
-    let mut hdr = [0u8; REQUEST_LEN];
-    let result = loop {
-        let read = tokio::select! {
-            biased;
-            _ = shutdown.wait_for(|s| *s) => break Ok(()),
-            r = r.read_exact(&mut hdr) => r,
-        };
-        if let Err(e) = read {
-            break if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                Ok(())
-            } else {
-                Err(e)
-            };
-        }
-        let req = match Request::parse(&hdr) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::warn!(export = %session.export, "closing connection: {e}");
-                break Ok(());
-            }
-        };
-        let device = &session.device;
-        let verdict = req.validate(device.size(), device.read_only(), session.structured);
-        let payload_len = req.payload_len();
-        let payload = if payload_len > 0 && verdict.is_ok() {
-            let mut p = vec![0u8; payload_len as usize];
-            if let Err(e) = r.read_exact(&mut p).await {
-                break Err(e);
-            }
-            p
-        } else {
-            // A refused write's payload is skipped so the stream stays in sync.
-            if payload_len > 0 {
-                let n = tokio::io::copy(
-                    &mut (&mut r).take(payload_len as u64),
-                    &mut tokio::io::sink(),
-                )
-                .await?;
-                if n != payload_len as u64 {
-                    break Ok(());
-                }
-            }
-            Vec::new()
-        };
-        if req.kind == NBD_CMD_DISC {
-            break Ok(());
-        }
-        slots
-            .acquire()
-            .await
-            .expect("semaphore is never closed")
-            .forget();
-        if work_tx
-            .send(Work {
-                req,
-                verdict,
-                payload,
-            })
-            .is_err()
-        {
-            break Ok(());
-        }
+    let mut input = Input {
+        buf: Vec::with_capacity(READ_CHUNK),
+        pos: 0,
+        skip: 0,
     };
-    // In-flight requests finish (their replies may still reach the client),
-    // then the threads and the writer end.
-    drop(work_tx);
-    let _ = slots.acquire_many(MAX_IN_FLIGHT).await;
-    let _ =
-        tokio::task::spawn_blocking(move || workers.into_iter().for_each(|w| drop(w.join()))).await;
-    let _ = writer.await;
-    result
-}
-
-/// Writes replies as they come, several per flush when several are ready;
-/// returns each reply's in-flight slot once written (or dropped, when the
-/// client is gone).
-async fn write_replies(
-    w: WriteHalf<Box<dyn Stream>>,
-    mut rx: mpsc::UnboundedReceiver<Reply>,
-    slots: Arc<Semaphore>,
-) {
-    let mut w = BufWriter::with_capacity(256 << 10, w);
-    let mut ok = true;
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while let Ok(more) = rx.try_recv() {
-            batch.push(more);
-        }
-        for parts in &batch {
-            for p in parts {
-                if ok && w.write_all(p).await.is_err() {
-                    ok = false;
+    let mut in_flight = 0u32;
+    let mut unflushed = false;
+    // `Some` once the connection is to end: how it ended.
+    let mut end: Option<std::io::Result<()>> = None;
+    let mut writable = true;
+    while end.is_none() {
+        // Everything already received: run or dispatch.
+        while in_flight < MAX_IN_FLIGHT {
+            match input.parse(&session) {
+                Parsed::NeedMore => break,
+                Parsed::Close => {
+                    end = Some(Ok(()));
+                    break;
+                }
+                Parsed::Request(work) if inline(&work) => {
+                    let reply = run(&session, work);
+                    writable = writable && write_reply(&mut w, &reply).await;
+                    unflushed = true;
+                }
+                Parsed::Request(work) => {
+                    in_flight += 1;
+                    let _ = work_tx.send(work);
                 }
             }
         }
-        if ok && w.flush().await.is_err() {
-            ok = false;
+        input.compact();
+        if end.is_some() {
+            break;
         }
-        slots.add_permits(batch.len());
+        if unflushed && reply_rx.is_empty() {
+            writable = writable && w.flush().await.is_ok();
+            unflushed = false;
+        }
+        if !writable {
+            // The client stopped reading: nothing more it sends is useful.
+            end = Some(Ok(()));
+            break;
+        }
+        input.buf.reserve(READ_CHUNK);
+        tokio::select! {
+            biased;
+            _ = async { drop(shutdown.wait_for(|s| *s).await) } => end = Some(Ok(())),
+            Some(reply) = reply_rx.recv(), if in_flight > 0 => {
+                in_flight -= 1;
+                writable = write_reply(&mut w, &reply).await;
+                unflushed = true;
+            }
+            n = r.read_buf(&mut input.buf), if in_flight < MAX_IN_FLIGHT => match n {
+                Ok(0) => end = Some(Ok(())),
+                Ok(_) => {}
+                Err(e) => end = Some(Err(e)),
+            },
+        }
+    }
+    // In-flight requests finish; their replies still go out if they can.
+    drop(work_tx);
+    while in_flight > 0 {
+        let Some(reply) = reply_rx.recv().await else {
+            break;
+        };
+        in_flight -= 1;
+        writable = writable && write_reply(&mut w, &reply).await;
+    }
+    if writable {
+        let _ = w.flush().await;
     }
     let _ = w.shutdown().await;
+    let _ =
+        tokio::task::spawn_blocking(move || workers.into_iter().for_each(|t| drop(t.join()))).await;
+    end.unwrap_or(Ok(()))
 }
 
-/// Executes one request on an I/O thread; a panicking device answers EIO.
+/// Writes one reply whole (into the buffer); false once the socket failed.
+async fn write_reply(w: &mut BufWriter<WriteHalf<Box<dyn Stream>>>, parts: &Reply) -> bool {
+    for p in parts {
+        if w.write_all(p).await.is_err() {
+            return false;
+        }
+    }
+    true
+}
+
+/// Executes one request; a panicking device answers EIO.
 fn run(s: &Session, w: Work) -> Reply {
     let cookie = w.req.cookie;
     match w.verdict {

@@ -62,7 +62,12 @@ pub struct ServeOptions {
 }
 
 pub fn run(o: ServeOptions) -> Result<()> {
+    // Plain NBD writes run on the connection's task and may wait for the
+    // disk (page-cache throttling, a checkpoint switch): more workers than
+    // CPUs keep the other connections and the API going meanwhile.
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads((cpus * 2).max(4))
         .enable_all()
         .thread_name("refpoint-serve")
         .build()?;
