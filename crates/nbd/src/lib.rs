@@ -11,9 +11,9 @@
 //!             LIST/SET_META_CONTEXT · ABORT · GO / EXPORT_NAME ──┐
 //!                                                                 ▼
 //! transmit                                                  (transmit.rs)
-//!   read request ─► validate ─► blocking pool: device call ─► reply
-//!   (in order)      (range, flags,   (≤ 32 in flight per       (written whole,
-//!                    read-only)       connection)               any order)
+//!   read requests ─► validate ─► small writes: inline    ─► replies
+//!   (buffered,       (range, flags,  others: I/O threads      (written whole,
+//!    in order)        read-only)     (≤ 32 in flight)          one flush per batch)
 //!   READ: structured chunks, holes as OFFSET_HOLE · WRITE(+FUA) · FLUSH ·
 //!   TRIM · WRITE_ZEROES · CACHE · BLOCK_STATUS (base:allocation and the
 //!   device's own contexts) · DISC
