@@ -3,7 +3,7 @@
 //! NBD_OPT_EXPORT_NAME enters transmission.
 
 use crate::device::BlockDevice;
-use crate::option::{export_name, InfoRequest, MetaRequest};
+use crate::option::{export_name, InfoRequest, MetaRequest, OptionError};
 use crate::proto::*;
 use crate::reply;
 use crate::server::{Shared, Stream};
@@ -191,26 +191,10 @@ pub(crate) async fn negotiate(
                 };
             }
             NBD_OPT_INFO | NBD_OPT_GO => {
-                let req = match InfoRequest::parse(&data) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        send(
-                            &mut s,
-                            option,
-                            NBD_REP_ERR_INVALID,
-                            e.to_string().as_bytes(),
-                        )
-                        .await?;
-                        continue;
-                    }
-                };
-                let device = match open_export(shared, &req.name).await {
-                    Ok(d) => d,
-                    Err(e) => {
-                        let msg = format!("export {:?}: {e}", req.name);
-                        send(&mut s, option, NBD_REP_ERR_UNKNOWN, msg.as_bytes()).await?;
-                        continue;
-                    }
+                let Some((req, device)) =
+                    option_export(&mut s, shared, option, InfoRequest::parse(&data)).await?
+                else {
+                    continue;
                 };
                 let flags = transmission_flags(&*device, st.structured);
                 send(
@@ -280,26 +264,10 @@ pub(crate) async fn negotiate(
                     .await?;
                     continue;
                 }
-                let req = match MetaRequest::parse(&data) {
-                    Ok(r) => r,
-                    Err(e) => {
-                        send(
-                            &mut s,
-                            option,
-                            NBD_REP_ERR_INVALID,
-                            e.to_string().as_bytes(),
-                        )
-                        .await?;
-                        continue;
-                    }
-                };
-                let device = match open_export(shared, &req.export).await {
-                    Ok(d) => d,
-                    Err(e) => {
-                        let msg = format!("export {:?}: {e}", req.export);
-                        send(&mut s, option, NBD_REP_ERR_UNKNOWN, msg.as_bytes()).await?;
-                        continue;
-                    }
+                let Some((req, device)) =
+                    option_export(&mut s, shared, option, MetaRequest::parse(&data)).await?
+                else {
+                    continue;
                 };
                 let names = if set {
                     select_contexts(&*device, &req.queries)
@@ -326,6 +294,46 @@ pub(crate) async fn negotiate(
                 let msg = format!("option {option} is not supported");
                 send(&mut s, option, NBD_REP_ERR_UNSUP, msg.as_bytes()).await?;
             }
+        }
+    }
+}
+
+/// An option payload that names an export.
+trait NamesExport {
+    fn export(&self) -> &str;
+}
+impl NamesExport for InfoRequest {
+    fn export(&self) -> &str {
+        &self.name
+    }
+}
+impl NamesExport for MetaRequest {
+    fn export(&self) -> &str {
+        &self.export
+    }
+}
+
+/// The parsed option and its export; on a bad payload or an unknown
+/// export, sends NBD_REP_ERR_INVALID or NBD_REP_ERR_UNKNOWN and gives `None`.
+async fn option_export<T: NamesExport>(
+    s: &mut Box<dyn Stream>,
+    shared: &Shared,
+    option: u32,
+    parsed: Result<T, OptionError>,
+) -> std::io::Result<Option<(T, Arc<dyn BlockDevice>)>> {
+    let req = match parsed {
+        Ok(r) => r,
+        Err(e) => {
+            send(s, option, NBD_REP_ERR_INVALID, e.to_string().as_bytes()).await?;
+            return Ok(None);
+        }
+    };
+    match open_export(shared, req.export()).await {
+        Ok(d) => Ok(Some((req, d))),
+        Err(e) => {
+            let msg = format!("export {:?}: {e}", req.export());
+            send(s, option, NBD_REP_ERR_UNKNOWN, msg.as_bytes()).await?;
+            Ok(None)
         }
     }
 }

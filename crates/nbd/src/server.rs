@@ -54,19 +54,11 @@ impl Server {
     /// Serves a unix socket (no TLS needed: the socket's permissions guard
     /// it) until shutdown; returns when every connection has ended.
     pub async fn serve_unix(&self, listener: UnixListener) -> std::io::Result<()> {
-        let mut conns = JoinSet::new();
-        let mut stop = self.shutdown.subscribe();
-        loop {
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => break,
-                r = listener.accept() => match r {
-                    Ok((s, _)) => { conns.spawn(self.clone().connection(Box::new(s), false)); }
-                    Err(e) => tracing::warn!("accepting on the unix socket: {e}"),
-                },
-                Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            }
-        }
-        while conns.join_next().await.is_some() {}
+        self.accept_loop(false, || async {
+            let (s, _) = listener.accept().await?;
+            Ok(Box::new(s) as Box<dyn Stream>)
+        })
+        .await;
         Ok(())
     }
 
@@ -83,24 +75,39 @@ impl Server {
                 "TLS is required on this listener but no certificate was configured",
             ));
         }
+        self.accept_loop(tls_required, || async {
+            let (s, peer) = listener.accept().await?;
+            let _ = s.set_nodelay(true);
+            tracing::debug!("connection from {peer}");
+            Ok(Box::new(s) as Box<dyn Stream>)
+        })
+        .await;
+        Ok(())
+    }
+
+    /// Accepts connections until shutdown, then waits for them to end.
+    async fn accept_loop<F, Fut>(&self, tls_required: bool, accept: F)
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = std::io::Result<Box<dyn Stream>>>,
+    {
         let mut conns = JoinSet::new();
         let mut stop = self.shutdown.subscribe();
         loop {
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => break,
-                r = listener.accept() => match r {
-                    Ok((s, peer)) => {
-                        let _ = s.set_nodelay(true);
-                        tracing::debug!("connection from {peer}");
-                        conns.spawn(self.clone().connection(Box::new(s), tls_required));
+                r = accept() => match r {
+                    Ok(s) => { conns.spawn(self.clone().connection(s, tls_required)); }
+                    Err(e) => {
+                        // E.g. out of file descriptors: back off instead of spinning.
+                        tracing::warn!("accepting a connection: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
-                    Err(e) => tracing::warn!("accepting on TCP: {e}"),
                 },
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
             }
         }
         while conns.join_next().await.is_some() {}
-        Ok(())
     }
 
     /// Serves one already-connected stream (tests, fuzzing, inetd-style use).

@@ -659,6 +659,11 @@ fn machine_cmd(c: MachineCmd) -> Result<ExitCode> {
             }
         }
         MachineCmd::Remove { name } => {
+            if refpoint::machines::daemon().is_some() {
+                anyhow::bail!(
+                    "the refpoint daemon is serving the machines of this state directory; stop it (refpoint serve --stop) before removing {name}"
+                );
+            }
             st.remove(&name)?;
             println!("removed machine {name} (its disk files are untouched)");
         }
