@@ -95,7 +95,7 @@ impl Server {
         let mut stop = self.shutdown.subscribe();
         loop {
             tokio::select! {
-                _ = stop.wait_for(|s| *s) => break,
+                _ = async { drop(stop.wait_for(|s| *s).await) } => break,
                 r = accept() => match r {
                     Ok(s) => { conns.spawn(self.clone().connection(s, tls_required)); }
                     Err(e) => {

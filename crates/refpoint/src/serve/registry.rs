@@ -102,11 +102,10 @@ impl Registry {
 
     /// How many disks are open.
     pub fn open_count(&self) -> usize {
-        self.slots
-            .lock()
-            .values()
-            .filter(|s| s.read().is_some())
-            .count()
+        // Never wait on a slot while holding the map: a parked machine's
+        // guard takes the map while holding its slots.
+        let slots: Vec<Slot> = self.slots.lock().values().cloned().collect();
+        slots.iter().filter(|s| s.read().is_some()).count()
     }
 
     /// Flushes every open disk.
