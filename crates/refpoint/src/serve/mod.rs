@@ -129,6 +129,12 @@ async fn serve(o: ServeOptions) -> Result<()> {
     if (o.listen.is_some() || o.api_listen.is_some()) && tls.is_none() {
         bail!("listening on TCP needs TLS: give --tls-cert and --tls-key (PEM files)");
     }
+    // Before binding anything or opening disks: a bad token file leaves
+    // no sockets behind.
+    let api_token = match o.api_listen {
+        Some(_) => Some(Arc::new(token(&o)?)),
+        None => None,
+    };
     let nbd_listener = bind_unix(&o.nbd_socket).await?;
     let api_listener = bind_unix(&o.api_socket).await?;
 
@@ -183,7 +189,7 @@ async fn serve(o: ServeOptions) -> Result<()> {
     }
     if let Some(addr) = o.api_listen {
         let mut state = api_state.clone();
-        state.token = Some(Arc::new(token(&o)?));
+        state.token = api_token;
         let l = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("listening on {addr}"))?;
