@@ -135,8 +135,31 @@ async fn serve(o: ServeOptions) -> Result<()> {
         Some(_) => Some(Arc::new(token(&o)?)),
         None => None,
     };
+    // TCP first: a port in use fails before any socket file exists.
+    let nbd_tcp = match o.listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr}"))?,
+        ),
+        None => None,
+    };
+    let api_tcp = match o.api_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("listening on {addr}"))?,
+        ),
+        None => None,
+    };
     let nbd_listener = bind_unix(&o.nbd_socket).await?;
-    let api_listener = bind_unix(&o.api_socket).await?;
+    let api_listener = match bind_unix(&o.api_socket).await {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = std::fs::remove_file(&o.nbd_socket);
+            return Err(e);
+        }
+    };
 
     let store = Store::new(Arc::new(LocalFs), &o.home);
     let registry = registry::Registry::new(store);
@@ -168,10 +191,7 @@ async fn serve(o: ServeOptions) -> Result<()> {
                 .map_err(anyhow::Error::from)
         });
     }
-    if let Some(addr) = o.listen {
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("listening on {addr}"))?;
+    if let Some(l) = nbd_tcp {
         eprintln!("NBD on {} (TLS required)", l.local_addr()?);
         let s = server.clone();
         tasks.spawn(async move { s.serve_tcp(l, true).await.map_err(anyhow::Error::from) });
@@ -187,12 +207,9 @@ async fn serve(o: ServeOptions) -> Result<()> {
                 .map_err(anyhow::Error::from)
         });
     }
-    if let Some(addr) = o.api_listen {
+    if let Some(l) = api_tcp {
         let mut state = api_state.clone();
         state.token = api_token;
-        let l = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("listening on {addr}"))?;
         eprintln!("API on https://{} (token required)", l.local_addr()?);
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone().expect("checked above"));
         tasks.spawn(client::serve_api_tls(
