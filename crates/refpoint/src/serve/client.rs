@@ -155,7 +155,12 @@ pub async fn serve_api_tls(
         let acceptor = acceptor.clone();
         let router = router.clone();
         tokio::spawn(async move {
-            let Ok(tls) = acceptor.accept(s).await else {
+            let Ok(tls) =
+                tokio::time::timeout(std::time::Duration::from_secs(30), acceptor.accept(s))
+                    .await
+                    .map_err(|_| ())
+                    .and_then(|r| r.map_err(|_| ()))
+            else {
                 return;
             };
             let svc = hyper_util::service::TowerToHyperService::new(router);
