@@ -28,20 +28,22 @@
 //! flush its output, so its time includes an fdatasync of it. The content
 //! of every incremental point is checked against the disk (untimed).
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use clap::Parser;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 use storage::LocalFs;
 use vhdx::{Chain, Source, Vhdx};
+
+use refpoint_bench::runner::{median, run};
+use refpoint_bench::setup::{drop_cached, parse_size, Binaries, WorkDir};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -83,33 +85,8 @@ struct Opts {
     /// Keep the work directory.
     #[arg(long)]
     keep: bool,
-    /// The refpoint binary [default: target/release/refpoint, built first].
-    #[arg(long)]
-    refpoint: Option<PathBuf>,
-    /// The qemu-img to compare against.
-    #[arg(long, default_value = "/usr/bin/qemu-img")]
-    qemu_img: PathBuf,
-}
-
-fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m = match c.to_ascii_uppercase() {
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => return Err(format!("unknown size suffix in {s:?} (K, M, G, T)")),
-            };
-            (&s[..i], m)
-        }
-        _ => (s, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| format!("{s:?} is not a size"))
+    #[command(flatten)]
+    bin: Binaries,
 }
 
 struct Bench {
@@ -160,27 +137,13 @@ fn main() -> Result<()> {
     );
     ensure!(rounds >= 1, "--rounds must be at least 1");
 
-    let refpoint = match o.refpoint {
-        Some(p) => p,
-        None => build_refpoint()?,
-    };
-    let qv = run(Command::new(&o.qemu_img).arg("--version"))?;
-    let (tmp, dir) = match &o.dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            (None, std::fs::canonicalize(d)?)
-        }
-        None => {
-            let t = tempfile::Builder::new()
-                .prefix("refpoint-backup-bench.")
-                .tempdir_in("/var/tmp")?;
-            let p = t.path().to_path_buf();
-            (Some(t), p)
-        }
-    };
+    let refpoint = o.bin.refpoint()?;
+    let qv = run(Command::new(&o.bin.qemu_img).arg("--version"))?;
+    let work = WorkDir::new(o.dir.as_deref(), "refpoint-backup-bench.")?;
+    let dir = work.path().to_path_buf();
     let b = Bench {
         refpoint,
-        qemu_img: o.qemu_img.clone(),
+        qemu_img: o.bin.qemu_img.clone(),
         home: dir.join("home"),
         disk: dir.join("disk.vhdx"),
         repo: dir.join("repo"),
@@ -303,51 +266,9 @@ fn main() -> Result<()> {
     });
 
     if o.keep {
-        if let Some(t) = tmp {
-            let p = t.keep();
-            eprintln!("work files kept in {}", p.display());
-        }
+        work.keep();
     }
     Ok(())
-}
-
-/// Builds the release refpoint binary and returns its path (next to this
-/// benchmark's own binary).
-fn build_refpoint() -> Result<PathBuf> {
-    eprintln!("cargo build --release -p refpoint…");
-    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "-p", "refpoint"])
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .status()
-        .context("cannot run cargo")?;
-    ensure!(st.success(), "cargo build --release -p refpoint failed");
-    let exe = std::env::current_exe()?;
-    let p = exe
-        .parent()
-        .context("the benchmark binary has no directory")?
-        .join("refpoint");
-    ensure!(
-        p.exists(),
-        "{} does not exist; give --refpoint",
-        p.display()
-    );
-    Ok(p)
-}
-
-/// Runs `cmd`; its stdout, or an error with its output.
-fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Deterministic, incompressible content: one SplitMix64 value per 8
@@ -473,13 +394,8 @@ impl Bench {
                 } else if t.is_file() {
                     let f = File::open(e.path())?;
                     f.sync_data()?;
-                    nix::fcntl::posix_fadvise(
-                        f.as_raw_fd(),
-                        0,
-                        0,
-                        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-                    )
-                    .with_context(|| format!("posix_fadvise {}", e.path().display()))?;
+                    drop_cached(&f)
+                        .with_context(|| format!("posix_fadvise {}", e.path().display()))?;
                 }
             }
             Ok(())
@@ -579,16 +495,6 @@ struct Report<'a> {
     rounds: &'a [Round],
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn human(b: u64) -> String {
     let b = b as f64;
     if b >= GIB as f64 {
@@ -667,11 +573,12 @@ fn report(r: &Report) {
             x.incr.wall / x.floor,
         );
     }
-    let incr = median(rounds.iter().map(|x| x.incr.wall).collect());
-    let inner = median(rounds.iter().map(|x| x.incr.inner).collect());
-    let floor = median(rounds.iter().map(|x| x.floor).collect());
-    let alloc = median(rounds.iter().map(|x| x.alloc as f64).collect());
-    let read = median(rounds.iter().map(|x| x.incr.bytes_read as f64).collect());
+    let over_rounds = |f: fn(&Round) -> f64| median(&rounds.iter().map(f).collect::<Vec<_>>());
+    let incr = over_rounds(|x| x.incr.wall);
+    let inner = over_rounds(|x| x.incr.inner);
+    let floor = over_rounds(|x| x.floor);
+    let alloc = over_rounds(|x| x.alloc as f64);
+    let read = over_rounds(|x| x.incr.bytes_read as f64);
     println!();
     println!(
         "  medians over {} round(s): incremental {:.3} s, floor {:.3} s",
@@ -702,7 +609,7 @@ fn report(r: &Report) {
         "  full backup / qemu-img convert {:>7.2}×",
         r.full.wall / r.qemu_secs
     );
-    let ratios = median(rounds.iter().map(|x| x.incr.wall / x.floor).collect());
+    let ratios = over_rounds(|x| x.incr.wall / x.floor);
     println!(
         "  per-round ratio, median        {:>7.2}×   (each incremental over the floor of its round)",
         ratios

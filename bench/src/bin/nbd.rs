@@ -36,12 +36,14 @@ use rand::{RngCore, SeedableRng};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
-use std::os::unix::io::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use refpoint_bench::runner::{self, loadavg, median};
+use refpoint_bench::setup::{drop_cached, parse_size, Binaries, WorkDir};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -92,11 +94,8 @@ struct Opts {
     /// Keep the work directory (the images of the last sessions, the server logs).
     #[arg(long)]
     keep: bool,
-    /// The refpoint binary [default: target/release/refpoint, built first].
-    #[arg(long)]
-    refpoint: Option<PathBuf>,
-    #[arg(long, default_value = "/usr/bin/qemu-img")]
-    qemu_img: PathBuf,
+    #[command(flatten)]
+    bin: Binaries,
     #[arg(long, default_value = "/usr/bin/qemu-nbd")]
     qemu_nbd: PathBuf,
     #[arg(long, default_value = "/usr/bin/nbdcopy")]
@@ -110,27 +109,6 @@ struct Opts {
     /// Seed of the random raw file.
     #[arg(long, default_value = "20240601")]
     seed: u64,
-}
-
-fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m = match c.to_ascii_uppercase() {
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => return Err(format!("unknown size suffix in {s:?} (K, M, G, T)")),
-            };
-            (&s[..i], m)
-        }
-        _ => (s, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| format!("{s:?} is not a size"))
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -418,7 +396,7 @@ fn main() -> Result<()> {
     );
     ensure!(o.depth >= 1, "--depth must be at least 1");
     for (tool, p) in [
-        ("qemu-img", &o.qemu_img),
+        ("qemu-img", &o.bin.qemu_img),
         ("qemu-nbd", &o.qemu_nbd),
         ("nbdcopy", &o.nbdcopy),
     ] {
@@ -432,23 +410,9 @@ fn main() -> Result<()> {
     );
     let step = scatter_step(pages);
 
-    let built = match &o.refpoint {
-        Some(p) => p.clone(),
-        None => build_refpoint()?,
-    };
-    let (tmp, dir) = match &o.dir {
-        Some(d) => {
-            std::fs::create_dir_all(d)?;
-            (None, std::fs::canonicalize(d)?)
-        }
-        None => {
-            let t = tempfile::Builder::new()
-                .prefix("refpoint-nbd-bench.")
-                .tempdir_in("/var/tmp")?;
-            let p = t.path().to_path_buf();
-            (Some(t), p)
-        }
-    };
+    let built = o.bin.refpoint()?;
+    let work = WorkDir::new(o.dir.as_deref(), "refpoint-nbd-bench.")?;
+    let dir = work.path().to_path_buf();
     if fs_type(&dir)? == "tmpfs" {
         eprintln!(
             "warning: {} is on a tmpfs: the flushes cost nothing there; give --dir on a disk",
@@ -483,7 +447,7 @@ fn main() -> Result<()> {
     write_random(&src, size, o.seed)?;
 
     let template = dir.join("template.vhdx");
-    run(Command::new(&o.qemu_img)
+    run(Command::new(&o.bin.qemu_img)
         .args(["create", "-q", "-f", "vhdx", "-o"])
         .arg(format!(
             "subformat=dynamic,block_size={}M",
@@ -518,7 +482,7 @@ fn main() -> Result<()> {
         session_no: 0,
         o,
     };
-    let qv = run(Command::new(&b.o.qemu_img).arg("--version"))?;
+    let qv = run(Command::new(&b.o.bin.qemu_img).arg("--version"))?;
     let nv = run(Command::new(&b.o.nbdcopy).arg("--version"))?;
     eprintln!(
         "work dir {} ({}); refpoint {}; {}",
@@ -565,10 +529,7 @@ fn main() -> Result<()> {
     );
 
     if b.o.keep {
-        if let Some(t) = tmp {
-            let p = t.keep();
-            eprintln!("work files kept in {}", p.display());
-        }
+        work.keep();
     }
     Ok(())
 }
@@ -661,25 +622,15 @@ impl Bench {
         let (side, image) = (s.side, s.image.clone());
         s.stop()?;
         if check {
-            let out = Command::new(&self.o.qemu_img)
+            let out = Command::new(&self.o.bin.qemu_img)
                 .args(["check", "-q", "-f", "vhdx"])
                 .arg(&image)
                 .output()?;
-            let ok = out.status.success();
             self.checks.push(format!(
                 "qemu-img check of {}'s image after the {} session: {}",
                 side.name(),
                 session.short(),
-                if ok {
-                    "clean".to_string()
-                } else {
-                    format!(
-                        "FAILED ({}) {}{}",
-                        out.status,
-                        String::from_utf8_lossy(&out.stdout),
-                        String::from_utf8_lossy(&out.stderr)
-                    )
-                }
+                outcome(&out, "clean")
             ));
         }
         if !self.o.keep {
@@ -705,7 +656,7 @@ impl Bench {
     fn seq_session(&mut self, s: &Server, first: bool) -> Result<()> {
         // Sequential write of the random file into the fresh disk. -t
         // writeback: the flush at the end reaches the server.
-        let mut c = Command::new(&self.o.qemu_img);
+        let mut c = Command::new(&self.o.bin.qemu_img);
         c.args(["convert", "-n", "-f", "raw", "-O", "raw", "-t", "writeback"])
             .arg(&self.src)
             .arg(&s.uri);
@@ -717,7 +668,7 @@ impl Bench {
             if cold && self.o.no_cold {
                 continue;
             }
-            let mut c = Command::new(&self.o.qemu_img);
+            let mut c = Command::new(&self.o.bin.qemu_img);
             c.args(["convert", "-n", "-f", "raw"])
                 .arg(&s.uri)
                 .arg("--target-image-opts")
@@ -763,7 +714,7 @@ impl Bench {
     }
 
     fn qemu_bench(&self, s: &Server, write: bool) -> Command {
-        let mut c = Command::new(&self.o.qemu_img);
+        let mut c = Command::new(&self.o.bin.qemu_img);
         c.args(["bench", "-f", "raw", "-t", "writeback"]);
         if write {
             c.arg("-w").arg(format!("--pattern={PATTERN}"));
@@ -782,29 +733,19 @@ impl Bench {
 
     /// Untimed: the export holds the source, byte for byte.
     fn compare(&mut self, s: &Server, writer: &str) -> Result<()> {
-        let out = Command::new(&self.o.qemu_img)
+        let out = Command::new(&self.o.bin.qemu_img)
             .args(["compare", "-q", "-f", "raw", "-F", "raw"])
             .arg(&self.src)
             .arg(&s.uri)
             .output()?;
         check_interrupted()?;
-        let ok = out.status.success();
         self.checks.push(format!(
             "qemu-img compare of the source with {}'s export after {writer} wrote it: {}",
             s.side.name(),
-            if ok {
-                "identical".to_string()
-            } else {
-                format!(
-                    "FAILED ({}) {}{}",
-                    out.status,
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                )
-            }
+            outcome(&out, "identical")
         ));
         ensure!(
-            ok,
+            out.status.success(),
             "{}'s export does not hold what was written",
             s.side.name()
         );
@@ -820,15 +761,7 @@ impl Bench {
             match self.drop {
                 DropMethod::DropCaches => std::fs::write("/proc/sys/vm/drop_caches", "1")
                     .context("writing /proc/sys/vm/drop_caches")?,
-                DropMethod::Fadvise => {
-                    let f = File::open(&s.image)?;
-                    nix::fcntl::posix_fadvise(
-                        f.as_raw_fd(),
-                        0,
-                        0,
-                        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
-                    )?;
-                }
+                DropMethod::Fadvise => drop_cached(&File::open(&s.image)?)?,
             }
         }
         let cpu0 = s.cpu_secs(self.clk_tck);
@@ -875,23 +808,13 @@ impl Bench {
                 Some((t, Row::new(t, self, q, o)))
             })
             .collect();
-        let w = rows
-            .iter()
-            .map(|(t, _)| t.label().chars().count())
-            .max()
-            .unwrap_or(10);
-        let qw = rows
-            .iter()
-            .map(|(_, r)| r.qemu_cell.chars().count())
-            .max()
-            .unwrap_or(8)
-            .max(8);
-        let ow = rows
-            .iter()
-            .map(|(_, r)| r.ours_cell.chars().count())
-            .max()
-            .unwrap_or(8)
-            .max(8);
+        // Column widths: the widest cell, at least `min`.
+        let width = |cell: fn(&(Test, Row)) -> usize, min: usize| {
+            rows.iter().map(cell).max().unwrap_or(min).max(min)
+        };
+        let w = width(|(t, _)| t.label().chars().count(), 10);
+        let qw = width(|(_, r)| r.qemu_cell.chars().count(), 8);
+        let ow = width(|(_, r)| r.ours_cell.chars().count(), 8);
         s += &format!(
             "{:<w$}  {:>qw$}  {:>ow$}  {:>6}  target\n",
             "test", "qemu-nbd", "refpoint", "ratio"
@@ -978,8 +901,8 @@ struct Row {
 
 impl Row {
     fn new(t: Test, b: &Bench, q: &[Sample], o: &[Sample]) -> Row {
-        let mq = median(q.iter().map(|x| x.secs).collect());
-        let mo = median(o.iter().map(|x| x.secs).collect());
+        let mq = median(&q.iter().map(|x| x.secs).collect::<Vec<_>>());
+        let mo = median(&o.iter().map(|x| x.secs).collect::<Vec<_>>());
         let cell = |secs: f64| {
             if t.random() {
                 format!("{:.0} IOPS", b.count as f64 / secs)
@@ -989,12 +912,12 @@ impl Row {
         };
         let detail = |side: Side, v: &[Sample]| {
             let runs: Vec<String> = v.iter().map(|x| format!("{:.3}", x.secs)).collect();
-            let cpu = median(v.iter().map(|x| x.server_cpu).collect());
+            let cpu = median(&v.iter().map(|x| x.server_cpu).collect::<Vec<_>>());
             let inner: Vec<f64> = v.iter().filter_map(|x| x.inner).collect();
             let inner = if inner.is_empty() {
                 String::new()
             } else {
-                let m = median(inner.clone());
+                let m = median(&inner);
                 format!("; bench's own {:.3} s ({:.0} IOPS)", m, b.count as f64 / m)
             };
             format!(
@@ -1047,50 +970,33 @@ fn write_random(path: &Path, size: u64, seed: u64) -> Result<()> {
     Ok(())
 }
 
-/// Builds the release refpoint binary and returns its path (next to this
-/// benchmark's own binary).
-fn build_refpoint() -> Result<PathBuf> {
-    eprintln!("cargo build --release -p refpoint…");
-    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "-p", "refpoint"])
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .status()
-        .context("cannot run cargo")?;
-    ensure!(st.success(), "cargo build --release -p refpoint failed");
-    let exe = std::env::current_exe()?;
-    let p = exe
-        .parent()
-        .context("the benchmark binary has no directory")?
-        .join("refpoint");
-    ensure!(
-        p.exists(),
-        "{} does not exist; give --refpoint",
-        p.display()
-    );
-    Ok(p)
-}
-
-/// Runs `cmd`; its stdout, or an error with its output.
+/// [`runner::run`], but an interruption while `cmd` ran is the error,
+/// whatever `cmd` made of the signal.
 fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("cannot run {cmd:?}"))?;
+    let out = runner::run(cmd);
     check_interrupted()?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    out
 }
 
 /// `sync(1)`: writes back everything dirty, outside the timed spans.
 fn settle() -> Result<()> {
     run(&mut Command::new("sync"))?;
     Ok(())
+}
+
+/// What a check printed says: `ok` if it succeeded, else its status and
+/// output.
+fn outcome(out: &Output, ok: &str) -> String {
+    if out.status.success() {
+        ok.to_string()
+    } else {
+        format!(
+            "FAILED ({}) {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
 }
 
 fn fs_type(p: &Path) -> Result<String> {
@@ -1102,25 +1008,6 @@ fn fs_type(p: &Path) -> Result<String> {
 fn free_bytes(p: &Path) -> Result<u64> {
     let st = nix::sys::statvfs::statvfs(p)?;
     Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n == 0 {
-        return f64::NAN;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 fn human(b: u64) -> String {

@@ -1,0 +1,130 @@
+//! Setting a benchmark run up the same way in every binary.
+
+use anyhow::{ensure, Context, Result};
+use std::fs::File;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A size on the command line: a number with an optional K, M, G or T
+/// suffix (binary units).
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let m = match c.to_ascii_uppercase() {
+                'K' => 1 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                'T' => 1 << 40,
+                _ => return Err(format!("unknown size suffix in {s:?} (K, M, G, T)")),
+            };
+            (&s[..i], m)
+        }
+        _ => (s, 1),
+    };
+    num.parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .ok_or_else(|| format!("{s:?} is not a size"))
+}
+
+/// The binaries every benchmark runs, as command-line options.
+#[derive(clap::Args)]
+pub struct Binaries {
+    /// The refpoint binary [default: target/release/refpoint, built first].
+    #[arg(long)]
+    pub refpoint: Option<PathBuf>,
+    /// The qemu-img to compare against.
+    #[arg(long, default_value = "/usr/bin/qemu-img")]
+    pub qemu_img: PathBuf,
+}
+
+impl Binaries {
+    /// The refpoint binary given, or else the one [`build_refpoint`] builds.
+    pub fn refpoint(&self) -> Result<PathBuf> {
+        match &self.refpoint {
+            Some(p) => Ok(p.clone()),
+            None => build_refpoint(),
+        }
+    }
+}
+
+/// Builds the release refpoint binary and returns its path (next to the
+/// running benchmark's own binary).
+pub fn build_refpoint() -> Result<PathBuf> {
+    eprintln!("cargo build --release -p refpoint…");
+    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "-p", "refpoint"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .status()
+        .context("cannot run cargo")?;
+    ensure!(st.success(), "cargo build --release -p refpoint failed");
+    let exe = std::env::current_exe()?;
+    let p = exe
+        .parent()
+        .context("the benchmark binary has no directory")?
+        .join("refpoint");
+    ensure!(
+        p.exists(),
+        "{} does not exist; give --refpoint",
+        p.display()
+    );
+    Ok(p)
+}
+
+/// The directory of the work files: the one given (created if needed),
+/// or a fresh one under /var/tmp that is removed when this is dropped.
+pub struct WorkDir {
+    path: PathBuf,
+    tmp: Option<tempfile::TempDir>,
+}
+
+impl WorkDir {
+    /// `dir` if given, else a fresh directory `/var/tmp/{prefix}XXXXXX`.
+    pub fn new(dir: Option<&Path>, prefix: &str) -> Result<WorkDir> {
+        Ok(match dir {
+            Some(d) => {
+                std::fs::create_dir_all(d)?;
+                WorkDir {
+                    path: std::fs::canonicalize(d)?,
+                    tmp: None,
+                }
+            }
+            None => {
+                let t = tempfile::Builder::new()
+                    .prefix(prefix)
+                    .tempdir_in("/var/tmp")?;
+                WorkDir {
+                    path: t.path().to_path_buf(),
+                    tmp: Some(t),
+                }
+            }
+        })
+    }
+
+    /// The directory, absolute.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Leaves a fresh directory in place (a given one always stays) and
+    /// says where it is.
+    pub fn keep(self) {
+        if let Some(t) = self.tmp {
+            let p = t.keep();
+            eprintln!("work files kept in {}", p.display());
+        }
+    }
+}
+
+/// Drops the clean pages of `f` from the page cache
+/// (`posix_fadvise(DONTNEED)`); dirty ones stay, so sync first.
+pub fn drop_cached(f: &File) -> nix::Result<()> {
+    nix::fcntl::posix_fadvise(
+        f.as_raw_fd(),
+        0,
+        0,
+        nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+    )
+}
