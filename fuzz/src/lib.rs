@@ -1,8 +1,9 @@
 //! # refpoint-fuzz — mutation fuzzing of VHDX input, on the stable toolchain
 //!
-//! No nightly, no cargo-fuzz, no sanitizers: the loop lives in the
-//! `fuzz_vhdx_open` binary (see its header for how to run it) and the checks
-//! in [`run_one`], which tests call directly too.
+//! No nightly, no cargo-fuzz, no sanitizers: the loop lives in
+//! [`harness::fuzz`], which the `fuzz_vhdx_open` binary (see its header for
+//! how to run it) and `fuzz_nbd` drive, and the checks of VHDX input in
+//! [`run_one`], which tests call directly too.
 //!
 //! ```text
 //! seeds (vhdx::create + writes, or files) ─► Mutator ─► mutant
@@ -20,6 +21,7 @@
 //! repair leaves a file that opens.
 
 pub mod alloc_track;
+pub mod harness;
 pub mod memfs;
 pub mod mutate;
 pub mod seeds;
@@ -48,6 +50,8 @@ const WINDOW: u64 = 1024 * MIB;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum FindingKind {
     Panic,
+    /// An input still running long after it should have ended.
+    Hang,
     Oracle,
     ReadOnlyWrite,
     Growth,
@@ -58,6 +62,7 @@ impl FindingKind {
     pub fn name(self) -> &'static str {
         match self {
             FindingKind::Panic => "panic",
+            FindingKind::Hang => "hang",
             FindingKind::Oracle => "oracle",
             FindingKind::ReadOnlyWrite => "read-only-write",
             FindingKind::Growth => "growth",

@@ -39,14 +39,15 @@ use nbd::proto::*;
 use nbd::request::Request;
 use nbd::Server;
 use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use rand::Rng;
 use refpoint_fuzz::alloc_track::{self, TrackingAlloc};
-use std::collections::HashMap;
+use refpoint_fuzz::harness::{self, Failure, LoopArgs, Target};
+use refpoint_fuzz::{Finding, FindingKind};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[global_allocator]
@@ -67,18 +68,8 @@ const PIPE: usize = 64 << 10;
 #[derive(Parser)]
 #[command(about = "Mutation fuzzing of the NBD server (stable toolchain)")]
 struct Args {
-    /// Mutants to run (default 100000, or unlimited when --seconds is given).
-    #[arg(long)]
-    iterations: Option<u64>,
-    /// Stop after this many seconds.
-    #[arg(long)]
-    seconds: Option<u64>,
-    /// Seed of the random generator (default: from the clock).
-    #[arg(long)]
-    seed: Option<u64>,
-    /// Where findings are saved.
-    #[arg(long, default_value = "target/fuzz-crashes")]
-    crashes: PathBuf,
+    #[command(flatten)]
+    run: LoopArgs,
     /// A connection still open this many seconds after its input ended is
     /// a hang.
     #[arg(long, default_value_t = 10)]
@@ -91,47 +82,7 @@ struct Args {
 }
 
 // ---------------------------------------------------------------------------
-// Findings and coverage
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Kind {
-    Panic,
-    Hang,
-    Oracle,
-    Alloc,
-}
-
-impl Kind {
-    fn name(self) -> &'static str {
-        match self {
-            Kind::Panic => "panic",
-            Kind::Hang => "hang",
-            Kind::Oracle => "oracle",
-            Kind::Alloc => "alloc",
-        }
-    }
-}
-
-#[derive(Debug, Clone)]
-struct Finding {
-    kind: Kind,
-    step: &'static str,
-    detail: String,
-    /// The bytes that show it (the stream, or one parser's input).
-    input: Vec<u8>,
-}
-
-impl std::fmt::Display for Finding {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} during {}: {}",
-            self.kind.name(),
-            self.step,
-            self.detail
-        )
-    }
-}
+// Coverage and panics
 
 /// How far inputs got, from the server's output and the parsers.
 #[derive(Debug, Default)]
@@ -240,11 +191,6 @@ fn req(flags: u16, kind: u16, offset: u64, length: u32) -> Vec<u8> {
 const C_FLAGS: u32 = NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES;
 
 fn seeds() -> Vec<Seed> {
-    let seed = |name: &str, tls_required, messages| Seed {
-        name: name.into(),
-        tls_required,
-        messages,
-    };
     let all_infos = [
         NBD_INFO_EXPORT,
         NBD_INFO_NAME,
@@ -277,11 +223,10 @@ fn seeds() -> Vec<Seed> {
         req(0, NBD_CMD_BLOCK_STATUS, end - 4096, 5632),
         req(0, NBD_CMD_DISC, 0, 0),
     ];
-    vec![
-        seed("structured", false, structured.clone()),
-        seed(
+    let plain = [
+        ("structured", structured.clone()),
+        (
             "simple",
-            false,
             vec![
                 flags(NBD_FLAG_C_FIXED_NEWSTYLE),
                 opt(NBD_OPT_LIST, &[]),
@@ -297,9 +242,8 @@ fn seeds() -> Vec<Seed> {
                 req(0, NBD_CMD_DISC, 0, 0),
             ],
         ),
-        seed(
+        (
             "export-name",
-            false,
             vec![
                 flags(C_FLAGS),
                 opt(NBD_OPT_STRUCTURED_REPLY, &[]),
@@ -314,9 +258,8 @@ fn seeds() -> Vec<Seed> {
                 req(0, NBD_CMD_DISC, 0, 0),
             ],
         ),
-        seed(
+        (
             "export-name-read-only",
-            false,
             vec![
                 flags(NBD_FLAG_C_FIXED_NEWSTYLE),
                 opt(NBD_OPT_EXPORT_NAME, b"ro"),
@@ -326,9 +269,8 @@ fn seeds() -> Vec<Seed> {
                 req(0, NBD_CMD_FLUSH, 0, 0),
             ],
         ),
-        seed(
+        (
             "starttls",
-            false,
             vec![
                 flags(C_FLAGS),
                 opt(NBD_OPT_STARTTLS, &[]),
@@ -337,9 +279,8 @@ fn seeds() -> Vec<Seed> {
                 req(0, NBD_CMD_READ, 0, 4096),
             ],
         ),
-        seed(
+        (
             "abort",
-            false,
             vec![
                 flags(C_FLAGS),
                 opt(NBD_OPT_LIST, &[]),
@@ -347,9 +288,8 @@ fn seeds() -> Vec<Seed> {
                 opt(NBD_OPT_GO, &info_payload("disk", &[])),
             ],
         ),
-        seed(
+        (
             "errors",
-            false,
             vec![
                 flags(C_FLAGS),
                 opt(42, b"unknown"),
@@ -372,8 +312,17 @@ fn seeds() -> Vec<Seed> {
                 req(0, NBD_CMD_READ, 0, 512),
             ],
         ),
-        seed("tls-required", true, structured),
-    ]
+    ];
+    plain
+        .into_iter()
+        .map(|(name, messages)| (name, false, messages))
+        .chain([("tls-required", true, structured)])
+        .map(|(name, tls_required, messages)| Seed {
+            name: name.into(),
+            tls_required,
+            messages,
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -577,13 +526,8 @@ fn run_session(
     tls_required: bool,
     timeout: Duration,
     cov: &mut Coverage,
-) -> Result<(), Finding> {
-    let finding = |kind, step, detail: String| Finding {
-        kind,
-        step,
-        detail,
-        input: input.to_vec(),
-    };
+) -> Result<(), Failure> {
+    let finding = |kind, step, detail: String| Failure::from(Finding { kind, step, detail });
     let baseline = alloc_track::reset_peak();
     take_panics();
     let r = catch_unwind(AssertUnwindSafe(|| {
@@ -594,19 +538,19 @@ fn run_session(
     let grown = alloc_track::peak().saturating_sub(baseline);
     let panics = take_panics();
     if let Some(p) = panics.first() {
-        return Err(finding(Kind::Panic, "serve_stream", p.clone()));
+        return Err(finding(FindingKind::Panic, "serve_stream", p.clone()));
     }
     let s = match r {
         Err(_) => {
             return Err(finding(
-                Kind::Panic,
+                FindingKind::Panic,
                 "serve_stream",
                 "panic in the client".into(),
             ))
         }
         Ok(Err(_)) => {
             return Err(finding(
-                Kind::Hang,
+                FindingKind::Hang,
                 "serve_stream",
                 format!("the connection was still open {timeout:?} after the input ended"),
             ))
@@ -615,7 +559,7 @@ fn run_session(
     };
     if grown > ALLOC_LIMIT {
         return Err(finding(
-            Kind::Alloc,
+            FindingKind::Alloc,
             "serve_stream",
             format!(
                 "the heap grew by {} MiB for a {}-byte input",
@@ -629,7 +573,7 @@ fn run_session(
         || s.output[8..16] != IHAVEOPT.to_be_bytes()
     {
         return Err(finding(
-            Kind::Oracle,
+            FindingKind::Oracle,
             "greeting",
             format!(
                 "output does not start with the greeting: {:02x?}",
@@ -691,14 +635,7 @@ fn scan(out: &[u8], cov: &mut Coverage) {
 // The parsers
 
 fn encode_info(r: &InfoRequest) -> Vec<u8> {
-    let mut d = Vec::new();
-    d.extend((r.name.len() as u32).to_be_bytes());
-    d.extend(r.name.as_bytes());
-    d.extend((r.requests.len() as u16).to_be_bytes());
-    for i in &r.requests {
-        d.extend(i.to_be_bytes());
-    }
-    d
+    info_payload(&r.name, &r.requests)
 }
 
 fn encode_meta(r: &MetaRequest) -> Vec<u8> {
@@ -800,24 +737,25 @@ fn check_valid(r: &Request, size: u64, read_only: bool, structured: bool) -> Res
 
 /// Runs the parsers on each message of a mutant, whole and as an option
 /// payload (after the 16-byte option header).
-fn run_parsers(msgs: &[Vec<u8>], cov: &mut Coverage) -> Result<(), Finding> {
+fn run_parsers(msgs: &[Vec<u8>], cov: &mut Coverage) -> Result<(), Failure> {
     for m in msgs {
         for data in [&m[..], m.get(16..).unwrap_or(&[])] {
             take_panics();
             let r = catch_unwind(AssertUnwindSafe(|| parse_checks(data, cov)));
-            let step = "parsers";
-            let finding = |kind, detail| Finding {
-                kind,
-                step,
-                detail,
-                input: data.to_vec(),
+            let finding = |kind, detail| Failure {
+                finding: Finding {
+                    kind,
+                    step: "parsers",
+                    detail,
+                },
+                bytes: Some(data.to_vec()),
             };
             match r {
                 Err(_) => {
                     let p = take_panics().pop().unwrap_or_else(|| "panic".into());
-                    return Err(finding(Kind::Panic, p));
+                    return Err(finding(FindingKind::Panic, p));
                 }
-                Ok(Err(e)) => return Err(finding(Kind::Oracle, e)),
+                Ok(Err(e)) => return Err(finding(FindingKind::Oracle, e)),
                 Ok(Ok(())) => {}
             }
         }
@@ -828,51 +766,6 @@ fn run_parsers(msgs: &[Vec<u8>], cov: &mut Coverage) -> Result<(), Finding> {
 // ---------------------------------------------------------------------------
 // The loop
 
-fn save(dir: &Path, f: &Finding, seed: &str) -> PathBuf {
-    let _ = std::fs::create_dir_all(dir);
-    let seed: String = seed
-        .chars()
-        .map(|c| {
-            if c.is_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let crc = crc32c::crc32c(&f.input);
-    let path = dir.join(format!("{}-{seed}-{crc:08x}.nbd", f.kind.name()));
-    if let Err(e) = std::fs::write(&path, &f.input) {
-        eprintln!("cannot save {}: {e}", path.display());
-    }
-    let _ = std::fs::write(path.with_extension("txt"), format!("seed {seed}\n{f}\n"));
-    path
-}
-
-/// What the watchdog needs to save an input that blocks a thread for good
-/// (the per-input timeout only covers waiting, not a spinning task).
-type Current = Arc<Mutex<Option<(Instant, String, Arc<Vec<u8>>)>>>;
-
-fn watchdog(current: Current, limit: Duration, dir: PathBuf) {
-    std::thread::spawn(move || loop {
-        std::thread::sleep(Duration::from_millis(250));
-        let guard = current.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((start, seed, input)) = guard.as_ref() {
-            if start.elapsed() > limit {
-                let f = Finding {
-                    kind: Kind::Hang,
-                    step: "serve_stream",
-                    detail: format!("input from seed {seed} blocked the runtime for {limit:?}"),
-                    input: input.to_vec(),
-                };
-                let p = save(&dir, &f, seed);
-                eprintln!("HANG: {}; saved to {}", f.detail, p.display());
-                std::process::exit(3);
-            }
-        }
-    });
-}
-
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -880,29 +773,83 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("a tokio runtime")
 }
 
+/// Client streams through the server, and each of their messages through
+/// the parsers.
+struct NbdServer {
+    all: Vec<Seed>,
+    m: Mutator,
+    rt: tokio::runtime::Runtime,
+    timeout: Duration,
+    cov: Coverage,
+    /// The messages of the last mutant.
+    msgs: Vec<Vec<u8>>,
+}
+
+impl Target for NbdServer {
+    const WHAT: &'static str = "the NBD server with ";
+    const EXT: &'static str = "nbd";
+
+    fn names(&self) -> Vec<String> {
+        self.all.iter().map(|s| s.name.clone()).collect()
+    }
+
+    fn rng(&mut self) -> &mut SmallRng {
+        &mut self.m.rng
+    }
+
+    fn mutate(&mut self, seed: usize, buf: &mut Vec<u8>) {
+        self.msgs = self.m.mutate(&self.all[seed], &self.all);
+        *buf = self.msgs.concat();
+        if self.m.rng.gen_bool(0.1) {
+            buf.truncate(self.m.rng.gen_range(0..=buf.len()));
+        }
+    }
+
+    fn run(&mut self, seed: usize, input: &Arc<Vec<u8>>) -> Result<(), Failure> {
+        let cov = &mut self.cov;
+        cov.inputs += 1;
+        let tls_required = self.all[seed].tls_required;
+        run_session(&self.rt, input, tls_required, self.timeout, cov)
+            .and_then(|()| run_parsers(&self.msgs, cov))
+    }
+
+    /// An input that blocks a thread for good (the per-input timeout only
+    /// covers waiting, not a spinning task).
+    fn hang(seed: &str, limit: Duration) -> Finding {
+        Finding {
+            kind: FindingKind::Hang,
+            step: "serve_stream",
+            detail: format!("input from seed {seed} blocked the runtime for {limit:?}"),
+        }
+    }
+
+    fn print_reached(&self) {
+        let cov = &self.cov;
+        println!(
+            "reached: inputs {}, option replies {}, option errors {}, transmission {}, replies {}, reply errors {}, closed early {}, info parsed {}, meta parsed {}, requests valid {}",
+            cov.inputs,
+            cov.option_replies,
+            cov.option_errors,
+            cov.transmission,
+            cov.replies,
+            cov.reply_errors,
+            cov.closed_early,
+            cov.info_parsed,
+            cov.meta_parsed,
+            cov.requests_valid
+        );
+    }
+}
+
 fn reproduce(path: &Path, all: &[Seed], timeout: Duration) {
     PRINT_PANICS.store(true, Ordering::Relaxed);
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tls_required = all
-        .iter()
-        .filter(|s| stem.contains(&format!("-{}-", s.name)))
-        .max_by_key(|s| s.name.len())
-        .is_some_and(|s| s.tls_required);
+    let tls_required = harness::seed_of(path, all, |s| &s.name).is_some_and(|s| s.tls_required);
     let mut cov = Coverage::default();
     let input = Arc::new(bytes);
     let r = run_session(&runtime(), &input, tls_required, timeout, &mut cov)
         .and_then(|()| run_parsers(std::slice::from_ref(&input), &mut cov));
-    match r {
-        Ok(()) => println!("no finding (TLS required: {tls_required}); {cov:?}"),
-        Err(f) => {
-            println!("{f}");
-            std::process::exit(1);
-        }
-    }
+    harness::print_reproduced(r, || format!("(TLS required: {tls_required}); {cov:?}"));
 }
 
 fn main() {
@@ -924,130 +871,14 @@ fn main() {
             Err(e) => eprintln!("skipping {}: {e}", f.display()),
         }
     }
-    let rng_seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
+    harness::fuzz(&args.run, timeout + Duration::from_secs(10), |rng| {
+        NbdServer {
+            all,
+            m: Mutator { rng },
+            rt: runtime(),
+            timeout,
+            cov: Coverage::default(),
+            msgs: Vec::new(),
+        }
     });
-    let limit = args.iterations.unwrap_or(if args.seconds.is_some() {
-        u64::MAX
-    } else {
-        100_000
-    });
-    let deadline = args
-        .seconds
-        .map(|s| Instant::now() + Duration::from_secs(s));
-    println!(
-        "fuzzing the NBD server with {} seeds ({}), random seed {rng_seed}, {}",
-        all.len(),
-        all.iter()
-            .map(|s| s.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", "),
-        match args.seconds {
-            Some(s) if limit == u64::MAX => format!("for {s} s"),
-            Some(s) => format!("for {limit} iterations or {s} s"),
-            None => format!("for {limit} iterations"),
-        }
-    );
-
-    let rt = runtime();
-    let current: Current = Arc::default();
-    watchdog(
-        current.clone(),
-        timeout + Duration::from_secs(10),
-        args.crashes.clone(),
-    );
-    let mut m = Mutator {
-        rng: SmallRng::seed_from_u64(rng_seed),
-    };
-    let mut cov = Coverage::default();
-    let mut unique: HashMap<String, (Finding, PathBuf, u64)> = HashMap::new();
-    let mut slowest = (Duration::ZERO, String::new());
-    let start = Instant::now();
-    let mut last_report = start;
-    let mut n = 0u64;
-    while n < limit && deadline.is_none_or(|d| Instant::now() < d) {
-        let seed = &all[m.rng.gen_range(0..all.len())];
-        let msgs = m.mutate(seed, &all);
-        let mut input = msgs.concat();
-        if m.rng.gen_bool(0.1) {
-            input.truncate(m.rng.gen_range(0..=input.len()));
-        }
-        let input = Arc::new(input);
-        let t = Instant::now();
-        *current.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((t, seed.name.clone(), input.clone()));
-        cov.inputs += 1;
-        let r = run_session(&rt, &input, seed.tls_required, timeout, &mut cov)
-            .and_then(|()| run_parsers(&msgs, &mut cov));
-        *current.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        let took = t.elapsed();
-        if took > slowest.0 {
-            slowest = (took, seed.name.clone());
-        }
-        n += 1;
-        if let Err(f) = r {
-            // Told apart by kind, step and the first line, without numbers.
-            let key: String = format!(
-                "{:?} {} {}",
-                f.kind,
-                f.step,
-                f.detail.lines().next().unwrap_or("")
-            )
-            .chars()
-            .filter(|c| !c.is_ascii_digit())
-            .collect();
-            match unique.get_mut(&key) {
-                Some(e) => e.2 += 1,
-                None => {
-                    let p = save(&args.crashes, &f, &seed.name);
-                    println!(
-                        "FINDING #{}: {f}\n  saved to {}",
-                        unique.len() + 1,
-                        p.display()
-                    );
-                    unique.insert(key, (f, p, 1));
-                }
-            }
-        }
-        if last_report.elapsed() > Duration::from_secs(10) {
-            last_report = Instant::now();
-            println!(
-                "{n} iterations, {:.0}/s, {} distinct findings",
-                n as f64 / start.elapsed().as_secs_f64(),
-                unique.len()
-            );
-        }
-    }
-    let secs = start.elapsed().as_secs_f64();
-    println!(
-        "done: {n} iterations in {secs:.1} s = {:.0} iterations/s; slowest input {:?} (seed {})",
-        n as f64 / secs,
-        slowest.0,
-        slowest.1
-    );
-    println!(
-        "reached: inputs {}, option replies {}, option errors {}, transmission {}, replies {}, reply errors {}, closed early {}, info parsed {}, meta parsed {}, requests valid {}",
-        cov.inputs,
-        cov.option_replies,
-        cov.option_errors,
-        cov.transmission,
-        cov.replies,
-        cov.reply_errors,
-        cov.closed_early,
-        cov.info_parsed,
-        cov.meta_parsed,
-        cov.requests_valid
-    );
-    if unique.is_empty() {
-        println!("no findings");
-    } else {
-        println!("{} distinct findings:", unique.len());
-        for (f, p, count) in unique.values() {
-            println!("  {count:>6}× {f}\n          e.g. {}", p.display());
-        }
-        std::process::exit(1);
-    }
 }
