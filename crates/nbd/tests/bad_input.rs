@@ -2,122 +2,47 @@
 //! with the protocol's errors where the protocol has one, closes only the
 //! connection that broke the framing, and keeps serving everyone else.
 //!
-//! A small client lives at the bottom of this file: handshake (fixed
-//! newstyle, structured replies, meta contexts, NBD_OPT_GO), requests, and
-//! simple or structured replies. After every abuse a well-behaved client
-//! ([`Fixture::healthy`]) must still write and read back through the same
-//! server.
+//! The raw client and the server's setup live in `common`. After every
+//! abuse a well-behaved client ([`Fixture::healthy`]) must still write and
+//! read back through the same server.
 
+mod common;
+
+use common::*;
 use nbd::mem::{MemDevice, StaticExports};
 use nbd::proto::*;
 use nbd::request::Request;
-use nbd::{BlockDevice, Server, MAX_IN_FLIGHT};
-use std::io::{ErrorKind, Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
+use nbd::{BlockDevice, MAX_IN_FLIGHT};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 16 * MIB;
 const RO_SIZE: u64 = MIB;
-/// How long a read from the server may take before the test fails.
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 // ---------------------------------------------------------------------------
 // The server under test
 
 struct Fixture {
-    _dir: tempfile::TempDir,
-    sock: PathBuf,
-    port: u16,
+    srv: TestServer,
     disk: Arc<MemDevice>,
     ro: Arc<MemDevice>,
-    server: Server,
-    rt: Option<tokio::runtime::Runtime>,
 }
 
 impl Fixture {
     /// Exports `disk` (16 MiB) and `ro` (1 MiB of 0x3c, read-only) on a
     /// unix socket and on TCP, without TLS.
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
         let disk = Arc::new(MemDevice::new(SIZE, false));
         let ro = Arc::new(MemDevice::new(RO_SIZE, true));
         ro.write(0, &vec![0x3c; RO_SIZE as usize], false).unwrap();
         let exports = StaticExports::default()
             .with("disk", disk.clone())
             .with("ro", ro.clone());
-        let server = Server::new(Arc::new(exports), None);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let sock = dir.path().join("nbd.sock");
-        let (unix, tcp) = rt.block_on(async {
-            (
-                tokio::net::UnixListener::bind(&sock).unwrap(),
-                tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            )
-        });
-        let port = tcp.local_addr().unwrap().port();
-        let s = server.clone();
-        rt.spawn(async move { s.serve_unix(unix).await.unwrap() });
-        let s = server.clone();
-        rt.spawn(async move { s.serve_tcp(tcp, false).await.unwrap() });
         Fixture {
-            _dir: dir,
-            sock,
-            port,
+            srv: TestServer::start(exports, None),
             disk,
             ro,
-            server,
-            rt: Some(rt),
-        }
-    }
-
-    fn rt(&self) -> &tokio::runtime::Runtime {
-        self.rt.as_ref().unwrap()
-    }
-
-    /// A client connected to the unix socket (greeting not yet read).
-    fn connect(&self) -> Client {
-        let s = UnixStream::connect(&self.sock).unwrap();
-        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        Client::new(Box::new(s))
-    }
-
-    fn connect_tcp(&self) -> Client {
-        let s = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        Client::new(Box::new(s))
-    }
-
-    /// A client whose connection the server runs with `serve_stream`, so
-    /// the test can see the connection end: wait for it with [`Self::ended`].
-    fn pair(&self, tls_required: bool) -> (Client, tokio::task::JoinHandle<()>) {
-        let (a, b) = UnixStream::pair().unwrap();
-        a.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        b.set_nonblocking(true).unwrap();
-        let server = self.server.clone();
-        let task = self.rt().spawn(async move {
-            let b = tokio::net::UnixStream::from_std(b).unwrap();
-            server.serve_stream(Box::new(b), tls_required).await
-        });
-        (Client::new(Box::new(a)), task)
-    }
-
-    /// Asserts the server's side of a [`Self::pair`] connection has ended.
-    fn ended(&self, task: tokio::task::JoinHandle<()>, what: &str) {
-        let r = self
-            .rt()
-            .block_on(async { tokio::time::timeout(IO_TIMEOUT, task).await });
-        match r {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => panic!("{what}: the connection task failed: {e}"),
-            Err(_) => panic!("{what}: the server still holds the connection"),
         }
     }
 
@@ -129,9 +54,9 @@ impl Fixture {
         let round = ROUND.fetch_add(1, Ordering::Relaxed);
         let structured = round.is_multiple_of(2);
         let mut c = if round.is_multiple_of(3) {
-            self.connect_tcp()
+            self.srv.connect_tcp()
         } else {
-            self.connect()
+            self.srv.connect()
         };
         let contexts: &[&str] = if structured { &[BASE_ALLOCATION] } else { &[] };
         let (size, _) = c.start("disk", structured, contexts);
@@ -154,15 +79,6 @@ impl Fixture {
     }
 }
 
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        self.server.shutdown();
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_timeout(Duration::from_secs(5));
-        }
-    }
-}
-
 fn pattern(len: usize, salt: u8) -> Vec<u8> {
     (0..len)
         .map(|i| (i as u8).wrapping_mul(29).wrapping_add(salt) | 0x80)
@@ -180,11 +96,10 @@ fn garbage_instead_of_client_flags_closes_the_connection() {
         &[0xff; 4][..],
         &[0x00, 0x00, 0x00, 0x80][..],
     ] {
-        let (mut c, task) = f.pair(false);
+        let (mut c, task) = f.srv.pair(false);
         c.greeting();
         c.send(garbage);
-        c.assert_closed("garbage client flags");
-        f.ended(task, "garbage client flags");
+        f.srv.closed(c, task, "garbage client flags");
         f.healthy();
     }
 }
@@ -193,11 +108,10 @@ fn garbage_instead_of_client_flags_closes_the_connection() {
 fn unknown_client_flags_close_the_connection() {
     let f = Fixture::new();
     for flags in [1 << 2, NBD_FLAG_C_FIXED_NEWSTYLE | 1 << 31] {
-        let (mut c, task) = f.pair(false);
+        let (mut c, task) = f.srv.pair(false);
         c.greeting();
         c.send(&flags.to_be_bytes());
-        c.assert_closed("unknown client flags");
-        f.ended(task, "unknown client flags");
+        f.srv.closed(c, task, "unknown client flags");
     }
     f.healthy();
 }
@@ -217,14 +131,14 @@ fn truncated_handshakes_end_the_connection() {
         ("half an option payload", [&flags[..], &go[..20]].concat()),
     ];
     for (what, bytes) in cases {
-        let (mut c, task) = f.pair(false);
+        let (mut c, task) = f.srv.pair(false);
         c.greeting();
         c.send(&bytes);
         drop(c);
-        f.ended(task, what);
+        f.srv.ended(task, what);
     }
     // The same over the listening socket, and the server goes on.
-    let mut c = f.connect();
+    let mut c = f.srv.connect();
     c.greeting();
     c.send(&flags[..3]);
     drop(c);
@@ -234,26 +148,22 @@ fn truncated_handshakes_end_the_connection() {
 #[test]
 fn bad_option_magic_closes_the_connection() {
     let f = Fixture::new();
-    let (mut c, task) = f.pair(false);
-    c.greeting();
-    c.client_flags();
+    let (mut c, task) = f.srv.pair(false);
+    c.handshake();
     let mut opt = option_bytes(NBD_OPT_LIST, &[]);
     opt[7] ^= 1;
     c.send(&opt);
-    c.assert_closed("bad option magic");
-    f.ended(task, "bad option magic");
+    f.srv.closed(c, task, "bad option magic");
     f.healthy();
 }
 
 #[test]
 fn unknown_options_are_unsupported_and_the_session_goes_on() {
     let f = Fixture::new();
-    let mut c = f.connect();
-    c.greeting();
-    c.client_flags();
+    let mut c = f.srv.connect();
+    c.handshake();
     for (opt, data) in [(4u32, &b""[..]), (99, b"hello"), (u32::MAX, &[0; 300])] {
-        let r = c.option(opt, data);
-        assert_eq!((r.option, r.kind), (opt, NBD_REP_ERR_UNSUP));
+        let r = refused(&mut c, opt, data, NBD_REP_ERR_UNSUP, "unknown option");
         assert!(!r.data.is_empty(), "an error reply explains itself");
     }
     c.structured_reply();
@@ -267,9 +177,8 @@ fn unknown_options_are_unsupported_and_the_session_goes_on() {
 #[test]
 fn malformed_option_payloads_are_invalid() {
     let f = Fixture::new();
-    let mut c = f.connect();
-    c.greeting();
-    c.client_flags();
+    let mut c = f.srv.connect();
+    c.handshake();
     let good = go_payload("disk", &[NBD_INFO_BLOCK_SIZE]);
     let mut bad_utf8 = go_payload("disk", &[]);
     bad_utf8[4] = 0xff;
@@ -296,14 +205,12 @@ fn malformed_option_payloads_are_invalid() {
     ];
     for (what, payload) in &malformed {
         for opt in [NBD_OPT_INFO, NBD_OPT_GO] {
-            let r = c.option(opt, payload);
-            assert_eq!((r.option, r.kind), (opt, NBD_REP_ERR_INVALID), "{what}");
+            refused(&mut c, opt, payload, NBD_REP_ERR_INVALID, what);
         }
     }
     // Options that take no data.
     for opt in [NBD_OPT_LIST, NBD_OPT_STRUCTURED_REPLY, NBD_OPT_STARTTLS] {
-        let r = c.option(opt, b"x");
-        assert_eq!((r.option, r.kind), (opt, NBD_REP_ERR_INVALID));
+        refused(&mut c, opt, b"x", NBD_REP_ERR_INVALID, "data for no data");
     }
     // Meta context payloads.
     c.structured_reply();
@@ -317,8 +224,7 @@ fn malformed_option_payloads_are_invalid() {
         },
     ] {
         for opt in [NBD_OPT_LIST_META_CONTEXT, NBD_OPT_SET_META_CONTEXT] {
-            let r = c.option(opt, &payload);
-            assert_eq!((r.option, r.kind), (opt, NBD_REP_ERR_INVALID));
+            refused(&mut c, opt, &payload, NBD_REP_ERR_INVALID, "meta context");
         }
     }
     // Still in sync: a good GO enters transmission.
@@ -333,17 +239,21 @@ fn malformed_option_payloads_are_invalid() {
 #[test]
 fn unknown_exports_are_refused() {
     let f = Fixture::new();
-    let mut c = f.connect();
-    c.greeting();
-    c.client_flags();
+    let mut c = f.srv.connect();
+    c.handshake();
     c.structured_reply();
     for opt in [NBD_OPT_INFO, NBD_OPT_GO] {
-        let r = c.option(opt, &go_payload("nope", &[]));
-        assert_eq!((r.option, r.kind), (opt, NBD_REP_ERR_UNKNOWN));
+        refused(
+            &mut c,
+            opt,
+            &go_payload("nope", &[]),
+            NBD_REP_ERR_UNKNOWN,
+            "unknown export",
+        );
     }
     for opt in [NBD_OPT_LIST_META_CONTEXT, NBD_OPT_SET_META_CONTEXT] {
-        let r = c.option(opt, &meta_payload("nope", &[BASE_ALLOCATION]));
-        assert_eq!((r.option, r.kind), (opt, NBD_REP_ERR_UNKNOWN));
+        let meta = meta_payload("nope", &[BASE_ALLOCATION]);
+        refused(&mut c, opt, &meta, NBD_REP_ERR_UNKNOWN, "unknown export");
     }
     // NBD_OPT_INFO on a real export answers and stays in negotiation.
     let r = c.option(NBD_OPT_INFO, &go_payload("ro", &[NBD_INFO_NAME]));
@@ -370,21 +280,18 @@ fn unknown_exports_are_refused() {
     c.disconnect();
 
     // NBD_OPT_EXPORT_NAME has no error reply: the server closes.
-    let (mut c, task) = f.pair(false);
-    c.greeting();
-    c.client_flags();
+    let (mut c, task) = f.srv.pair(false);
+    c.handshake();
     c.send(&option_bytes(NBD_OPT_EXPORT_NAME, b"nope"));
-    c.assert_closed("EXPORT_NAME of an unknown export");
-    f.ended(task, "EXPORT_NAME of an unknown export");
+    f.srv.closed(c, task, "EXPORT_NAME of an unknown export");
     f.healthy();
 }
 
 #[test]
 fn oversized_options_are_too_big_and_the_stream_stays_in_sync() {
     let f = Fixture::new();
-    let mut c = f.connect();
-    c.greeting();
-    c.client_flags();
+    let mut c = f.srv.connect();
+    c.handshake();
     // Payloads that look like options themselves: a server that lost
     // track would answer them.
     let fake = option_bytes(NBD_OPT_LIST, &[]).repeat(4000);
@@ -394,8 +301,7 @@ fn oversized_options_are_too_big_and_the_stream_stays_in_sync() {
         (NBD_OPT_SET_META_CONTEXT, 70_000),
     ] {
         let payload: Vec<u8> = fake.iter().copied().cycle().take(len).collect();
-        let r = c.option(opt, &payload);
-        assert_eq!((r.option, r.kind), (opt, NBD_REP_ERR_TOO_BIG));
+        refused(&mut c, opt, &payload, NBD_REP_ERR_TOO_BIG, "oversized");
     }
     // The largest accepted size is fine (and malformed, here).
     let r = c.option(NBD_OPT_GO, &vec![0; MAX_OPTION_LEN as usize]);
@@ -405,23 +311,20 @@ fn oversized_options_are_too_big_and_the_stream_stays_in_sync() {
     c.disconnect();
 
     // An export name too long to hold closes the connection.
-    let (mut c, task) = f.pair(false);
-    c.greeting();
-    c.client_flags();
+    let (mut c, task) = f.srv.pair(false);
+    c.handshake();
     let mut opt = option_bytes(NBD_OPT_EXPORT_NAME, &[]);
     opt[12..16].copy_from_slice(&(MAX_OPTION_LEN + 1).to_be_bytes());
     c.send(&opt);
-    c.assert_closed("oversized EXPORT_NAME");
-    f.ended(task, "oversized EXPORT_NAME");
+    f.srv.closed(c, task, "oversized EXPORT_NAME");
     f.healthy();
 }
 
 #[test]
 fn meta_contexts_need_structured_replies() {
     let f = Fixture::new();
-    let mut c = f.connect();
-    c.greeting();
-    c.client_flags();
+    let mut c = f.srv.connect();
+    c.handshake();
     let set = meta_payload("disk", &[BASE_ALLOCATION]);
     let r = c.option(NBD_OPT_SET_META_CONTEXT, &set);
     assert_eq!(r.kind, NBD_REP_ERR_INVALID);
@@ -447,9 +350,8 @@ fn meta_contexts_need_structured_replies() {
 #[test]
 fn tls_required_without_tls_refuses_everything() {
     let f = Fixture::new();
-    let (mut c, task) = f.pair(true);
-    c.greeting();
-    c.client_flags();
+    let (mut c, task) = f.srv.pair(true);
+    c.handshake();
     for (opt, data) in [
         (NBD_OPT_LIST, vec![]),
         (NBD_OPT_GO, go_payload("disk", &[])),
@@ -457,33 +359,28 @@ fn tls_required_without_tls_refuses_everything() {
         (NBD_OPT_STRUCTURED_REPLY, vec![]),
         (99, vec![]),
     ] {
-        let r = c.option(opt, &data);
-        assert_eq!((r.option, r.kind), (opt, NBD_REP_ERR_TLS_REQD));
+        refused(&mut c, opt, &data, NBD_REP_ERR_TLS_REQD, "before TLS");
     }
     // This server has no certificate: STARTTLS is refused by policy.
     let r = c.option(NBD_OPT_STARTTLS, &[]);
     assert_eq!(r.kind, NBD_REP_ERR_POLICY);
     c.send(&option_bytes(NBD_OPT_EXPORT_NAME, b"disk"));
-    c.assert_closed("EXPORT_NAME before TLS");
-    f.ended(task, "EXPORT_NAME before TLS");
+    f.srv.closed(c, task, "EXPORT_NAME before TLS");
 
     // NBD_OPT_ABORT is always allowed.
-    let (mut c, task) = f.pair(true);
-    c.greeting();
-    c.client_flags();
+    let (mut c, task) = f.srv.pair(true);
+    c.handshake();
     let r = c.option(NBD_OPT_ABORT, &[]);
     assert_eq!(r.kind, NBD_REP_ACK);
-    c.assert_closed("ABORT");
-    f.ended(task, "ABORT");
-    assert_eq!(f.disk.contents().iter().filter(|&&b| b != 0).count(), 0);
+    f.srv.closed(c, task, "ABORT");
+    assert_eq!(nonzero(&f.disk), 0);
 }
 
 #[test]
 fn starttls_without_a_certificate_is_refused_but_the_session_goes_on() {
     let f = Fixture::new();
-    let mut c = f.connect();
-    c.greeting();
-    c.client_flags();
+    let mut c = f.srv.connect();
+    c.handshake();
     let r = c.option(NBD_OPT_STARTTLS, &[]);
     assert_eq!(r.kind, NBD_REP_ERR_POLICY);
     c.structured_reply();
@@ -499,13 +396,8 @@ fn starttls_without_a_certificate_is_refused_but_the_session_goes_on() {
 fn bad_requests_get_errors_and_the_connection_goes_on() {
     let f = Fixture::new();
     for structured in [true, false] {
-        let mut c = f.connect();
-        c.greeting();
-        c.client_flags();
-        if structured {
-            c.structured_reply();
-        }
-        c.go("disk", structured, &[]);
+        let mut c = f.srv.connect();
+        c.start("disk", structured, &[]);
         check(c.write(0, &[0x5a; 4096]), 0);
 
         // Out of range: reads and trims EINVAL, writes ENOSPC (with their
@@ -567,14 +459,13 @@ fn bad_requests_get_errors_and_the_connection_goes_on() {
 #[test]
 fn oversized_writes_are_refused_with_their_payload_skipped() {
     let f = Fixture::new();
-    let mut c = f.connect();
-    c.greeting();
-    c.client_flags();
+    let mut c = f.srv.connect();
+    c.handshake();
     c.go("disk", false, &[]);
     let len = MAX_PAYLOAD + 4096;
     let r = c.cmd(0, NBD_CMD_WRITE, 0, len, &fake_requests(len as usize));
     assert_eq!(r.error, NBD_EOVERFLOW);
-    assert_eq!(f.disk.contents().iter().filter(|&&b| b != 0).count(), 0);
+    assert_eq!(nonzero(&f.disk), 0);
     check(c.write(0, &[1; 512]), 0);
     assert_eq!(c.read(0, 512).data, vec![1; 512]);
     c.disconnect();
@@ -584,13 +475,8 @@ fn oversized_writes_are_refused_with_their_payload_skipped() {
 fn writes_to_a_read_only_export_are_eperm() {
     let f = Fixture::new();
     for structured in [true, false] {
-        let mut c = f.connect();
-        c.greeting();
-        c.client_flags();
-        if structured {
-            c.structured_reply();
-        }
-        let (size, flags) = c.go("ro", structured, &[]);
+        let mut c = f.srv.connect();
+        let (size, flags) = c.start("ro", structured, &[]);
         assert_eq!(size, RO_SIZE);
         assert_ne!(flags & NBD_FLAG_READ_ONLY, 0);
         assert_eq!(flags & (NBD_FLAG_SEND_TRIM | NBD_FLAG_SEND_WRITE_ZEROES), 0);
@@ -616,24 +502,16 @@ fn writes_to_a_read_only_export_are_eperm() {
 #[test]
 fn a_bad_request_magic_closes_only_that_connection() {
     let f = Fixture::new();
-    let mut other = f.connect();
+    let mut other = f.srv.connect();
     other.start("disk", true, &[BASE_ALLOCATION]);
     check(other.write(0, &[3; 4096]), 0);
 
-    let (mut c, task) = f.pair(false);
+    let (mut c, task) = f.srv.pair(false);
     c.start("disk", true, &[]);
-    let mut h = Request {
-        flags: 0,
-        kind: NBD_CMD_READ,
-        cookie: 1,
-        offset: 0,
-        length: 512,
-    }
-    .encode();
+    let mut h = header(NBD_CMD_READ, 1, 0, 512);
     h[0] ^= 0x80;
     c.send(&h);
-    c.assert_closed("bad request magic");
-    f.ended(task, "bad request magic");
+    f.srv.closed(c, task, "bad request magic");
 
     // The other connection, open all along, is unaffected.
     let r = other.read(0, 4096);
@@ -645,16 +523,7 @@ fn a_bad_request_magic_closes_only_that_connection() {
 #[test]
 fn clients_that_vanish_mid_request_end_their_connection() {
     let f = Fixture::new();
-    let write = |len: u32| {
-        Request {
-            flags: 0,
-            kind: NBD_CMD_WRITE,
-            cookie: 9,
-            offset: 0,
-            length: len,
-        }
-        .encode()
-    };
+    let write = |len: u32| header(NBD_CMD_WRITE, 9, 0, len);
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("half a request header", write(4096)[..10].to_vec()),
         ("header of a write, no payload", write(4096).to_vec()),
@@ -668,41 +537,28 @@ fn clients_that_vanish_mid_request_end_their_connection() {
         ),
     ];
     for (what, bytes) in cases {
-        let (mut c, task) = f.pair(false);
+        let (mut c, task) = f.srv.pair(false);
         c.start("disk", true, &[]);
         c.send(&bytes);
         drop(c);
-        f.ended(task, what);
-        assert_eq!(
-            f.disk.contents().iter().filter(|&&b| b != 0).count(),
-            0,
-            "{what}: nothing was written"
-        );
+        f.srv.ended(task, what);
+        assert_eq!(nonzero(&f.disk), 0, "{what}: nothing was written");
     }
     // Gone with requests in flight and replies unread.
-    let (mut c, task) = f.pair(false);
+    let (mut c, task) = f.srv.pair(false);
     c.start("disk", false, &[]);
     for i in 0..200u64 {
-        c.send(
-            &Request {
-                flags: 0,
-                kind: NBD_CMD_READ,
-                cookie: i,
-                offset: 0,
-                length: 1 << 20,
-            }
-            .encode(),
-        );
+        c.send(&header(NBD_CMD_READ, i, 0, 1 << 20));
     }
     drop(c);
-    f.ended(task, "a client gone with replies unread");
+    f.srv.ended(task, "a client gone with replies unread");
     f.healthy();
 }
 
 #[test]
 fn pipelined_requests_all_get_their_reply() {
     let f = Fixture::new();
-    let mut c = f.connect();
+    let mut c = f.srv.connect();
     c.start("disk", true, &[BASE_ALLOCATION]);
     // More requests than may be in flight, sent before reading any reply.
     let n = 3 * MAX_IN_FLIGHT as u64;
@@ -740,79 +596,38 @@ fn pipelined_requests_all_get_their_reply() {
 }
 
 // ---------------------------------------------------------------------------
-// A raw protocol client
-
-trait Io: Read + Write + Send {}
-impl<T: Read + Write + Send> Io for T {}
-
-struct Client {
-    s: Box<dyn Io>,
-    structured: bool,
-    cookie: u64,
-}
-
-/// An option reply.
-#[derive(Debug)]
-struct OptReply {
-    option: u32,
-    kind: u32,
-    data: Vec<u8>,
-}
-
-/// A transmission reply, simple or structured (all chunks gathered).
-#[derive(Debug, Default)]
-struct Reply {
-    cookie: u64,
-    error: u32,
-    /// Read data, holes filled in with zeros.
-    data: Vec<u8>,
-    /// Block status: (context id, [(length, flags)]).
-    status: Vec<(u32, Vec<(u32, u32)>)>,
-}
-
-fn option_bytes(opt: u32, data: &[u8]) -> Vec<u8> {
-    let mut b = Vec::new();
-    b.extend(IHAVEOPT.to_be_bytes());
-    b.extend(opt.to_be_bytes());
-    b.extend((data.len() as u32).to_be_bytes());
-    b.extend(data);
-    b
-}
-
-fn go_payload(name: &str, infos: &[u16]) -> Vec<u8> {
-    let mut d = Vec::new();
-    d.extend((name.len() as u32).to_be_bytes());
-    d.extend(name.as_bytes());
-    d.extend((infos.len() as u16).to_be_bytes());
-    for i in infos {
-        d.extend(i.to_be_bytes());
-    }
-    d
-}
-
-fn meta_payload(name: &str, queries: &[&str]) -> Vec<u8> {
-    let mut d = Vec::new();
-    d.extend((name.len() as u32).to_be_bytes());
-    d.extend(name.as_bytes());
-    d.extend((queries.len() as u32).to_be_bytes());
-    for q in queries {
-        d.extend((q.len() as u32).to_be_bytes());
-        d.extend(q.as_bytes());
-    }
-    d
-}
+// Helpers
 
 /// `len` bytes of well-formed read requests: a payload a server that lost
 /// its place in the stream would answer.
 fn fake_requests(len: usize) -> Vec<u8> {
-    let r = Request {
+    let h = header(NBD_CMD_READ, 0xbad, 0, 512);
+    h.iter().copied().cycle().take(len).collect()
+}
+
+/// The header of a request without flags.
+fn header(kind: u16, cookie: u64, offset: u64, length: u32) -> [u8; REQUEST_LEN] {
+    Request {
         flags: 0,
-        kind: NBD_CMD_READ,
-        cookie: 0xbad,
-        offset: 0,
-        length: 512,
-    };
-    r.encode().iter().copied().cycle().take(len).collect()
+        kind,
+        cookie,
+        offset,
+        length,
+    }
+    .encode()
+}
+
+/// Bytes of `dev` that are not zero.
+fn nonzero(dev: &MemDevice) -> usize {
+    dev.contents().iter().filter(|&&b| b != 0).count()
+}
+
+/// Sends option `opt` with `data`; asserts the reply is the error `error`
+/// for that option, and returns it.
+fn refused(c: &mut Client, opt: u32, data: &[u8], error: u32, what: &str) -> OptReply {
+    let r = c.option(opt, data);
+    assert_eq!((r.option, r.kind), (opt, error), "{what}");
+    r
 }
 
 /// Asserts a reply's error value (0: success).
@@ -820,249 +635,5 @@ fn check(r: Reply, error: u32) {
     assert_eq!(r.error, error, "{r:?}");
     if error != 0 {
         assert!(r.data.is_empty(), "a failed request carries no data");
-    }
-}
-
-fn be32(b: &[u8]) -> u32 {
-    u32::from_be_bytes(b[..4].try_into().unwrap())
-}
-
-impl Client {
-    fn new(s: Box<dyn Io>) -> Self {
-        Client {
-            s,
-            structured: false,
-            cookie: 0,
-        }
-    }
-
-    fn send(&mut self, b: &[u8]) {
-        self.s.write_all(b).unwrap();
-    }
-
-    fn recv(&mut self, n: usize) -> Vec<u8> {
-        let mut b = vec![0u8; n];
-        self.s
-            .read_exact(&mut b)
-            .unwrap_or_else(|e| panic!("reading {n} bytes from the server: {e}"));
-        b
-    }
-
-    /// Reads the server's greeting: NBDMAGIC, IHAVEOPT, handshake flags.
-    fn greeting(&mut self) {
-        let g = self.recv(18);
-        assert_eq!(u64::from_be_bytes(g[..8].try_into().unwrap()), NBDMAGIC);
-        assert_eq!(u64::from_be_bytes(g[8..16].try_into().unwrap()), IHAVEOPT);
-        let flags = u16::from_be_bytes(g[16..18].try_into().unwrap());
-        assert_eq!(flags, NBD_FLAG_FIXED_NEWSTYLE | NBD_FLAG_NO_ZEROES);
-    }
-
-    fn client_flags(&mut self) {
-        self.send(&(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES).to_be_bytes());
-    }
-
-    fn reply(&mut self) -> OptReply {
-        let h = self.recv(20);
-        assert_eq!(u64::from_be_bytes(h[..8].try_into().unwrap()), REPLY_MAGIC);
-        let len = be32(&h[16..]) as usize;
-        OptReply {
-            option: be32(&h[8..]),
-            kind: be32(&h[12..]),
-            data: self.recv(len),
-        }
-    }
-
-    /// Sends an option and returns the first reply.
-    fn option(&mut self, opt: u32, data: &[u8]) -> OptReply {
-        self.send(&option_bytes(opt, data));
-        self.reply()
-    }
-
-    fn structured_reply(&mut self) {
-        let r = self.option(NBD_OPT_STRUCTURED_REPLY, &[]);
-        assert_eq!((r.option, r.kind), (NBD_OPT_STRUCTURED_REPLY, NBD_REP_ACK));
-    }
-
-    /// Selects `contexts` (if any) and sends NBD_OPT_GO; returns the size
-    /// and transmission flags.
-    fn go(&mut self, export: &str, structured: bool, contexts: &[&str]) -> (u64, u16) {
-        self.structured = structured;
-        if !contexts.is_empty() {
-            let r = self.option(NBD_OPT_SET_META_CONTEXT, &meta_payload(export, contexts));
-            let mut r = r;
-            let mut ids = 0;
-            while r.kind == NBD_REP_META_CONTEXT {
-                ids += 1;
-                assert_eq!(be32(&r.data), ids, "context ids count from 1");
-                r = self.reply();
-            }
-            assert_eq!(r.kind, NBD_REP_ACK);
-            assert_eq!(ids as usize, contexts.len());
-        }
-        self.send(&option_bytes(
-            NBD_OPT_GO,
-            &go_payload(export, &[NBD_INFO_BLOCK_SIZE]),
-        ));
-        let mut export_info = None;
-        loop {
-            let r = self.reply();
-            assert_eq!(r.option, NBD_OPT_GO);
-            match r.kind {
-                NBD_REP_ACK => break,
-                NBD_REP_INFO => {
-                    let kind = u16::from_be_bytes(r.data[..2].try_into().unwrap());
-                    if kind == NBD_INFO_EXPORT {
-                        let size = u64::from_be_bytes(r.data[2..10].try_into().unwrap());
-                        let flags = u16::from_be_bytes(r.data[10..12].try_into().unwrap());
-                        export_info = Some((size, flags));
-                    }
-                }
-                k => panic!("NBD_OPT_GO({export}): reply {k:#x}: {:?}", r.data),
-            }
-        }
-        let info = export_info.expect("NBD_INFO_EXPORT is always sent");
-        assert_eq!(info.1 & NBD_FLAG_SEND_DF != 0, structured);
-        info
-    }
-
-    /// Greeting, flags, structured replies if asked, contexts, GO.
-    fn start(&mut self, export: &str, structured: bool, contexts: &[&str]) -> (u64, u16) {
-        self.greeting();
-        self.client_flags();
-        if structured {
-            self.structured_reply();
-        }
-        self.go(export, structured, contexts)
-    }
-
-    fn send_request(
-        &mut self,
-        flags: u16,
-        kind: u16,
-        cookie: u64,
-        offset: u64,
-        len: u32,
-        data: &[u8],
-    ) {
-        let mut b = Request {
-            flags,
-            kind,
-            cookie,
-            offset,
-            length: len,
-        }
-        .encode()
-        .to_vec();
-        b.extend(data);
-        self.send(&b);
-    }
-
-    /// Sends one request and reads its reply.
-    fn cmd(&mut self, flags: u16, kind: u16, offset: u64, len: u32, data: &[u8]) -> Reply {
-        self.cookie += 1;
-        let cookie = self.cookie;
-        self.send_request(flags, kind, cookie, offset, len, data);
-        let r = if self.structured {
-            self.structured()
-        } else {
-            // A simple reply carries data only for a successful read.
-            let h = self.recv(16);
-            assert_eq!(be32(&h), NBD_SIMPLE_REPLY_MAGIC);
-            let error = be32(&h[4..]);
-            let data = if kind == NBD_CMD_READ && error == 0 {
-                self.recv(len as usize)
-            } else {
-                Vec::new()
-            };
-            Reply {
-                cookie: u64::from_be_bytes(h[8..16].try_into().unwrap()),
-                error,
-                data,
-                status: Vec::new(),
-            }
-        };
-        assert_eq!(r.cookie, cookie, "replies come in order here");
-        r
-    }
-
-    /// Reads the chunks of one structured reply, up to the one marked done.
-    fn structured(&mut self) -> Reply {
-        let mut r = Reply::default();
-        let mut pieces: Vec<(u64, Vec<u8>)> = Vec::new();
-        loop {
-            let h = self.recv(20);
-            assert_eq!(be32(&h), NBD_STRUCTURED_REPLY_MAGIC);
-            let flags = u16::from_be_bytes(h[4..6].try_into().unwrap());
-            let kind = u16::from_be_bytes(h[6..8].try_into().unwrap());
-            r.cookie = u64::from_be_bytes(h[8..16].try_into().unwrap());
-            let body = self.recv(be32(&h[16..]) as usize);
-            match kind {
-                NBD_REPLY_TYPE_NONE => assert!(body.is_empty()),
-                NBD_REPLY_TYPE_OFFSET_DATA => {
-                    let off = u64::from_be_bytes(body[..8].try_into().unwrap());
-                    pieces.push((off, body[8..].to_vec()));
-                }
-                NBD_REPLY_TYPE_OFFSET_HOLE => {
-                    let off = u64::from_be_bytes(body[..8].try_into().unwrap());
-                    pieces.push((off, vec![0; be32(&body[8..]) as usize]));
-                }
-                NBD_REPLY_TYPE_BLOCK_STATUS => {
-                    let ext = body[4..]
-                        .chunks(8)
-                        .map(|e| (be32(e), be32(&e[4..])))
-                        .collect();
-                    r.status.push((be32(&body), ext));
-                }
-                NBD_REPLY_TYPE_ERROR => {
-                    r.error = be32(&body);
-                    let n = u16::from_be_bytes(body[4..6].try_into().unwrap()) as usize;
-                    assert_eq!(body.len(), 6 + n, "error message length");
-                    assert_ne!(r.error, 0);
-                }
-                k => panic!("unexpected chunk type {k}"),
-            }
-            if flags & NBD_REPLY_FLAG_DONE != 0 {
-                break;
-            }
-        }
-        // Chunks cover the read exactly once, in any order.
-        pieces.sort_by_key(|p| p.0);
-        for (i, (off, d)) in pieces.iter().enumerate() {
-            if let Some((next, _)) = pieces.get(i + 1) {
-                assert_eq!(off + d.len() as u64, *next, "chunks tile the range");
-            }
-            r.data.extend(d);
-        }
-        r
-    }
-
-    fn read(&mut self, offset: u64, len: u32) -> Reply {
-        self.cmd(0, NBD_CMD_READ, offset, len, &[])
-    }
-
-    fn write(&mut self, offset: u64, data: &[u8]) -> Reply {
-        self.cmd(0, NBD_CMD_WRITE, offset, data.len() as u32, data)
-    }
-
-    fn disconnect(mut self) {
-        self.send_request(0, NBD_CMD_DISC, 0, 0, 0, &[]);
-        self.assert_closed("after NBD_CMD_DISC");
-    }
-
-    /// Asserts the server closes the connection (reading nothing more).
-    fn assert_closed(&mut self, what: &str) {
-        let mut b = [0u8; 4096];
-        loop {
-            match self.s.read(&mut b) {
-                Ok(0) => return,
-                Ok(n) => panic!(
-                    "{what}: the server sent {n} more bytes: {:?}",
-                    &b[..n.min(64)]
-                ),
-                Err(e) if e.kind() == ErrorKind::ConnectionReset => return,
-                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => panic!("{what}: the connection is still open ({e})"),
-            }
-        }
     }
 }

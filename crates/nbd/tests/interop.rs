@@ -9,15 +9,17 @@
 //! the bytes the devices hold. The TLS tests make a CA, server and client
 //! certificates with rcgen and run the TCP listener with TLS required.
 
+mod common;
+
+use common::TestServer;
 use nbd::mem::{MemDevice, StaticExports};
 use nbd::proto::{NBD_STATE_HOLE, NBD_STATE_ZERO};
-use nbd::{BlockDevice, Extent, Server};
+use nbd::{BlockDevice, Extent};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, UnixListener};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -31,14 +33,10 @@ const CLIENT_TIMEOUT: Duration = Duration::from_secs(120);
 // The server under test
 
 struct Fixture {
-    dir: tempfile::TempDir,
-    sock: PathBuf,
-    port: u16,
+    srv: TestServer,
     disk: Arc<MemDevice>,
     disk2: Arc<MemDevice>,
     ro: Arc<MemDevice>,
-    server: Server,
-    rt: Option<tokio::runtime::Runtime>,
 }
 
 impl Fixture {
@@ -50,7 +48,6 @@ impl Fixture {
     /// A server whose TCP listener requires TLS when `tls` is given (the
     /// unix socket never does).
     fn start(tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>) -> Self {
-        let dir = tempfile::tempdir().unwrap();
         let disk = Arc::new(MemDevice::new(DISK_SIZE, false));
         let disk2 = Arc::new(MemDevice::new(DISK_SIZE, false));
         let ro = Arc::new(MemDevice::new(RO_SIZE, true));
@@ -62,56 +59,24 @@ impl Fixture {
             .with("disk", disk.clone())
             .with("disk2", disk2.clone())
             .with("ro", ro.clone());
-        let tls_required = tls.is_some();
-        let server = Server::new(Arc::new(exports), tls);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        let sock = dir.path().join("nbd.sock");
-        let (unix, tcp) = rt.block_on(async {
-            (
-                UnixListener::bind(&sock).unwrap(),
-                TcpListener::bind("127.0.0.1:0").await.unwrap(),
-            )
-        });
-        let port = tcp.local_addr().unwrap().port();
-        let s = server.clone();
-        rt.spawn(async move { s.serve_unix(unix).await.unwrap() });
-        let s = server.clone();
-        rt.spawn(async move { s.serve_tcp(tcp, tls_required).await.unwrap() });
         Fixture {
-            dir,
-            sock,
-            port,
+            srv: TestServer::start(exports, tls),
             disk,
             disk2,
             ro,
-            server,
-            rt: Some(rt),
         }
     }
 
     fn unix(&self, export: &str) -> String {
-        format!("nbd+unix:///{export}?socket={}", self.sock.display())
+        format!("nbd+unix:///{export}?socket={}", self.srv.sock.display())
     }
 
     fn tcp(&self, export: &str) -> String {
-        format!("nbd://127.0.0.1:{}/{export}", self.port)
+        format!("nbd://127.0.0.1:{}/{export}", self.srv.port)
     }
 
     fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        self.server.shutdown();
-        if let Some(rt) = self.rt.take() {
-            rt.shutdown_timeout(Duration::from_secs(5));
-        }
+        self.srv.dir.path().join(name)
     }
 }
 
@@ -167,6 +132,20 @@ fn describe(prog: &str, args: &[&str], o: &Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// The arguments of `qemu-io -f raw [-r] -c CMD… URI`: `cmds` run in
+/// order on `uri`, opened read-only if `read_only`.
+fn qemu_io<'a>(read_only: bool, cmds: &[&'a str], uri: &'a str) -> Vec<&'a str> {
+    let mut args = vec!["-f", "raw"];
+    if read_only {
+        args.push("-r");
+    }
+    for c in cmds {
+        args.extend(["-c", *c]);
+    }
+    args.push(uri);
+    args
 }
 
 /// Runs a client that must succeed; returns its standard output.
@@ -349,19 +328,16 @@ fn qemu_io_writes_patterns_that_read_back() {
     let writes = format!("write -P 0x11 {end} 4k");
     ok(
         "qemu-io",
-        &[
-            "-f",
-            "raw",
-            "-c",
-            "write -P 0xa5 0 64k",
-            "-c",
-            "write -P 0x5a 3146240 1536", // 3 MiB + 512, unaligned
-            "-c",
-            "write -P 0x77 8M 1M",
-            "-c",
-            &writes,
+        &qemu_io(
+            false,
+            &[
+                "write -P 0xa5 0 64k",
+                "write -P 0x5a 3146240 1536", // 3 MiB + 512, unaligned
+                "write -P 0x77 8M 1M",
+                &writes,
+            ],
             &uri,
-        ],
+        ),
     );
     // On the device, byte for byte.
     let mut want = vec![0u8; DISK_SIZE as usize];
@@ -375,33 +351,24 @@ fn qemu_io_writes_patterns_that_read_back() {
     let reads = format!("read -P 0x11 {end} 4k");
     let out = ok(
         "qemu-io",
-        &[
-            "-f",
-            "raw",
-            "-r",
-            "-c",
-            "read -P 0xa5 0 64k",
-            "-c",
-            "read -P 0x5a 3146240 1536",
-            "-c",
-            "read -P 0 3145728 512",
-            "-c",
-            "read -P 0x77 8M 1M",
-            "-c",
-            "read -P 0 9M 1M",
-            "-c",
-            &reads,
+        &qemu_io(
+            true,
+            &[
+                "read -P 0xa5 0 64k",
+                "read -P 0x5a 3146240 1536",
+                "read -P 0 3145728 512",
+                "read -P 0x77 8M 1M",
+                "read -P 0 9M 1M",
+                &reads,
+            ],
             &f.tcp("disk"),
-        ],
+        ),
     );
     assert!(!out.contains("Pattern verification failed"), "{out}");
     assert_eq!(out.matches("read ").count(), 6, "{out}");
 
     // A wrong pattern is caught: the reads above are real checks.
-    let out = fails(
-        "qemu-io",
-        &["-f", "raw", "-r", "-c", "read -P 0xa6 0 64k", &uri],
-    );
+    let out = fails("qemu-io", &qemu_io(true, &["read -P 0xa6 0 64k"], &uri));
     assert!(out.contains("Pattern verification failed"), "{out}");
 }
 
@@ -411,21 +378,17 @@ fn qemu_io_write_zeroes_and_discard() {
     let uri = f.unix("disk");
     ok(
         "qemu-io",
-        &[
-            "-f",
-            "raw",
-            "-c",
-            "write -P 0x77 0 1M",
-            "-c",
-            "write -z 64k 64k",
-            "-c",
-            "write -z -u 256k 128k",
-            "-c",
-            "discard 512k 64k",
-            "-c",
-            "write -z 700000 3000", // inside a page: zeroed, stays allocated
+        &qemu_io(
+            false,
+            &[
+                "write -P 0x77 0 1M",
+                "write -z 64k 64k",
+                "write -z -u 256k 128k",
+                "discard 512k 64k",
+                "write -z 700000 3000", // inside a page: zeroed, stays allocated
+            ],
             &uri,
-        ],
+        ),
     );
     let mut want = vec![0u8; DISK_SIZE as usize];
     want[..MIB as usize].fill(0x77);
@@ -458,24 +421,18 @@ fn qemu_io_write_zeroes_and_discard() {
     );
     let out = ok(
         "qemu-io",
-        &[
-            "-f",
-            "raw",
-            "-r",
-            "-c",
-            "read -P 0 64k 64k",
-            "-c",
-            "read -P 0x77 128k 128k",
-            "-c",
-            "read -P 0 256k 128k",
-            "-c",
-            "read -P 0 512k 64k",
-            "-c",
-            "read -P 0 700000 3000",
-            "-c",
-            "read -P 0x77 703000 1000",
+        &qemu_io(
+            true,
+            &[
+                "read -P 0 64k 64k",
+                "read -P 0x77 128k 128k",
+                "read -P 0 256k 128k",
+                "read -P 0 512k 64k",
+                "read -P 0 700000 3000",
+                "read -P 0x77 703000 1000",
+            ],
             &uri,
-        ],
+        ),
     );
     assert!(!out.contains("Pattern verification failed"), "{out}");
 }
@@ -485,7 +442,7 @@ fn read_only_export_refuses_writes() {
     let f = Fixture::new();
     let before = f.ro.contents();
     for uri in [f.unix("ro"), f.tcp("ro")] {
-        let out = fails("qemu-io", &["-f", "raw", "-c", "write -P 0xee 0 4k", &uri]);
+        let out = fails("qemu-io", &qemu_io(false, &["write -P 0xee 0 4k"], &uri));
         assert!(
             out.to_lowercase().contains("read-only")
                 || out.contains("Operation not permitted")
@@ -493,10 +450,7 @@ fn read_only_export_refuses_writes() {
             "{out}"
         );
         // Forcing the write through a read-only open does not work either.
-        let out = run(
-            "qemu-io",
-            &["-f", "raw", "-r", "-c", "write -P 0xee 0 4k", &uri],
-        );
+        let out = run("qemu-io", &qemu_io(true, &["write -P 0xee 0 4k"], &uri));
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -512,16 +466,11 @@ fn read_only_export_refuses_writes() {
     // Reads work and see the content.
     let out = ok(
         "qemu-io",
-        &[
-            "-f",
-            "raw",
-            "-r",
-            "-c",
-            "read -P 0x3c 0 1M",
-            "-c",
-            "read -P 0 1M 1M",
+        &qemu_io(
+            true,
+            &["read -P 0x3c 0 1M", "read -P 0 1M 1M"],
             &f.unix("ro"),
-        ],
+        ),
     );
     assert!(!out.contains("Pattern verification failed"), "{out}");
     let info = ok("nbdinfo", &[&f.unix("ro")]);
@@ -562,7 +511,7 @@ fn nbdinfo_map_shows_holes_and_data() {
     // Then a qemu-io write fills one of the holes.
     ok(
         "qemu-io",
-        &["-f", "raw", "-c", "write -P 9 8M 8k", &f.unix("disk")],
+        &qemu_io(false, &["write -P 9 8M 8k"], &f.unix("disk")),
     );
     let map = parse_map(&ok("nbdinfo", &["--map", &f.unix("disk")]));
     assert!(
@@ -584,23 +533,24 @@ fn nbdinfo_map_shows_holes_and_data() {
     );
 }
 
+/// 8 KiB of data at the start of `disk`, written through the device, then
+/// a cleared dirty bitmap, then `writes` by qemu-io over the unix socket:
+/// the bitmap marks only what qemu-io wrote.
+fn write_after_clearing_dirty(f: &Fixture, writes: &[&str]) {
+    f.disk.write(0, &[1; 8192], false).unwrap();
+    f.disk.clear_dirty();
+    ok("qemu-io", &qemu_io(false, writes, &f.unix("disk")));
+}
+
 #[test]
 fn nbdinfo_map_of_the_dirty_bitmap() {
     let f = Fixture::new();
-    f.disk.write(0, &[1; 8192], false).unwrap();
-    f.disk.clear_dirty();
-    ok(
-        "qemu-io",
+    write_after_clearing_dirty(
+        &f,
         &[
-            "-f",
-            "raw",
-            "-c",
             "write -P 1 1M 4k",
-            "-c",
             "write -P 2 3145828 10", // 3 MiB + 100: one page dirty
-            "-c",
             "write -z 8M 8k",
-            &f.unix("disk"),
         ],
     );
     let map = parse_map(&ok(
@@ -654,20 +604,7 @@ fn parse_qemu_map(out: &str) -> Vec<(u64, u64, bool)> {
 #[test]
 fn qemu_img_map_reads_allocation_and_the_dirty_bitmap() {
     let f = Fixture::new();
-    f.disk.write(0, &[1; 8192], false).unwrap();
-    f.disk.clear_dirty();
-    ok(
-        "qemu-io",
-        &[
-            "-f",
-            "raw",
-            "-c",
-            "write -P 1 1M 4k",
-            "-c",
-            "write -P 2 3M 100",
-            &f.unix("disk"),
-        ],
-    );
+    write_after_clearing_dirty(&f, &["write -P 1 1M 4k", "write -P 2 3M 100"]);
     let map = parse_qemu_map(&ok(
         "qemu-img",
         &["map", "--output=json", "-f", "raw", &f.unix("disk")],
@@ -688,7 +625,7 @@ fn qemu_img_map_reads_allocation_and_the_dirty_bitmap() {
     let opts = format!(
         "driver=nbd,server.type=unix,server.path={},export=disk,\
          x-dirty-bitmap=qemu:dirty-bitmap:mem",
-        f.sock.display()
+        f.srv.sock.display()
     );
     let map = parse_qemu_map(&ok(
         "qemu-img",
@@ -705,7 +642,7 @@ fn nbdinfo_and_qemu_nbd_list_the_exports() {
         "nbdinfo",
         &[
             "--list",
-            &format!("nbd+unix:///?socket={}", f.sock.display()),
+            &format!("nbd+unix:///?socket={}", f.srv.sock.display()),
         ],
     );
     let mut seen = Vec::new();
@@ -730,7 +667,7 @@ fn nbdinfo_and_qemu_nbd_list_the_exports() {
     }
     assert_eq!(seen, ["disk", "disk2", "ro"], "{out}");
 
-    let out = ok("qemu-nbd", &["--list", "-k", f.sock.to_str().unwrap()]);
+    let out = ok("qemu-nbd", &["--list", "-k", f.srv.sock.to_str().unwrap()]);
     assert!(out.contains("exports available: 3"), "{out}");
     for (name, size) in [("disk", DISK_SIZE), ("disk2", DISK_SIZE), ("ro", RO_SIZE)] {
         let at = out
@@ -891,7 +828,7 @@ mod tls {
     fn nbds(f: &Fixture, export: &str, dir: &Path) -> String {
         format!(
             "nbds://127.0.0.1:{}/{export}?tls-certificates={}",
-            f.port,
+            f.srv.port,
             dir.display()
         )
     }
@@ -947,10 +884,7 @@ mod tls {
         // (libnbd reports the refused NBD_OPT_LIST without naming TLS.)
         let out = fails("nbdinfo", &["--list", &f.tcp("")]);
         assert!(!out.contains("export="), "{out}");
-        let out = fails(
-            "qemu-io",
-            &["-f", "raw", "-r", "-c", "read 0 4k", &f.tcp("disk")],
-        );
+        let out = fails("qemu-io", &qemu_io(true, &["read 0 4k"], &f.tcp("disk")));
         assert!(out.contains("TLS"), "{out}");
         // A server certificate from another CA is not trusted.
         fails("nbdinfo", &[&nbds(&f, "disk", &pki.other_ca)]);
@@ -977,7 +911,7 @@ mod tls {
         let opts = |export: &str| {
             format!(
                 "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={},export={export},tls-creds=tls0",
-                f.port
+                f.srv.port
             )
         };
         let out = ok(
