@@ -5,46 +5,17 @@
 
 mod common;
 
-use common::s;
+use common::{s, Cli};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
 
-struct Cli {
-    home: PathBuf,
-}
-
 impl Cli {
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_refpoint"));
-        c.args(args).env("REFPOINT_HOME", &self.home);
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("run refpoint")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "refpoint {args:?} failed: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> serde_json::Value {
-        serde_json::from_str(&self.ok(args)).unwrap()
-    }
-
     /// The points of a repository, oldest first.
     fn points(&self, repo: &Path) -> Vec<u32> {
         self.json(&["backup", "list", s(repo), "--json"])

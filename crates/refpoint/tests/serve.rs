@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::s;
+use common::{s, Cli};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -29,11 +29,20 @@ const GRANULARITY: u64 = 64 * KIB;
 // The CLI and the daemon
 // ---------------------------------------------------------------------------
 
-/// A state directory (`REFPOINT_HOME`) inside a temporary directory.
+/// A state directory (`REFPOINT_HOME`) inside a temporary directory, and
+/// the CLI on it.
 struct Env {
     _tmp: tempfile::TempDir,
     dir: PathBuf,
-    home: PathBuf,
+    cli: Cli,
+}
+
+impl std::ops::Deref for Env {
+    type Target = Cli;
+
+    fn deref(&self) -> &Cli {
+        &self.cli
+    }
 }
 
 impl Env {
@@ -41,36 +50,12 @@ impl Env {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
         Env {
-            home: dir.join("home"),
+            cli: Cli {
+                home: dir.join("home"),
+            },
             dir,
             _tmp: tmp,
         }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_refpoint"));
-        c.args(args).env("REFPOINT_HOME", &self.home);
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("run refpoint")
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = self.run(args);
-        assert!(
-            o.status.success(),
-            "refpoint {args:?} failed ({}): {}{}",
-            o.status,
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8(o.stdout).unwrap()
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        serde_json::from_str(&self.ok(args)).unwrap()
     }
 
     fn nbd_socket(&self) -> PathBuf {
