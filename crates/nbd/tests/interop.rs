@@ -726,9 +726,10 @@ fn nbdcopy_both_directions() {
 
 mod tls {
     use super::*;
+    use rcgen::KeyUsagePurpose as Ku;
     use rcgen::{
         BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-        IsCa, KeyPair, KeyUsagePurpose,
+        IsCa, KeyPair,
     };
 
     /// A CA, a server certificate for localhost/127.0.0.1 and a client
@@ -749,79 +750,60 @@ mod tls {
         ca_file: PathBuf,
     }
 
-    fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name.push(DnType::CommonName, name);
-        p.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
-    }
+    /// A certificate and its key, which can sign others.
+    type Ca = CertifiedIssuer<'static, KeyPair>;
 
-    fn leaf(
-        ca: &CertifiedIssuer<'static, KeyPair>,
-        cn: &str,
-        names: &[&str],
-        usage: ExtendedKeyUsagePurpose,
-    ) -> (String, String) {
-        let mut p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-            .unwrap();
+    /// A certificate named `cn` for `names`, with its key: signed by `by`
+    /// for that use, or without `by` a self-signed CA.
+    fn cert(cn: &str, names: &[&str], by: Option<(&Ca, ExtendedKeyUsagePurpose)>) -> Ca {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut p = CertificateParams::new(names).unwrap();
         p.distinguished_name.push(DnType::CommonName, cn);
-        p.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
+        let key = KeyPair::generate().unwrap();
+        let Some((ca, usage)) = by else {
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.key_usages = vec![Ku::KeyCertSign, Ku::CrlSign, Ku::DigitalSignature];
+            return CertifiedIssuer::self_signed(p, key).unwrap();
+        };
+        p.key_usages = vec![Ku::DigitalSignature, Ku::KeyEncipherment];
         p.extended_key_usages = vec![usage];
         p.use_authority_key_identifier_extension = true;
-        let key = KeyPair::generate().unwrap();
-        let cert = p.signed_by(&key, ca).unwrap();
-        (cert.pem(), key.serialize_pem())
+        CertifiedIssuer::signed_by(p, key, ca).unwrap()
     }
 
     fn make() -> Pki {
+        use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
         let root = tempfile::tempdir().unwrap();
-        let ca = ca("nbd test CA");
-        let (server_cert, server_key) = leaf(
-            &ca,
+        let ca = cert("nbd test CA", &[], None);
+        let server = cert(
             "localhost",
             &["localhost", "127.0.0.1"],
-            ExtendedKeyUsagePurpose::ServerAuth,
+            Some((&ca, ServerAuth)),
         );
-        let (client_cert, client_key) = leaf(
-            &ca,
-            "nbd test client",
-            &[],
-            ExtendedKeyUsagePurpose::ClientAuth,
-        );
-        let dir = |n: &str| {
-            let d = root.path().join(n);
-            std::fs::create_dir_all(&d).unwrap();
-            d
-        };
-        let server = dir("server");
-        let with_client = dir("with-client");
-        let ca_only = dir("ca-only");
-        let other_ca = dir("other-ca");
-        let put = |d: &Path, n: &str, s: &str| std::fs::write(d.join(n), s).unwrap();
-        put(&server, "server-cert.pem", &server_cert);
-        put(&server, "server-key.pem", &server_key);
-        put(&server, "ca-cert.pem", &ca.pem());
-        put(&with_client, "ca-cert.pem", &ca.pem());
-        put(&with_client, "client-cert.pem", &client_cert);
-        put(&with_client, "client-key.pem", &client_key);
-        put(&ca_only, "ca-cert.pem", &ca.pem());
-        put(&other_ca, "ca-cert.pem", &self::ca("another CA").pem());
+        let client = cert("nbd test client", &[], Some((&ca, ClientAuth)));
+        for (file, pem) in [
+            ("server/server-cert.pem", server.pem()),
+            ("server/server-key.pem", server.key().serialize_pem()),
+            ("server/ca-cert.pem", ca.pem()),
+            ("with-client/ca-cert.pem", ca.pem()),
+            ("with-client/client-cert.pem", client.pem()),
+            ("with-client/client-key.pem", client.key().serialize_pem()),
+            ("ca-only/ca-cert.pem", ca.pem()),
+            ("other-ca/ca-cert.pem", cert("another CA", &[], None).pem()),
+        ] {
+            let path = root.path().join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, pem).unwrap();
+        }
+        let at = |file: &str| root.path().join(file);
         Pki {
+            server_cert: at("server/server-cert.pem"),
+            server_key: at("server/server-key.pem"),
+            ca_file: at("server/ca-cert.pem"),
+            with_client: at("with-client"),
+            ca_only: at("ca-only"),
+            other_ca: at("other-ca"),
             _root: root,
-            server_cert: server.join("server-cert.pem"),
-            server_key: server.join("server-key.pem"),
-            ca_file: server.join("ca-cert.pem"),
-            with_client,
-            ca_only,
-            other_ca,
         }
     }
 

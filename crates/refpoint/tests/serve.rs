@@ -4,18 +4,18 @@
 //! being written, `kill -9` of the daemon, and graceful stop and restart.
 //!
 //! Every test runs its own daemon in its own state directory; the
-//! [`Daemon`] guard kills it if the test ends early.
+//! [`common::Daemon`] guard kills it if the test ends early.
 
 mod common;
 
-use common::{s, Cli};
+use common::{s, Env};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,79 +26,13 @@ const MIB: u64 = 1 << 20;
 const GRANULARITY: u64 = 64 * KIB;
 
 // ---------------------------------------------------------------------------
-// The CLI and the daemon
+// The CLI (the daemon is common::Env::serve)
 // ---------------------------------------------------------------------------
 
-/// A state directory (`REFPOINT_HOME`) inside a temporary directory, and
-/// the CLI on it.
-struct Env {
-    _tmp: tempfile::TempDir,
-    dir: PathBuf,
-    cli: Cli,
-}
-
-impl std::ops::Deref for Env {
-    type Target = Cli;
-
-    fn deref(&self) -> &Cli {
-        &self.cli
-    }
-}
-
 impl Env {
-    fn new() -> Env {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_path_buf();
-        Env {
-            cli: Cli {
-                home: dir.join("home"),
-            },
-            dir,
-            _tmp: tmp,
-        }
-    }
-
-    fn nbd_socket(&self) -> PathBuf {
-        self.home.join("nbd.sock")
-    }
-
-    fn api_socket(&self) -> PathBuf {
-        self.home.join("api.sock")
-    }
-
-    /// The NBD URI of an export (`@` spelled `%40`).
-    fn uri(&self, export: &str) -> String {
-        format!(
-            "nbd+unix:///{}?socket={}",
-            export.replace('@', "%40"),
-            s(&self.nbd_socket())
-        )
-    }
-
     fn nbd(&self, export: &str) -> Nbd {
         Nbd::connect(&self.nbd_socket(), export)
             .unwrap_or_else(|e| panic!("NBD connection to {export}: {e:?}"))
-    }
-
-    /// A dynamic disk of `size` bytes with `block` blocks, as machine `vm1`
-    /// (with optional freeze/thaw commands); returns the disk file.
-    fn machine(&self, size: u64, block: &str, hooks: Option<(&str, &str)>) -> PathBuf {
-        let disk = self.dir.join("d0.vhdx");
-        self.ok(&[
-            "vhd",
-            "create",
-            s(&disk),
-            "--size",
-            &size.to_string(),
-            "--block-size",
-            block,
-        ]);
-        let mut args = vec!["machine", "create", "vm1", "--disk", s(&disk)];
-        if let Some((f, t)) = hooks {
-            args.extend(["--freeze", f, "--thaw", t]);
-        }
-        self.ok(&args);
-        disk
     }
 
     /// `rct seal vm1/disk0`: the new RCT ID.
@@ -116,127 +50,6 @@ impl Env {
             .iter()
             .map(|r| (r["offset"].as_u64().unwrap(), r["length"].as_u64().unwrap()))
             .collect()
-    }
-
-    /// Starts `refpoint serve`, waiting until its API answers.
-    fn serve(&self) -> Daemon {
-        std::fs::create_dir_all(&self.home).unwrap();
-        let n = std::fs::read_dir(&self.dir).unwrap().count();
-        let log = self.dir.join(format!("serve-{n}.log"));
-        let child = self
-            .cmd(&["serve"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start refpoint serve");
-        let mut d = Daemon {
-            child,
-            log,
-            done: false,
-        };
-        let t = Instant::now();
-        loop {
-            if let Some(st) = d.child.try_wait().unwrap() {
-                d.done = true;
-                panic!("refpoint serve exited with {st}: {}", d.log_text());
-            }
-            if UnixStream::connect(self.api_socket()).is_ok() {
-                return d;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "refpoint serve did not start: {}",
-                d.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// `refpoint serve --stop`, which must return within `limit`.
-    fn stop(&self, mut d: Daemon, limit: Duration) {
-        let mut stop = self
-            .cmd(&["serve", "--stop"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let t = Instant::now();
-        while stop.try_wait().unwrap().is_none() {
-            assert!(
-                t.elapsed() < limit,
-                "refpoint serve --stop did not return within {limit:?}: {}",
-                d.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let o = stop.wait_with_output().unwrap();
-        assert!(
-            o.status.success(),
-            "serve --stop: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        let st = d.wait(limit);
-        assert!(
-            st.success(),
-            "the daemon exited with {st}: {}",
-            d.log_text()
-        );
-        let log = d.log_text();
-        assert!(log.contains("every disk flushed and closed"), "{log}");
-    }
-}
-
-/// A running `refpoint serve`; killed (SIGKILL) when dropped unless it
-/// already ended.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-    done: bool,
-}
-
-impl Daemon {
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Waits for the daemon to exit on its own.
-    fn wait(&mut self, limit: Duration) -> std::process::ExitStatus {
-        let t = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                self.done = true;
-                return st;
-            }
-            assert!(
-                t.elapsed() < limit,
-                "the daemon did not exit within {limit:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// `kill -9`.
-    fn kill9(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-        self.done = true;
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- daemon log ---\n{}", self.log_text());
-        }
     }
 }
 
@@ -559,7 +372,7 @@ fn real_nbd_clients_read_write_and_see_changes() {
     let env = Env::new();
     let size = 64 * MIB;
     env.machine(size, "1M", None);
-    let _d = env.serve();
+    let _d = env.serve(&[]);
     let id = env.seal();
     let live = env.uri("vm1/disk0");
 
@@ -841,7 +654,7 @@ fn backups_of_a_disk_being_written_restore_the_frozen_content() {
     let thaw = format!("rm -f '{h}/req' && touch '{h}/thawed'");
     let size = 96 * MIB;
     env.machine(size, "2M", Some((&freeze, &thaw)));
-    let _d = env.serve();
+    let _d = env.serve(&[]);
     let repo = env.dir.join("repo");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -920,7 +733,7 @@ fn kill_9_keeps_flushed_writes_and_tracks_every_change() {
     let env = Env::new();
     let size = 64 * MIB;
     env.machine(size, "1M", None);
-    let mut d = env.serve();
+    let mut d = env.serve(&[]);
     let mut rng = SmallRng::seed_from_u64(99);
     // Most of the second half is allocated (written and flushed), so the
     // unflushed writes there overwrite data in place; its last 8 MiB are
@@ -998,7 +811,7 @@ fn kill_9_keeps_flushed_writes_and_tracks_every_change() {
             kills_mid_write += 1;
         }
 
-        d = env.serve();
+        d = env.serve(&[]);
         let mut c = env.nbd("vm1/disk0");
         let after = c.read_all();
         c.disconnect();
@@ -1097,7 +910,7 @@ fn http(socket: &Path, method: &str, path: &str, body: Option<&Value>) -> (u16, 
 fn management_api_answers_over_http() {
     let env = Env::new();
     env.machine(64 * MIB, "1M", None);
-    let d = env.serve();
+    let d = env.serve(&[]);
     let api = env.api_socket();
 
     let (st, doc) = http(&api, "GET", "/v1/openapi.json", None);
@@ -1254,7 +1067,7 @@ fn serve_stop_with_a_client_connected_closes_the_disk_cleanly() {
     let size = 64 * MIB;
     let half = size / 2;
     let disk = env.machine(size, "1M", None);
-    let d = env.serve();
+    let d = env.serve(&[]);
     let mut rng = SmallRng::seed_from_u64(3);
     let mut model = vec![0u8; size as usize];
     // One client writes (no flush) to the first half and stays connected,
@@ -1326,7 +1139,7 @@ fn restart_serves_the_same_content_and_tracking() {
     let env = Env::new();
     let size = 64 * MIB;
     env.machine(size, "1M", None);
-    let d = env.serve();
+    let d = env.serve(&[]);
     let id = env.seal();
     let mut rng = SmallRng::seed_from_u64(4);
     let mut model = vec![0u8; size as usize];
@@ -1336,7 +1149,7 @@ fn restart_serves_the_same_content_and_tracking() {
     assert_changes_match("first run", &env.changes(&id), &written);
     env.stop(d, Duration::from_secs(30));
 
-    let d = env.serve();
+    let d = env.serve(&[]);
     let mut c = env.nbd("vm1/disk0");
     assert_same("after restart", &c.read_all(), &model);
     assert_changes_match("after restart", &env.changes(&id), &written);
@@ -1358,7 +1171,7 @@ fn restart_serves_the_same_content_and_tracking() {
 
     // And once more, without the daemon: the CLI reads the files itself.
     assert_changes_match("no daemon", &env.changes(&id), &written);
-    let d = env.serve();
+    let d = env.serve(&[]);
     let mut c = env.nbd("vm1/disk0");
     assert_same("second restart", &c.read_all(), &model);
     c.disconnect();

@@ -10,16 +10,17 @@
 
 mod common;
 
-use common::s;
+use common::{s, Daemon, Env};
+use rcgen::KeyUsagePurpose as Ku;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair, KeyUsagePurpose,
+    KeyPair,
 };
 use serde_json::Value;
 use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const KIB: u64 = 1 << 10;
@@ -48,76 +49,67 @@ struct Pki {
     with_client: PathBuf,
 }
 
-fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, name);
-    p.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap()
-}
+/// A certificate and its key, which can sign others.
+type Ca = CertifiedIssuer<'static, KeyPair>;
 
-fn leaf(
-    ca: &CertifiedIssuer<'static, KeyPair>,
-    cn: &str,
-    names: &[&str],
-    usage: ExtendedKeyUsagePurpose,
-) -> (String, String) {
-    let mut p =
-        CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
+/// A certificate named `cn` for `names`, with its key: signed by `by` for
+/// that use, or without `by` a self-signed CA.
+fn cert(cn: &str, names: &[&str], by: Option<(&Ca, ExtendedKeyUsagePurpose)>) -> Ca {
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut p = CertificateParams::new(names).unwrap();
     p.distinguished_name.push(DnType::CommonName, cn);
-    p.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-    ];
+    let key = KeyPair::generate().unwrap();
+    let Some((ca, usage)) = by else {
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.key_usages = vec![Ku::KeyCertSign, Ku::CrlSign, Ku::DigitalSignature];
+        return CertifiedIssuer::self_signed(p, key).unwrap();
+    };
+    p.key_usages = vec![Ku::DigitalSignature, Ku::KeyEncipherment];
     p.extended_key_usages = vec![usage];
     p.use_authority_key_identifier_extension = true;
-    let key = KeyPair::generate().unwrap();
-    let cert = p.signed_by(&key, ca).unwrap();
-    (cert.pem(), key.serialize_pem())
+    CertifiedIssuer::signed_by(p, key, ca).unwrap()
 }
 
 impl Pki {
     fn new(root: &Path) -> Pki {
-        let ca = ca("refpoint test CA");
-        let (server_cert, server_key) = leaf(
-            &ca,
+        use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+        let ca = cert("refpoint test CA", &[], None);
+        let server = cert(
             "localhost",
             &["localhost", "127.0.0.1"],
-            ExtendedKeyUsagePurpose::ServerAuth,
+            Some((&ca, ServerAuth)),
         );
-        let (client_cert, client_key) = leaf(
-            &ca,
-            "refpoint test client",
-            &[],
-            ExtendedKeyUsagePurpose::ClientAuth,
-        );
-        let dir = |n: &str| {
-            let d = root.join(n);
-            std::fs::create_dir_all(&d).unwrap();
-            d
-        };
-        let server = dir("server");
-        let ca_only = dir("ca-only");
-        let with_client = dir("with-client");
-        let put = |d: &Path, n: &str, text: &str| std::fs::write(d.join(n), text).unwrap();
-        put(&server, "server-cert.pem", &server_cert);
-        put(&server, "server-key.pem", &server_key);
-        put(&server, "ca-cert.pem", &ca.pem());
-        put(&ca_only, "ca-cert.pem", &ca.pem());
-        put(&with_client, "ca-cert.pem", &ca.pem());
-        put(&with_client, "client-cert.pem", &client_cert);
-        put(&with_client, "client-key.pem", &client_key);
-        Pki {
-            server_cert: server.join("server-cert.pem"),
-            server_key: server.join("server-key.pem"),
-            ca: server.join("ca-cert.pem"),
-            ca_only,
-            with_client,
+        let client = cert("refpoint test client", &[], Some((&ca, ClientAuth)));
+        for (file, pem) in [
+            ("server/server-cert.pem", server.pem()),
+            ("server/server-key.pem", server.key().serialize_pem()),
+            ("server/ca-cert.pem", ca.pem()),
+            ("ca-only/ca-cert.pem", ca.pem()),
+            ("with-client/ca-cert.pem", ca.pem()),
+            ("with-client/client-cert.pem", client.pem()),
+            ("with-client/client-key.pem", client.key().serialize_pem()),
+        ] {
+            let path = root.join(file);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, pem).unwrap();
         }
+        Pki {
+            server_cert: root.join("server/server-cert.pem"),
+            server_key: root.join("server/server-key.pem"),
+            ca: root.join("server/ca-cert.pem"),
+            ca_only: root.join("ca-only"),
+            with_client: root.join("with-client"),
+        }
+    }
+
+    /// `--tls-cert ... --tls-key ...`.
+    fn tls_args(&self) -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            s(&self.server_cert).into(),
+            "--tls-key".into(),
+            s(&self.server_key).into(),
+        ]
     }
 }
 
@@ -247,166 +239,32 @@ fn curl(url: &str, extra: &[&str]) -> Http {
 }
 
 // ---------------------------------------------------------------------------
-// The CLI and the daemon
+// The daemon (common::Env::serve) on TCP
 // ---------------------------------------------------------------------------
 
-/// A state directory (`REFPOINT_HOME`) and certificates, inside a
-/// temporary directory.
-struct Env {
-    _tmp: tempfile::TempDir,
-    dir: PathBuf,
-    home: PathBuf,
-    pki: Pki,
-}
-
-impl Env {
-    fn new() -> Env {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_path_buf();
-        Env {
-            home: dir.join("home"),
-            pki: Pki::new(&dir.join("pki")),
-            dir,
-            _tmp: tmp,
-        }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_refpoint"));
-        c.args(args).env("REFPOINT_HOME", &self.home);
-        c
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let o = run(self.cmd(args));
-        assert!(
-            o.status.success(),
-            "{}",
-            describe(&format!("refpoint {args:?}"), &o)
-        );
-        String::from_utf8(o.stdout).unwrap()
-    }
-
-    /// A dynamic disk of [`DISK_SIZE`] bytes as machine `vm1` (`vm1/disk0`).
-    fn machine(&self) {
-        let disk = self.dir.join("d0.vhdx");
-        self.ok(&[
-            "vhd",
-            "create",
-            s(&disk),
-            "--size",
-            &DISK_SIZE.to_string(),
-            "--block-size",
-            "1M",
-        ]);
-        self.ok(&["machine", "create", "vm1", "--disk", s(&disk)]);
-    }
-
-    /// `--tls-cert ... --tls-key ...`.
-    fn tls_args(&self) -> Vec<String> {
-        vec![
-            "--tls-cert".into(),
-            s(&self.pki.server_cert).into(),
-            "--tls-key".into(),
-            s(&self.pki.server_key).into(),
-        ]
-    }
-
-    fn unix_uri(&self, export: &str) -> String {
-        format!(
-            "nbd+unix:///{export}?socket={}",
-            s(&self.home.join("nbd.sock"))
-        )
-    }
-
-    /// Starts `refpoint serve` with `args`, waiting until it reports its
-    /// listeners.
-    fn serve(&self, args: &[String]) -> Daemon {
-        std::fs::create_dir_all(&self.home).unwrap();
-        let n = std::fs::read_dir(&self.dir).unwrap().count();
-        let log = self.dir.join(format!("serve-{n}.log"));
-        let child = self
-            .cmd(&["serve"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("start refpoint serve");
-        let mut d = Daemon {
-            child,
-            log,
-            done: false,
-            nbd: None,
-            api: None,
-        };
-        let t = Instant::now();
-        loop {
-            if let Some(st) = d.child.try_wait().unwrap() {
-                d.done = true;
-                panic!("refpoint serve exited with {st}: {}", d.log_text());
-            }
-            // Printed once every listener is bound.
-            let text = d.log_text();
-            if text.contains("refpoint daemon: NBD on") {
-                for line in text.lines() {
-                    if let Some(rest) = line.strip_prefix("NBD on ") {
-                        d.nbd = Some(rest.split(' ').next().unwrap().to_string());
-                    }
-                    if let Some(rest) = line.strip_prefix("API on https://") {
-                        d.api = Some(rest.split(' ').next().unwrap().to_string());
-                    }
-                }
-                return d;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(30),
-                "refpoint serve did not start: {text}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// `refpoint serve --stop`; the daemon must exit cleanly.
-    fn stop(&self, mut d: Daemon) {
-        let o = run(self.cmd(&["serve", "--stop"]));
-        assert!(o.status.success(), "{}", describe("serve --stop", &o));
-        let st = d.wait();
-        assert!(
-            st.success(),
-            "the daemon exited with {st}: {}",
-            d.log_text()
-        );
-        let log = d.log_text();
-        assert!(log.contains("every disk flushed and closed"), "{log}");
-    }
-}
-
-/// A running `refpoint serve`; killed (SIGKILL) when dropped unless it
-/// already ended.
-struct Daemon {
-    child: Child,
-    log: PathBuf,
-    done: bool,
-    /// The bound addresses it printed.
-    nbd: Option<String>,
-    api: Option<String>,
+/// A state directory and certificates, inside a temporary directory.
+fn setup() -> (Env, Pki) {
+    let env = Env::new();
+    let pki = Pki::new(&env.dir.join("pki"));
+    (env, pki)
 }
 
 impl Daemon {
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+    /// The address after `prefix` on a line of its log (`NBD on `,
+    /// `API on https://`), which it prints for each TCP listener.
+    fn address(&self, prefix: &str) -> Option<String> {
+        let log = self.log_text();
+        let line = log.lines().find_map(|l| l.strip_prefix(prefix))?;
+        Some(line.split(' ').next().unwrap().to_string())
     }
 
-    fn nbd_addr(&self) -> &str {
-        self.nbd
-            .as_deref()
+    fn nbd_addr(&self) -> String {
+        self.address("NBD on ")
             .unwrap_or_else(|| panic!("no `NBD on` line: {}", self.log_text()))
     }
 
-    fn api_addr(&self) -> &str {
-        self.api
-            .as_deref()
+    fn api_addr(&self) -> String {
+        self.address("API on https://")
             .unwrap_or_else(|| panic!("no `API on` line: {}", self.log_text()))
     }
 
@@ -426,33 +284,6 @@ impl Daemon {
 
     fn url(&self, path: &str) -> String {
         format!("https://{}{path}", self.api_addr())
-    }
-
-    fn wait(&mut self) -> ExitStatus {
-        let t = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                self.done = true;
-                return st;
-            }
-            assert!(
-                t.elapsed() < LIMIT,
-                "the daemon did not exit within {LIMIT:?}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("--- daemon log ---\n{}", self.log_text());
-        }
     }
 }
 
@@ -475,27 +306,28 @@ fn export_size(nbdinfo: &str) -> u64 {
 
 #[test]
 fn nbd_on_tcp_requires_tls_and_the_unix_socket_does_not() {
-    let env = Env::new();
-    env.machine();
+    let (env, pki) = setup();
+    env.machine(DISK_SIZE, "1M", None);
     let mut args = vec!["--listen".to_string(), "127.0.0.1:0".into()];
     args.extend(["--api-listen".to_string(), "127.0.0.1:0".into()]);
-    args.extend(env.tls_args());
+    args.extend(pki.tls_args());
     let d = env.serve(&args);
     assert!(d.nbd_addr().starts_with("127.0.0.1:"), "{}", d.nbd_addr());
     assert_ne!(d.nbd_addr(), "127.0.0.1:0");
     assert_ne!(d.api_addr(), d.nbd_addr());
 
     // libnbd over TLS, trusting the CA only.
-    let tls = d.nbds_uri("vm1/disk0", &env.pki.ca_only);
+    let tls = d.nbds_uri("vm1/disk0", &pki.ca_only);
     let out = ok("nbdinfo", &[&tls]);
     assert!(out.contains("with TLS"), "{out}");
     assert_eq!(export_size(&out), DISK_SIZE, "{out}");
 
     // qemu-io over TLS writes two patterns and reads them back.
-    let port = d.nbd_addr().rsplit_once(':').unwrap().1;
+    let addr = d.nbd_addr();
+    let port = addr.rsplit_once(':').unwrap().1;
     let object = format!(
         "tls-creds-x509,id=tls0,dir={},endpoint=client",
-        s(&env.pki.ca_only)
+        s(&pki.ca_only)
     );
     let opts = format!(
         "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={port},\
@@ -520,11 +352,11 @@ fn nbd_on_tcp_requires_tls_and_the_unix_socket_does_not() {
     assert!(out.contains("wrote 65536/65536 bytes"), "{out}");
 
     // Over the unix socket, without TLS, the disk holds exactly that.
-    let out = ok("nbdinfo", &[&env.unix_uri("vm1/disk0")]);
+    let out = ok("nbdinfo", &[&env.uri("vm1/disk0")]);
     assert!(!out.contains("with TLS"), "{out}");
     assert_eq!(export_size(&out), DISK_SIZE, "{out}");
     let copy = env.dir.join("copy.raw");
-    ok("nbdcopy", &[&env.unix_uri("vm1/disk0"), s(&copy)]);
+    ok("nbdcopy", &[&env.uri("vm1/disk0"), s(&copy)]);
     let mut want = vec![0u8; DISK_SIZE as usize];
     want[MIB as usize..(MIB + 64 * KIB) as usize].fill(0x6b);
     want[(5 * MIB) as usize..(5 * MIB + 4 * KIB) as usize].fill(0xc3);
@@ -550,38 +382,38 @@ fn nbd_on_tcp_requires_tls_and_the_unix_socket_does_not() {
     );
     assert!(out.contains("TLS"), "{out}");
     // An unknown export over TLS is refused too.
-    fails("nbdinfo", &[&d.nbds_uri("vm9/disk0", &env.pki.ca_only)]);
+    fails("nbdinfo", &[&d.nbds_uri("vm9/disk0", &pki.ca_only)]);
 
     // The daemon stops cleanly with its TCP listeners open.
-    env.stop(d);
+    env.stop(d, LIMIT);
 }
 
 #[test]
 fn client_certificates_with_tls_client_ca() {
-    let env = Env::new();
-    env.machine();
+    let (env, pki) = setup();
+    env.machine(DISK_SIZE, "1M", None);
     let token = "0123456789abcdef-client-ca";
     let token_file = env.dir.join("token");
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
     let mut args = vec!["--listen".to_string(), "127.0.0.1:0".into()];
     args.extend(["--api-listen".to_string(), "127.0.0.1:0".into()]);
-    args.extend(env.tls_args());
-    args.extend(["--tls-client-ca".to_string(), s(&env.pki.ca).into()]);
+    args.extend(pki.tls_args());
+    args.extend(["--tls-client-ca".to_string(), s(&pki.ca).into()]);
     args.extend(["--token-file".to_string(), s(&token_file).into()]);
     let d = env.serve(&args);
 
     // NBD: without a client certificate refused, with one served.
-    fails("nbdinfo", &[&d.nbds_uri("vm1/disk0", &env.pki.ca_only)]);
-    let out = ok("nbdinfo", &[&d.nbds_uri("vm1/disk0", &env.pki.with_client)]);
+    fails("nbdinfo", &[&d.nbds_uri("vm1/disk0", &pki.ca_only)]);
+    let out = ok("nbdinfo", &[&d.nbds_uri("vm1/disk0", &pki.with_client)]);
     assert!(out.contains("with TLS"), "{out}");
     assert_eq!(export_size(&out), DISK_SIZE, "{out}");
     // The unix socket needs neither.
-    let out = ok("nbdinfo", &[&env.unix_uri("vm1/disk0")]);
+    let out = ok("nbdinfo", &[&env.uri("vm1/disk0")]);
     assert_eq!(export_size(&out), DISK_SIZE, "{out}");
 
     // The API asks for a client certificate too, then for the token
     // (from --token-file).
-    let cacert = s(&env.pki.ca);
+    let cacert = s(&pki.ca);
     let bearer = format!("Authorization: Bearer {token}");
     let r = curl(&d.url("/v1/status"), &["--cacert", cacert, "-H", &bearer]);
     assert!(
@@ -591,19 +423,19 @@ fn client_certificates_with_tls_client_ca() {
         r.body,
         r.stderr
     );
-    let cert = s(&env.pki.with_client.join("client-cert.pem")).to_string();
-    let key = s(&env.pki.with_client.join("client-key.pem")).to_string();
+    let cert = s(&pki.with_client.join("client-cert.pem")).to_string();
+    let key = s(&pki.with_client.join("client-key.pem")).to_string();
     let with_cert = ["--cacert", cacert, "--cert", &cert, "--key", &key];
     let mut a = with_cert.to_vec();
     a.extend(["-H", &bearer]);
     let r = curl(&d.url("/v1/status"), &a);
     assert_eq!(r.status, 200, "{} {}", r.body, r.stderr);
-    assert_eq!(r.json()["pid"], d.child.id());
+    assert_eq!(r.json()["pid"], d.pid());
     let r = curl(&d.url("/v1/status"), &with_cert);
     assert_eq!(r.status, 401, "{}", r.body);
     assert_eq!(r.json()["error"], "unauthorized");
 
-    env.stop(d);
+    env.stop(d, LIMIT);
 }
 
 // ---------------------------------------------------------------------------
@@ -612,12 +444,12 @@ fn client_certificates_with_tls_client_ca() {
 
 #[test]
 fn api_over_https_requires_the_token() {
-    let env = Env::new();
+    let (env, pki) = setup();
     let token_path = env.home.join("api.token");
     let mut args = vec!["--api-listen".to_string(), "127.0.0.1:0".into()];
-    args.extend(env.tls_args());
+    args.extend(pki.tls_args());
     let d = env.serve(&args);
-    assert!(d.nbd.is_none(), "no --listen, no NBD on TCP");
+    assert!(d.address("NBD on ").is_none(), "no --listen, no NBD on TCP");
 
     // The token file was created, private to the owner.
     let meta =
@@ -628,13 +460,13 @@ fn api_over_https_requires_the_token() {
     assert!(token.len() >= 16, "{token:?}");
     assert!(d.log_text().contains(s(&token_path)), "{}", d.log_text());
 
-    let cacert = s(&env.pki.ca);
+    let cacert = s(&pki.ca);
     let url = d.url("/v1/status");
     let bearer = format!("Authorization: Bearer {token}");
     let r = curl(&url, &["--cacert", cacert, "-H", &bearer]);
     assert_eq!(r.status, 200, "{} {}", r.body, r.stderr);
     let v = r.json();
-    assert_eq!(v["pid"], d.child.id(), "{v}");
+    assert_eq!(v["pid"], d.pid(), "{v}");
     assert_eq!(v["jobs_running"], 0, "{v}");
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"), "{v}");
     // Another route, through the same token check.
@@ -677,23 +509,23 @@ fn api_over_https_requires_the_token() {
     );
 
     // `serve --stop` talks to the unix socket, which needs no token.
-    env.stop(d);
+    env.stop(d, LIMIT);
     // A second start keeps the token.
     let d = env.serve(&args);
     assert_eq!(std::fs::read_to_string(&token_path).unwrap().trim(), token);
     let r = curl(&d.url("/v1/status"), &["--cacert", cacert, "-H", &bearer]);
     assert_eq!(r.status, 200, "{} {}", r.body, r.stderr);
-    env.stop(d);
+    env.stop(d, LIMIT);
 }
 
 #[test]
 fn a_short_token_file_stops_the_daemon_from_starting() {
-    let env = Env::new();
-    env.machine();
+    let (env, pki) = setup();
+    env.machine(DISK_SIZE, "1M", None);
     let token_file = env.dir.join("short.token");
     std::fs::write(&token_file, "tooshort\n").unwrap();
     let mut c = env.cmd(&["serve", "--api-listen", "127.0.0.1:0", "--token-file"]);
-    c.arg(&token_file).args(env.tls_args());
+    c.arg(&token_file).args(pki.tls_args());
     let o = run(c);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success(), "{}", describe("serve", &o));
@@ -704,8 +536,8 @@ fn a_short_token_file_stops_the_daemon_from_starting() {
     assert!(!err.contains("API on"), "{err}");
     // Refused before binding its sockets or opening the disks.
     assert!(!err.contains("machine disks open"), "{err}");
-    assert!(!env.home.join("nbd.sock").exists(), "{err}");
-    assert!(!env.home.join("api.sock").exists(), "{err}");
+    assert!(!env.nbd_socket().exists(), "{err}");
+    assert!(!env.api_socket().exists(), "{err}");
     // The file is left as it was.
     assert_eq!(std::fs::read_to_string(&token_file).unwrap(), "tooshort\n");
 }
@@ -716,16 +548,11 @@ fn a_short_token_file_stops_the_daemon_from_starting() {
 
 #[test]
 fn tcp_listeners_without_tls_are_refused() {
-    let env = Env::new();
+    let (env, pki) = setup();
     for args in [
         vec!["--listen", "127.0.0.1:0"],
         vec!["--api-listen", "127.0.0.1:0"],
-        vec![
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            s(&env.pki.server_cert),
-        ],
+        vec!["--listen", "127.0.0.1:0", "--tls-cert", s(&pki.server_cert)],
     ] {
         let mut c = env.cmd(&["serve"]);
         c.args(&args);
@@ -740,6 +567,6 @@ fn tcp_listeners_without_tls_are_refused() {
         assert!(!err.contains("NBD on"), "{args:?}: {err}");
     }
     // Nothing was started.
-    assert!(!env.home.join("nbd.sock").exists());
-    assert!(!env.home.join("api.sock").exists());
+    assert!(!env.nbd_socket().exists());
+    assert!(!env.api_socket().exists());
 }
