@@ -15,6 +15,8 @@ use tokio_rustls::TlsAcceptor;
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
+/// How long shutdown waits for connections to finish their requests.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// A client that has not finished the handshake after this long is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -107,7 +109,18 @@ impl Server {
                 Some(_) = conns.join_next(), if !conns.is_empty() => {}
             }
         }
-        while conns.join_next().await.is_some() {}
+        // Connections finish their in-flight requests; one whose client
+        // stopped reading replies is cut off after a grace period.
+        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+            while conns.join_next().await.is_some() {}
+        });
+        if drained.await.is_err() {
+            tracing::warn!(
+                "{} connections did not finish in time; closing them",
+                conns.len()
+            );
+            conns.shutdown().await;
+        }
     }
 
     /// Serves one already-connected stream (tests, fuzzing, inetd-style use).

@@ -32,6 +32,8 @@ pub const MAX_IN_FLIGHT: u32 = 32;
 const WORKERS: usize = 2;
 /// Holes shorter than this are sent as data (a chunk header costs more).
 const MIN_HOLE: u64 = 4096;
+/// Write payloads from this size on are read into their own buffer.
+const DIRECT_PAYLOAD: usize = 64 << 10;
 /// How much the input buffer asks the socket for at a time.
 const READ_CHUNK: usize = 256 << 10;
 
@@ -62,6 +64,9 @@ enum Parsed {
     Request(Work),
     /// Not a whole request yet.
     NeedMore,
+    /// A large write whose payload is only partly here: the first `have`
+    /// bytes are in `payload`, the rest is read straight into it.
+    Partial(Work, usize),
     /// Disconnect (NBD_CMD_DISC or a broken framing).
     Close,
 }
@@ -110,8 +115,24 @@ impl Input {
             });
         }
         if avail.len() < REQUEST_LEN + plen {
-            self.buf.reserve(REQUEST_LEN + plen - avail.len());
-            return Parsed::NeedMore;
+            if plen < DIRECT_PAYLOAD {
+                self.buf.reserve(REQUEST_LEN + plen - avail.len());
+                return Parsed::NeedMore;
+            }
+            // Large: read the rest straight into the payload instead of
+            // growing and copying the input buffer.
+            let have = avail.len() - REQUEST_LEN;
+            let mut payload = vec![0u8; plen];
+            payload[..have].copy_from_slice(&avail[REQUEST_LEN..]);
+            self.pos = self.buf.len();
+            return Parsed::Partial(
+                Work {
+                    req,
+                    verdict,
+                    payload,
+                },
+                have,
+            );
         }
         let payload = avail[REQUEST_LEN..REQUEST_LEN + plen].to_vec();
         self.pos += REQUEST_LEN + plen;
@@ -176,21 +197,39 @@ pub(crate) async fn transmit(
     while end.is_none() {
         // Everything already received: run or dispatch.
         while in_flight < MAX_IN_FLIGHT {
-            match input.parse(&session) {
+            let work = match input.parse(&session) {
                 Parsed::NeedMore => break,
                 Parsed::Close => {
                     end = Some(Ok(()));
                     break;
                 }
-                Parsed::Request(work) if inline(&work) => {
-                    let reply = run(&session, work);
-                    writable = writable && write_reply(&mut w, &reply).await;
-                    unflushed = true;
+                Parsed::Request(work) => work,
+                Parsed::Partial(mut work, have) => {
+                    let read = tokio::select! {
+                        r = r.read_exact(&mut work.payload[have..]) => r,
+                        _ = async { drop(shutdown.wait_for(|s| *s).await) } => {
+                            end = Some(Ok(()));
+                            break;
+                        }
+                    };
+                    if let Err(e) = read {
+                        end = Some(if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                            Ok(())
+                        } else {
+                            Err(e)
+                        });
+                        break;
+                    }
+                    work
                 }
-                Parsed::Request(work) => {
-                    in_flight += 1;
-                    let _ = work_tx.send(work);
-                }
+            };
+            if inline(&work) {
+                let reply = run(&session, work);
+                writable = writable && write_reply(&mut w, &reply).await;
+                unflushed = true;
+            } else {
+                in_flight += 1;
+                let _ = work_tx.send(work);
             }
         }
         input.compact();
