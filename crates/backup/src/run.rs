@@ -19,14 +19,14 @@ use crate::error::{BackupError, Result};
 use crate::export::{export_diff, export_full, Exported};
 use crate::manifest::{DiskManifest, Manifest, HASH_BLOCK, MANIFEST_FORMAT};
 use crate::repo::{point_dir, Repo};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
 use vdisk::{BackupLink, CheckpointKind, Consistency, Store, TrackingStatus};
 
 /// What a backup did.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Summary {
     pub machine: String,
     pub repository: String,
@@ -40,10 +40,10 @@ pub struct Summary {
     pub recovered: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DiskSummary {
     pub name: String,
-    pub kind: &'static str,
+    pub kind: String,
     pub full_reason: Option<String>,
     pub changed_bytes: u64,
     pub bytes_read: u64,
@@ -156,7 +156,7 @@ pub fn backup(store: &Store, machine: &str, dir: &Path, progress: Progress) -> R
             .map_err(repo.io(&cv_file, "writing"))?;
         summaries.push(DiskSummary {
             name: cd.name.clone(),
-            kind,
+            kind: kind.to_string(),
             full_reason: reason.clone(),
             changed_bytes: changed,
             bytes_read: ex.bytes_read,
@@ -258,10 +258,10 @@ fn restart_untrusted_tracking(
     m: &vdisk::Machine,
 ) -> Result<HashMap<String, String>> {
     let mut out = HashMap::new();
-    let _parked = store.park(&m.name)?;
     for d in &m.disks {
-        // Read-only first: a writable open changes the file (§2.2.2.1).
-        let why = match store.open_disk(m, &d.name, false)?.tracking_status() {
+        // Read-only first (a writable open changes the file, §2.2.2.1),
+        // or the handle the daemon holds.
+        let why = match store.with_disk(m, &d.name, |disk| Ok(disk.tracking_status()))? {
             TrackingStatus::On(_) => continue,
             TrackingStatus::Broken { kind, message } if kind == "tracking_disabled" => {
                 out.insert(
@@ -280,6 +280,7 @@ fn restart_untrusted_tracking(
                 format!("change tracking cannot be trusted ({}): {e}", e.kind())
             }
         };
+        let _parked = store.park(&m.name)?;
         let mut disk = store.open_disk(m, &d.name, true)?;
         disk.enable_tracking(rct::DEFAULT_GRANULARITY)?;
         disk.close()?;

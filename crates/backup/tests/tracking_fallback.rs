@@ -128,7 +128,7 @@ fn falls_back(kind: &str, stays_off: bool, break_it: impl FnOnce(&mut Setup)) {
     let b = s.backup();
     assert_eq!(b.kind, "mixed", "{b:?}");
     let d0 = &b.disks[0];
-    assert_eq!((d0.name.as_str(), d0.kind), ("disk0", "full"));
+    assert_eq!((d0.name.as_str(), d0.kind.as_str()), ("disk0", "full"));
     let why = d0.full_reason.as_deref().unwrap();
     assert!(why.contains(kind), "reason {why:?} does not name {kind}");
     assert_eq!(b.disks[1].kind, "incremental", "the other disk is fine");

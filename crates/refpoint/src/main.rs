@@ -923,7 +923,7 @@ fn backup_cmd(b: BackupArgs) -> Result<ExitCode> {
                 )?)?,
             };
             pb.finish_and_clear();
-            let s: BackupSummary = serde_json::from_value(s)?;
+            let s: backup::Summary = serde_json::from_value(s)?;
             if b.json {
                 print_json(&s)?;
             } else {
@@ -958,30 +958,6 @@ fn backup_cmd(b: BackupArgs) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// What `backup --json` prints (the daemon's job result has the same shape).
-#[derive(serde::Serialize, serde::Deserialize)]
-struct BackupSummary {
-    machine: String,
-    repository: String,
-    point: u32,
-    kind: String,
-    disks: Vec<BackupDisk>,
-    bytes_read: u64,
-    bytes_written: u64,
-    seconds: f64,
-    recovered: Vec<String>,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-struct BackupDisk {
-    name: String,
-    kind: String,
-    full_reason: Option<String>,
-    changed_bytes: u64,
-    bytes_read: u64,
-    bytes_written: u64,
 }
 
 /// Exit status of a tracking error: take a full backup.

@@ -14,34 +14,27 @@ use vdisk::{Disk, TrackingStatus, VdiskError};
 /// tracking; a file a checkpoint froze is refused for writing.
 pub fn open(path: &Path, writable: bool) -> Result<Disk> {
     let store = crate::machines::store();
-    let arg = path.to_string_lossy();
-    if !path.exists() {
-        if let Some((m, d)) = arg.split_once('/') {
-            if store.exists(m) {
-                let machine = store.load(m)?;
-                return Ok(store.open_disk(&machine, d, writable)?);
-            }
-        }
+    if let Some((m, d)) = machine_disk(path) {
+        return Ok(store.open_disk(&store.load(&m)?, &d, writable)?);
     }
-    let abs = vhdx::paths::absolute(path);
-    for m in store.list().unwrap_or_default() {
-        for d in &m.disks {
-            if d.active == abs {
-                return Ok(store.open_disk(&m, &d.name, writable)?);
-            }
-            let frozen = d.base == abs
-                || m.checkpoints
-                    .iter()
-                    .any(|c| c.disks.iter().any(|cd| cd.frozen == abs));
-            if frozen && writable {
-                anyhow::bail!(
-                    "{} is frozen by a checkpoint of machine {}; write to {}/{} (now {}) instead",
-                    path.display(),
-                    m.name,
-                    m.name,
-                    d.name,
-                    d.active.display()
-                );
+    if writable {
+        let abs = vhdx::paths::absolute(path);
+        for m in store.list().unwrap_or_default() {
+            for d in &m.disks {
+                let frozen = d.base == abs
+                    || m.checkpoints
+                        .iter()
+                        .any(|c| c.disks.iter().any(|cd| cd.frozen == abs));
+                if frozen {
+                    anyhow::bail!(
+                        "{} is frozen by a checkpoint of machine {}; write to {}/{} (now {}) instead",
+                        path.display(),
+                        m.name,
+                        m.name,
+                        d.name,
+                        d.active.display()
+                    );
+                }
             }
         }
     }

@@ -165,10 +165,10 @@ impl Disk {
     }
 
     pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.check(offset, buf.len() as u64, false)?;
-        if self.queue_overlaps(offset, buf.len() as u64) {
-            self.commit()?;
+        if let Some(r) = self.read_shared(offset, buf) {
+            return r;
         }
+        self.commit()?;
         self.image.read(&self.name, offset, buf)
     }
 

@@ -92,6 +92,14 @@ async fn bind_unix(path: &Path) -> Result<UnixListener> {
     Ok(l)
 }
 
+async fn bind_tcp(addr: Option<SocketAddr>) -> Result<Option<tokio::net::TcpListener>> {
+    let Some(addr) = addr else { return Ok(None) };
+    let l = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    Ok(Some(l))
+}
+
 fn token(o: &ServeOptions) -> Result<String> {
     let path = o
         .token_file
@@ -136,22 +144,8 @@ async fn serve(o: ServeOptions) -> Result<()> {
         None => None,
     };
     // TCP first: a port in use fails before any socket file exists.
-    let nbd_tcp = match o.listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listening on {addr}"))?,
-        ),
-        None => None,
-    };
-    let api_tcp = match o.api_listen {
-        Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("listening on {addr}"))?,
-        ),
-        None => None,
-    };
+    let nbd_tcp = bind_tcp(o.listen).await?;
+    let api_tcp = bind_tcp(o.api_listen).await?;
     let nbd_listener = bind_unix(&o.nbd_socket).await?;
     let api_listener = match bind_unix(&o.api_socket).await {
         Ok(l) => l,

@@ -108,25 +108,6 @@ impl Registry {
         slots.iter().filter(|s| s.read().is_some()).count()
     }
 
-    /// Flushes every open disk.
-    pub fn flush_all(&self) -> Vec<String> {
-        let slots: Vec<_> = self
-            .slots
-            .lock()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
-        let mut problems = Vec::new();
-        for ((m, d), slot) in slots {
-            if let Some(disk) = slot.write().as_mut() {
-                if let Err(e) = disk.flush() {
-                    problems.push(format!("{m}/{d}: {e}"));
-                }
-            }
-        }
-        problems
-    }
-
     fn machine_slots(&self, machine: &str) -> Vec<(String, Slot)> {
         self.slots
             .lock()
