@@ -81,9 +81,11 @@ enum Noun {
     /// What remains of converted recovery checkpoints: the RCT IDs to back up from.
     #[command(subcommand)]
     Reference(ReferenceCmd),
-    /// Run the daemon: serve every machine disk over NBD (read-write, every
-    /// write tracked), checkpoints and backup points read-only, and the
-    /// management API.
+    /// Run the daemon: machine disks over NBD (tracked), checkpoints and backups read-only, the API
+    ///
+    /// Every machine disk is served read-write with every write tracked;
+    /// checkpoints and backup points read-only; the management API answers
+    /// on api.sock.
     ///
     /// Exports: `<machine>/<disk>`, `<machine>/<disk>@checkpoint-<id>`,
     /// `<machine>/<disk>@backup-<point>`. Each offers the meta contexts
