@@ -200,8 +200,20 @@ impl Vhdx {
                     },
                 ));
             }
-            // Judge the whole sequence before replaying any of it: where it
-            // writes, how much it zeroes, how far it grows the file.
+            // Judge the whole sequence before replaying any of it: how far
+            // it says the file reaches (the entry's own field first), where
+            // it writes, how much it zeroes, how far it grows the file.
+            let grows = |needed: u64| {
+                (needed.saturating_sub(file_len) > MAX_LOG_GROWTH).then(|| {
+                    corrupt(
+                        header.log_offset,
+                        Corruption::LogGrowsFile { file_len, needed },
+                    )
+                })
+            };
+            if let Some(e) = grows(head.last_file_offset) {
+                return Err(e);
+            }
             let mut needed = head.last_file_offset;
             let mut zeroed = 0u64;
             for u in entries.iter().flat_map(|e| e.updates.iter()) {
@@ -224,11 +236,8 @@ impl Vhdx {
                 }
                 needed = needed.max(u.file_offset().saturating_add(update_len(u)));
             }
-            if needed.saturating_sub(file_len) > MAX_LOG_GROWTH {
-                return Err(corrupt(
-                    header.log_offset,
-                    Corruption::LogGrowsFile { file_len, needed },
-                ));
+            if let Some(e) = grows(needed) {
+                return Err(e);
             }
             for u in entries.iter().flat_map(|e| e.updates.iter()) {
                 for (off, page) in pages_of(u) {
