@@ -26,8 +26,25 @@
 //! crash stop working (every call fails), as if the process had died, so a
 //! `Drop` implementation cannot sneak extra writes in after the power cut.
 //!
-//! Creating, removing and renaming files are treated as durable at once
-//! (directory operations are journaled by every Linux file system we target).
+//! Creating, removing and renaming a file change its directory, and a
+//! directory change is durable only once that directory is synced
+//! ([`Fs::sync_dir`]): ext4 and XFS commit directory changes
+//! asynchronously, so an `fdatasync` of a renamed file does not make the
+//! rename durable. `CrashFs` keeps every create, rename and remove pending
+//! until its directory is synced, and a crash reverts each pending one
+//! (whole, never half). Code that needs a name to survive uses
+//! [`Fs::rename_durable`], [`Fs::remove_durable`] or [`Fs::sync_parent`]
+//! before it reports the operation done.
+//!
+//! ## Errors without a crash
+//!
+//! [`CrashFs::inject_fault`] makes a chosen mutating operation fail with
+//! ENOSPC or EIO while the power stays on: the program goes on and must
+//! keep its files and its memory in agreement. A failed flush loses the
+//! unflushed writes of that file from the medium (each is dropped, kept or
+//! torn, as in a crash) while the process still sees them, as Linux does
+//! after a writeback error; a later successful flush does not bring them
+//! back.
 //!
 //! ## What this crate does not do
 //!
@@ -38,14 +55,15 @@
 mod crash;
 mod local;
 
-pub use crash::{CrashFs, CrashOptions, SimFile};
+pub use crash::{CrashFs, CrashOptions, Fault, SimFile};
 pub use local::{LocalFile, LocalFs};
 
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-/// The sector size at which the crash-simulating backend tears writes.
+/// The sector size at which the crash-simulating backend tears writes
+/// (at absolute file offsets that are multiples of it).
 pub const TEAR_SECTOR: usize = 512;
 
 /// Positional access to one file. All methods take `&self`, so one handle can
@@ -79,6 +97,12 @@ pub trait Storage: Send + Sync {
         Ok(())
     }
 
+    /// An opaque stamp that changes whenever the file's data or length is
+    /// changed, by this process or any other: device, inode, length,
+    /// modification and change times. Tracking uses it as the identity of
+    /// a file that has none of its own (a raw disk).
+    fn change_stamp(&self) -> io::Result<String>;
+
     /// Like [`Storage::read_at`], but the part of `buf` past the end of the
     /// file is filled with zeros instead of failing.
     fn read_at_or_zero(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
@@ -109,8 +133,12 @@ pub trait Fs: Send + Sync {
     fn remove(&self, path: &Path) -> io::Result<()>;
     /// Renames a file, replacing `to` if it exists.
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
-    /// Whether a file exists at `path`.
-    fn exists(&self, path: &Path) -> bool;
+    /// Whether a file exists at `path`. Fails when that cannot be told (a
+    /// permission or I/O error): "missing" is an answer, not a guess.
+    fn exists(&self, path: &Path) -> io::Result<bool>;
+    /// Makes the directory's entries durable (creates, renames and removes
+    /// in it so far): `fsync` of the directory.
+    fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Creates a directory and its parents (a no-op where directories are
     /// implicit).
     fn create_dir_all(&self, path: &Path) -> io::Result<()>;
@@ -127,19 +155,49 @@ pub trait Fs: Send + Sync {
         Ok(b)
     }
 
-    /// Replaces a (small) file atomically: a temporary file is written and
-    /// flushed, then renamed over `path`.
+    /// Syncs the directory that holds `path`.
+    fn sync_parent(&self, path: &Path) -> io::Result<()> {
+        self.sync_dir(parent_dir(path))
+    }
+
+    /// Renames and syncs the directories involved, so the new name
+    /// survives a power cut once this returns.
+    fn rename_durable(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.rename(from, to)?;
+        self.sync_parent(to)?;
+        if parent_dir(from) != parent_dir(to) {
+            self.sync_parent(from)?;
+        }
+        Ok(())
+    }
+
+    /// Removes a file and syncs its directory.
+    fn remove_durable(&self, path: &Path) -> io::Result<()> {
+        self.remove(path)?;
+        self.sync_parent(path)
+    }
+
+    /// Replaces a (small) file atomically and durably: a temporary file is
+    /// written and flushed, renamed over `path`, and the directory synced.
     fn write_file_atomic(&self, path: &Path, data: &[u8]) -> io::Result<()> {
         let mut tmp = path.as_os_str().to_owned();
         tmp.push(".tmp");
         let tmp = std::path::PathBuf::from(tmp);
-        if self.exists(&tmp) {
+        if self.exists(&tmp)? {
             self.remove(&tmp)?;
         }
         let f = self.create(&tmp)?;
         f.write_at(0, data)?;
         f.flush()?;
         drop(f);
-        self.rename(&tmp, path)
+        self.rename_durable(&tmp, path)
+    }
+}
+
+/// The directory that holds `path` (`.` for a bare file name).
+pub fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
     }
 }

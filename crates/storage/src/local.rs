@@ -45,6 +45,21 @@ impl Storage for LocalFile {
         self.file.set_len(len)
     }
 
+    fn change_stamp(&self) -> io::Result<String> {
+        use std::os::unix::fs::MetadataExt;
+        let m = self.file.metadata()?;
+        Ok(format!(
+            "{:x}:{:x}:{}:{}.{:09}:{}.{:09}",
+            m.dev(),
+            m.ino(),
+            m.len(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ctime(),
+            m.ctime_nsec()
+        ))
+    }
+
     /// `flock(LOCK_EX | LOCK_NB)`: held until the file is closed.
     fn try_lock_exclusive(&self) -> io::Result<()> {
         self.file.try_lock().map_err(|e| match e {
@@ -114,8 +129,16 @@ impl Fs for LocalFs {
         std::fs::rename(from, to)
     }
 
-    fn exists(&self, path: &Path) -> bool {
-        path.exists()
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        match std::fs::symlink_metadata(path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()
     }
 
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
@@ -165,5 +188,32 @@ mod tests {
         );
         let ro = LocalFs.open(&path, OpenMode::ReadOnly).unwrap();
         assert!(ro.write_at(0, b"x").is_err());
+    }
+
+    #[test]
+    fn exists_tells_missing_from_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        assert!(!LocalFs.exists(&path).unwrap());
+        LocalFs.write_file_atomic(&path, b"x").unwrap();
+        assert!(LocalFs.exists(&path).unwrap());
+        // A path through a regular file cannot be looked up: ENOTDIR is an
+        // error, not "missing".
+        assert!(LocalFs.exists(&path.join("g")).is_err());
+        LocalFs.sync_dir(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn change_stamp_follows_writes_by_anyone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        let f = LocalFs.create(&path).unwrap();
+        f.write_at(0, b"abc").unwrap();
+        let before = f.change_stamp().unwrap();
+        assert_eq!(before, f.change_stamp().unwrap());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let other = LocalFs.open(&path, OpenMode::ReadWrite).unwrap();
+        other.write_at(1, b"z").unwrap();
+        assert_ne!(before, f.change_stamp().unwrap());
     }
 }
