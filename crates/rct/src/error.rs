@@ -3,7 +3,7 @@
 
 use crate::id::RctId;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RctError {
     #[error("change tracking is disabled on {disk}; enable it with `refpoint rct enable` and take a full backup")]
     Disabled { disk: String },
@@ -38,8 +38,13 @@ pub enum RctError {
         path: String,
         op: &'static str,
         #[source]
-        source: std::io::Error,
+        source: std::sync::Arc<std::io::Error>,
     },
+    /// An error left the tracking file and the tracker's memory possibly
+    /// disagreeing; the tracker refuses all work until it is opened again,
+    /// which settles what the file says.
+    #[error("tracking of {path} stopped after an error it could not undo: {cause}")]
+    Failed { path: String, cause: Box<RctError> },
 }
 
 impl RctError {
@@ -56,6 +61,16 @@ impl RctError {
             RctError::OutOfRange { .. } => "out_of_range",
             RctError::InvalidParameter(_) => "invalid_parameter",
             RctError::Io { .. } => "io",
+            RctError::Failed { .. } => "tracking_failed",
+        }
+    }
+
+    /// Whether the error is a full medium (ENOSPC), here or as the cause.
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            RctError::Io { source, .. } => source.kind() == std::io::ErrorKind::StorageFull,
+            RctError::Failed { cause, .. } => cause.is_no_space(),
+            _ => false,
         }
     }
 }

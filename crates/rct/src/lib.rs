@@ -43,9 +43,31 @@
 //! The tracking file stores the disk's identity (for VHDX: its
 //! DataWriteGuid). Before the disk takes a new identity, the new one is
 //! journaled. Opening with an identity the file does not know fails with
-//! [`RctError::ModifiedWhileUntracked`]. Every other doubt — missing or
+//! [`RctError::ModifiedWhileUntracked`]. A raw file has no identity of its
+//! own; its caller passes the file's change stamp (inode, length, times)
+//! as it was after refpoint's last clean close, so any later write, by
+//! another tool or by a refpoint process that died before closing, is
+//! detected. Every other doubt — missing or
 //! corrupt file, unknown or released ID — is its own [`RctError`]; callers
 //! fall back to a full backup. None of them prevents using the disk.
+//!
+//! ## Errors while running
+//!
+//! The file and the tracker's memory agree after every call, also a failed
+//! one:
+//!
+//! * a failed append leaves the journal's end where it was (the next
+//!   append overwrites the remains); marks and identities stay staged and
+//!   are appended again;
+//! * a compaction (the state rewritten into `<disk>.rct.tmp`, flushed,
+//!   renamed over the file, the directory synced) switches memory to the
+//!   new file and epoch only once it is durably in place; one that fails
+//!   before the rename changes nothing;
+//! * a seal whose append failed may still reach the file, so the file is
+//!   rewritten from memory under a new epoch, which voids it;
+//! * when that is impossible (or a rename cannot be made durable), the
+//!   tracker stops: every call fails with [`RctError::Failed`] until the
+//!   tracking is opened again, and opening settles what the file says.
 
 #![forbid(unsafe_code)]
 
@@ -57,5 +79,6 @@ mod tracker;
 pub use error::{RctError, Result};
 pub use id::RctId;
 pub use tracker::{
-    tracking_path, ChangedRange, Changes, Tracker, TrackingState, DEFAULT_GRANULARITY,
+    set_compaction_threshold, tracking_path, ChangedRange, Changes, Tracker, TrackingState,
+    DEFAULT_GRANULARITY,
 };

@@ -8,6 +8,7 @@ use roaring::RoaringBitmap;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use storage::{Fs, OpenMode, Storage};
 use uuid::Uuid;
@@ -18,6 +19,36 @@ pub const DEFAULT_GRANULARITY: u64 = 64 * 1024;
 const WRITE_AHEAD: u64 = 1 << 20;
 /// The journal is compacted into a fresh file once it grows past this.
 const COMPACT_AFTER: u64 = 16 << 20;
+static COMPACT_THRESHOLD: AtomicU64 = AtomicU64::new(COMPACT_AFTER);
+
+/// Sets, for the whole process, how long a journal grows before it is
+/// compacted (default 16 MiB). Tests set it tiny so that compactions, and
+/// crashes and errors inside them, happen often.
+pub fn set_compaction_threshold(bytes: u64) {
+    COMPACT_THRESHOLD.store(bytes.max(HEADER_SIZE as u64), Ordering::Relaxed);
+}
+
+fn compaction_threshold() -> u64 {
+    COMPACT_THRESHOLD.load(Ordering::Relaxed)
+}
+
+/// How a rewrite of the tracking file failed.
+enum RewriteError {
+    /// Before the new file was renamed into place: the old file and the
+    /// in-memory state are untouched and still agree.
+    Intact(RctError),
+    /// After the rename, when the directory could not be synced: which
+    /// file a power cut leaves is unknown, so the tracker must stop.
+    Ambiguous(RctError),
+}
+
+impl RewriteError {
+    fn into_inner(self) -> RctError {
+        match self {
+            RewriteError::Intact(e) | RewriteError::Ambiguous(e) => e,
+        }
+    }
+}
 
 /// `GET_VIRTUAL_DISK_INFO_CHANGE_TRACKING_STATE`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +98,12 @@ pub struct Tracker {
     staged: RoaringBitmap,
     staged_identity: Option<String>,
     commits: u64,
+    /// Where the journal is next compacted (moved on when a compaction
+    /// failed harmlessly, so a full disk is not retried at every commit).
+    compact_at: u64,
+    /// Set when an error left the file and memory possibly disagreeing;
+    /// then every call fails until the tracking is opened again.
+    failed: Option<RctError>,
 }
 
 /// The tracking file of `disk`: `<disk>.rct`.
@@ -118,9 +155,12 @@ impl Tracker {
             staged: RoaringBitmap::new(),
             staged_identity: None,
             commits: 0,
+            compact_at: compaction_threshold(),
+            failed: None,
         };
         t.gens.insert(1, RoaringBitmap::new());
-        t.rewrite(identity)?;
+        t.rewrite(vec![identity.to_string()])
+            .map_err(RewriteError::into_inner)?;
         Ok(t)
     }
 
@@ -129,17 +169,17 @@ impl Tracker {
     pub fn open(fs: Arc<dyn Fs>, disk: &Path, virtual_size: u64, identity: &str) -> Result<Self> {
         let path = tracking_path(disk);
         let p = path.display().to_string();
-        if !fs.exists(&path) {
-            return Err(RctError::FileMissing { path: p });
-        }
         let io = |op| {
             let p = p.clone();
             move |source| RctError::Io {
                 path: p,
                 op,
-                source,
+                source: Arc::new(source),
             }
         };
+        if !fs.exists(&path).map_err(io("looking up"))? {
+            return Err(RctError::FileMissing { path: p });
+        }
         let file = fs.open(&path, OpenMode::ReadWrite).map_err(io("opening"))?;
         let len = file.len().map_err(io("reading the length"))?;
         let mut bytes = vec![0u8; len as usize];
@@ -178,6 +218,8 @@ impl Tracker {
             staged: RoaringBitmap::new(),
             staged_identity: None,
             commits: 0,
+            compact_at: 0,
+            failed: None,
         };
         let mut at = HEADER_SIZE;
         while let Some((rec, n)) = Record::decode(&bytes[at.min(bytes.len())..], t.header.epoch)
@@ -205,6 +247,7 @@ impl Tracker {
         }
         t.append_at = at as u64;
         t.written_to = len;
+        t.compact_at = t.append_at.max(compaction_threshold());
         t.gens.entry(t.header.current_generation).or_default();
         if !t.identities.iter().any(|i| i == identity) {
             return Err(RctError::ModifiedWhileUntracked {
@@ -224,7 +267,7 @@ impl Tracker {
         t.retained.clear();
         t.header.disabled = true;
         let id = t.header.identity.clone();
-        t.rewrite(&id)
+        t.rewrite(vec![id]).map_err(RewriteError::into_inner)
     }
 
     /// Writes a "disabled" tracking file for `disk` (tracking off, even if
@@ -280,19 +323,44 @@ impl Tracker {
 
     fn io(&self, op: &'static str) -> impl FnOnce(std::io::Error) -> RctError {
         let path = self.path.display().to_string();
-        move |source| RctError::Io { path, op, source }
+        move |source| RctError::Io {
+            path,
+            op,
+            source: Arc::new(source),
+        }
     }
 
-    /// Writes the whole state to a fresh file and renames it into place.
-    fn rewrite(&mut self, identity: &str) -> Result<()> {
-        self.header.epoch = Uuid::new_v4();
-        self.header.identity = identity.to_string();
-        let mut b = self.header.to_bytes();
+    /// Refuses work once an error left file and memory disagreeing.
+    fn healthy(&self) -> Result<()> {
+        match &self.failed {
+            None => Ok(()),
+            Some(cause) => Err(RctError::Failed {
+                path: self.path.display().to_string(),
+                cause: Box::new(cause.clone()),
+            }),
+        }
+    }
+
+    /// Stops the tracker: file and memory may disagree after `e`.
+    fn fail(&mut self, e: RctError) -> RctError {
+        self.failed = Some(e);
+        self.healthy().unwrap_err()
+    }
+
+    /// Writes the whole state, with the identities the disk may carry (the
+    /// first goes in the header), to a fresh file under a new epoch and
+    /// renames it into place durably. Memory switches to the new file only
+    /// then; until then the old file and epoch stay in use.
+    fn rewrite(&mut self, identities: Vec<String>) -> Result<(), RewriteError> {
+        let mut header = self.header.clone();
+        header.epoch = Uuid::new_v4();
+        header.identity = identities.first().cloned().unwrap_or_default();
+        let mut b = header.to_bytes();
         b.extend(
             Record::Retained {
                 generations: self.retained.iter().copied().collect(),
             }
-            .encode(self.header.epoch),
+            .encode(header.epoch),
         );
         for (&g, set) in &self.gens {
             b.extend(
@@ -300,30 +368,61 @@ impl Tracker {
                     generation: g,
                     regions: set.clone(),
                 }
-                .encode(self.header.epoch),
+                .encode(header.epoch),
+            );
+        }
+        for i in identities.iter().skip(1) {
+            b.extend(
+                Record::Identity {
+                    identity: i.clone(),
+                }
+                .encode(header.epoch),
             );
         }
         let mut tmp = self.path.clone().into_os_string();
         tmp.push(".tmp");
         let tmp = PathBuf::from(tmp);
-        if self.fs.exists(&tmp) {
-            self.fs
-                .remove(&tmp)
-                .map_err(self.io("removing a stale temporary file"))?;
-        }
-        let f = self.fs.create(&tmp).map_err(self.io("creating"))?;
         let ahead = (b.len() as u64 + WRITE_AHEAD).div_ceil(WRITE_AHEAD) * WRITE_AHEAD;
-        let mut all = b.clone();
-        all.resize(ahead as usize, 0);
-        f.write_at(0, &all).map_err(self.io("writing"))?;
-        f.flush().map_err(self.io("flushing"))?;
+        let written = (|| {
+            if self
+                .fs
+                .exists(&tmp)
+                .map_err(self.io("looking up a stale temporary file"))?
+            {
+                self.fs
+                    .remove(&tmp)
+                    .map_err(self.io("removing a stale temporary file"))?;
+            }
+            let f = self.fs.create(&tmp).map_err(self.io("creating"))?;
+            let mut all = b.clone();
+            all.resize(ahead as usize, 0);
+            f.write_at(0, &all).map_err(self.io("writing"))?;
+            f.flush().map_err(self.io("flushing"))?;
+            self.fs
+                .rename(&tmp, &self.path)
+                .map_err(self.io("renaming into place"))?;
+            Ok(f)
+        })();
+        let f = match written {
+            Ok(f) => f,
+            Err(e) => {
+                // Best effort: the stale file is removed by the next rewrite.
+                let _ = self.fs.remove(&tmp);
+                return Err(RewriteError::Intact(e));
+            }
+        };
+        // Appends go to the new file from now on; its name must be durable
+        // first, or a power cut brings back the old file without them.
         self.fs
-            .rename(&tmp, &self.path)
-            .map_err(self.io("renaming into place"))?;
+            .sync_parent(&self.path)
+            .map_err(self.io("syncing the directory"))
+            .map_err(RewriteError::Ambiguous)?;
+        self.header = header;
         self.file = f;
         self.append_at = b.len() as u64;
         self.written_to = ahead;
-        self.identities = vec![identity.to_string()];
+        self.identities = identities;
+        self.compact_at = self.append_at + compaction_threshold();
         Ok(())
     }
 
@@ -347,6 +446,10 @@ impl Tracker {
         Ok(())
     }
 
+    /// Appends records durably. On failure the end of the journal stays
+    /// where it was, so the next append overwrites whatever part of these
+    /// records reached the file: a record whose append failed is either
+    /// overwritten or (after a crash) the torn end of the journal.
     fn append(&mut self, recs: &[Record]) -> Result<()> {
         let mut b = Vec::new();
         for r in recs {
@@ -355,9 +458,15 @@ impl Tracker {
         self.file
             .write_at(self.append_at, &b)
             .map_err(self.io("appending to the journal"))?;
-        self.append_at += b.len() as u64;
-        self.write_ahead()?;
-        self.file.flush().map_err(self.io("flushing the journal"))?;
+        let end = self.append_at + b.len() as u64;
+        let old_end = std::mem::replace(&mut self.append_at, end);
+        let synced = self
+            .write_ahead()
+            .and_then(|()| self.file.flush().map_err(self.io("flushing the journal")));
+        if let Err(e) = synced {
+            self.append_at = old_end;
+            return Err(e);
+        }
         self.commits += 1;
         Ok(())
     }
@@ -390,6 +499,9 @@ impl Tracker {
     /// Whether the range is already durably marked in the current generation
     /// (a write there needs no journal commit first).
     pub fn is_marked(&self, offset: u64, len: u64) -> bool {
+        if self.failed.is_some() {
+            return false; // sends the write to `commit`, which refuses it
+        }
         let r = self.regions(offset, len);
         r.is_empty()
             || self
@@ -419,6 +531,7 @@ impl Tracker {
     /// Makes staged marks durable: one journal append and one fsync,
     /// however many regions it carries (group commit).
     pub fn commit(&mut self) -> Result<()> {
+        self.healthy()?;
         if !self.has_staged() {
             return Ok(());
         }
@@ -439,28 +552,29 @@ impl Tracker {
         }
         let staged = std::mem::take(&mut self.staged);
         *self.gens.entry(cur).or_default() |= staged;
-        if self.append_at > COMPACT_AFTER {
-            let keep = self.identities.clone();
-            self.rewrite(&keep[0])?;
-            self.identities = keep;
-            self.rewrite_identities()?;
+        if self.append_at > self.compact_at {
+            // The marks are durable; a compaction that fails before its
+            // rename changes nothing and is tried again later.
+            match self.rewrite(self.identities.clone()) {
+                Ok(()) => {}
+                Err(RewriteError::Intact(_)) => {
+                    self.compact_at = self.append_at + compaction_threshold() / 2;
+                }
+                Err(RewriteError::Ambiguous(e)) => return Err(self.fail(e)),
+            }
         }
         Ok(())
     }
 
-    /// After a compaction mid-session, the disk may still carry any of the
-    /// identities of this session: journal them again.
-    fn rewrite_identities(&mut self) -> Result<()> {
-        let extra: Vec<Record> = self.identities[1..]
-            .iter()
-            .map(|i| Record::Identity {
-                identity: i.clone(),
-            })
-            .collect();
-        if !extra.is_empty() {
-            self.append(&extra)?;
+    /// After a failed append whose record may yet reach the file (a seal),
+    /// brings the file back in line with memory by writing it afresh under
+    /// a new epoch, which voids every record of the old one. If that fails
+    /// too, the tracker stops.
+    fn resync(&mut self, e: RctError) -> RctError {
+        match self.rewrite(self.identities.clone()) {
+            Ok(()) => e,
+            Err(_) => self.fail(e),
         }
-        Ok(())
     }
 
     // ---- reference points ----
@@ -470,7 +584,12 @@ impl Tracker {
     pub fn seal(&mut self) -> Result<RctId> {
         self.commit()?;
         let g = self.header.current_generation;
-        self.append(&[Record::Seal { generation: g }])?;
+        if let Err(e) = self.append(&[Record::Seal { generation: g }]) {
+            // The seal record may reach the file anyway (a failed flush
+            // does not take back the write): later marks of this
+            // generation would then replay into the sealed one.
+            return Err(self.resync(e));
+        }
         self.apply(Record::Seal { generation: g })
             .expect("sealing the current generation");
         Ok(RctId {
@@ -481,6 +600,7 @@ impl Tracker {
 
     /// Releases a retained ID: changes since it can no longer be asked for.
     pub fn release(&mut self, id: &RctId) -> Result<()> {
+        self.healthy()?;
         self.check_id(id)?;
         self.append(&[Record::Release {
             generation: id.generation,
@@ -490,8 +610,11 @@ impl Tracker {
         Ok(())
     }
 
-    /// Retained IDs, oldest first.
+    /// Retained IDs, oldest first (none once the tracker has failed).
     pub fn retained_ids(&self) -> Vec<RctId> {
+        if self.failed.is_some() {
+            return Vec::new();
+        }
         self.retained
             .iter()
             .map(|&g| RctId {
@@ -543,6 +666,7 @@ impl Tracker {
         length: u64,
         max_ranges: usize,
     ) -> Result<Changes> {
+        self.healthy()?;
         self.check_id(since)?;
         let last = match until {
             Some(u) => {
@@ -593,10 +717,13 @@ impl Tracker {
     /// checkpoint or merge switches the disk to another file).
     pub fn close(mut self, identities: &[String]) -> Result<()> {
         self.commit()?;
-        let first = identities.first().cloned().unwrap_or_default();
-        self.rewrite(&first)?;
-        self.identities = identities.to_vec();
-        self.rewrite_identities()
+        self.rewrite(identities.to_vec())
+            .map_err(RewriteError::into_inner)
+    }
+
+    /// The error that stopped the tracker, if one did.
+    pub fn failure(&self) -> Option<&RctError> {
+        self.failed.as_ref()
     }
 }
 
@@ -651,5 +778,8 @@ impl Storage for NoFile {
     }
     fn set_len(&self, _: u64) -> std::io::Result<()> {
         Ok(())
+    }
+    fn change_stamp(&self) -> std::io::Result<String> {
+        Err(std::io::Error::other("no tracking file yet"))
     }
 }

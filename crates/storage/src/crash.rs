@@ -420,6 +420,11 @@ impl CrashFs {
         c.faults.push((at, fault));
     }
 
+    /// Drops the faults that have not happened yet.
+    pub fn clear_faults(&self) {
+        self.control().faults.clear();
+    }
+
     /// Whether a planned fault has not happened yet.
     pub fn fault_pending(&self) -> bool {
         !self.control().faults.is_empty()
