@@ -141,6 +141,10 @@ impl Handle {
 }
 
 impl Storage for Handle {
+    fn change_stamp(&self) -> io::Result<String> {
+        Ok(format!("mem:{:p}:{}", Arc::as_ptr(&self.file), self.state().len))
+    }
+
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         let st = self.state();
         let end = offset
@@ -244,7 +248,7 @@ impl Fs for MemFs {
     }
 
     fn create(&self, path: &Path) -> io::Result<Arc<dyn Storage>> {
-        if self.exists(path) {
+        if self.exists(path)? {
             return Err(io::Error::new(io::ErrorKind::AlreadyExists, "file exists"));
         }
         self.insert(path, Arc::default());
@@ -265,8 +269,13 @@ impl Fs for MemFs {
         Ok(())
     }
 
-    fn exists(&self, path: &Path) -> bool {
-        self.files().contains_key(path)
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        Ok(self.files().contains_key(path))
+    }
+
+    /// Nothing is lost here: there are no power cuts while fuzzing.
+    fn sync_dir(&self, _: &Path) -> io::Result<()> {
+        Ok(())
     }
 
     fn create_dir_all(&self, _: &Path) -> io::Result<()> {

@@ -41,9 +41,14 @@ impl<'a> Repo<'a> {
         move |source| BackupError::Io { path, op, source }
     }
 
+    /// Whether a file exists (an error when that cannot be told).
+    pub(crate) fn exists(&self, path: &Path) -> Result<bool> {
+        self.fs.exists(path).map_err(self.io(path, "looking up"))
+    }
+
     /// Numbers of the directories that look like points, complete or not.
     fn point_dirs(&self) -> Result<Vec<u32>> {
-        if !self.fs.exists(&self.dir) {
+        if !self.exists(&self.dir)? {
             return Ok(vec![]);
         }
         let mut out: Vec<u32> = self
@@ -61,7 +66,7 @@ impl<'a> Repo<'a> {
     pub fn points(&self) -> Result<Vec<Manifest>> {
         let mut out = Vec::new();
         for n in self.point_dirs()? {
-            if self.fs.exists(&point_dir(&self.dir, n).join(MANIFEST_NAME)) {
+            if self.exists(&point_dir(&self.dir, n).join(MANIFEST_NAME))? {
                 out.push(self.manifest(n)?);
             }
         }
@@ -70,7 +75,7 @@ impl<'a> Repo<'a> {
 
     pub fn manifest(&self, point: u32) -> Result<Manifest> {
         let p = point_dir(&self.dir, point).join(MANIFEST_NAME);
-        if !self.fs.exists(&p) {
+        if !self.exists(&p)? {
             return Err(BackupError::Repository(format!(
                 "{} has no point {point} (see `refpoint backup list`)",
                 self.dir.display()
@@ -81,6 +86,8 @@ impl<'a> Repo<'a> {
             .map_err(|e| BackupError::Repository(format!("{}: invalid manifest: {e}", p.display())))
     }
 
+    /// Writes a point's manifest atomically and durably: the point is
+    /// complete once this returns, and stays so after a power cut.
     pub fn write_manifest(&self, m: &Manifest) -> Result<()> {
         let p = point_dir(&self.dir, m.point).join(MANIFEST_NAME);
         let b = serde_json::to_vec_pretty(m).expect("manifest serializes");
@@ -95,7 +102,7 @@ impl<'a> Repo<'a> {
         let mut removed = Vec::new();
         for n in self.point_dirs()? {
             let d = point_dir(&self.dir, n);
-            if !self.fs.exists(&d.join(MANIFEST_NAME)) {
+            if !self.exists(&d.join(MANIFEST_NAME))? {
                 self.remove_point_files(&d)?;
                 removed.push(n);
             }
@@ -103,13 +110,13 @@ impl<'a> Repo<'a> {
         Ok(removed)
     }
 
-    /// Removes a point directory, manifest first: removal cut short leaves
-    /// an incomplete point (which the next backup removes), never a point
-    /// that looks complete but lacks files.
+    /// Removes a point directory, manifest first and durably: removal cut
+    /// short leaves an incomplete point (which the next backup removes),
+    /// never a point that looks complete but lacks files.
     pub(crate) fn remove_point_files(&self, d: &Path) -> Result<()> {
         let m = d.join(MANIFEST_NAME);
-        if self.fs.exists(&m) {
-            self.fs.remove(&m).map_err(self.io(&m, "removing"))?;
+        if self.exists(&m)? {
+            self.fs.remove_durable(&m).map_err(self.io(&m, "removing"))?;
         }
         for f in self.fs.list_dir(d).map_err(self.io(d, "listing"))? {
             self.fs.remove(&f).map_err(self.io(&f, "removing"))?;

@@ -27,7 +27,12 @@ pub fn flatten(
     format: RestoreFormat,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<u64> {
-    if fs.exists(dst) {
+    let looked_up = fs.exists(dst).map_err(|source| BackupError::Io {
+        path: dst.display().to_string(),
+        op: "looking up",
+        source,
+    })?;
+    if looked_up {
         return Err(BackupError::Repository(format!(
             "{} already exists; choose another destination",
             dst.display()
@@ -86,8 +91,12 @@ pub fn flatten(
         progress(pos, size);
     }
     match out {
+        // A new VHDX's name was made durable when it was created.
         Out::V(v) => v.close()?,
-        Out::R(f) => f.flush().map_err(io("flushing"))?,
+        Out::R(f) => {
+            f.flush().map_err(io("flushing"))?;
+            fs.sync_parent(dst).map_err(io("syncing the directory of"))?;
+        }
     }
     Ok(written)
 }
@@ -419,6 +428,7 @@ fn finish_interrupted(
                     && repo
                         .fs
                         .exists(&point_dir(&repo.dir, m.point).join(full_name(&d.name)))
+                        .unwrap_or(true)
             })
         });
         let Some(k) = started.map(|m| m.point) else {
@@ -469,15 +479,17 @@ fn consolidate_into(
         let full_name = full_name(&d.name);
         let full = kdir.join(&full_name);
         let old = kdir.join(&d.file);
-        if !fs.exists(&full) {
+        if !repo.exists(&full)? {
             let tmp = kdir.join(format!(".{full_name}.consolidating"));
-            if fs.exists(&tmp) {
+            if repo.exists(&tmp)? {
                 fs.remove(&tmp).map_err(repo.io(&tmp, "removing"))?;
             }
             let chain = Chain::open(fs, &old, false)?;
             flatten(fs, &chain, &tmp, RestoreFormat::Vhdx, progress)?;
             drop(chain);
-            fs.rename(&tmp, &full).map_err(repo.io(&full, "renaming"))?;
+            // Durable before the next point is re-pointed at it.
+            fs.rename_durable(&tmp, &full)
+                .map_err(repo.io(&full, "renaming"))?;
         }
         let guid = Vhdx::open(fs, &full, false)?.data_write_guid();
         (d.file_size, d.file_hashes) = repo.hash_file(&full)?;
@@ -528,7 +540,7 @@ fn consolidate_into(
     for d in &first_kept.disks {
         if d.parent_point.is_some() {
             let old = kdir.join(&d.file);
-            if fs.exists(&old) {
+            if repo.exists(&old)? {
                 fs.remove(&old).map_err(repo.io(&old, "removing"))?;
             }
         }

@@ -16,12 +16,10 @@ use backup::{backup, consolidate, restore, verify, Repo, RestoreFormat};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
-use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
-use storage::{CrashFs, Fs, OpenMode, Storage};
+use storage::{CrashFs, Fs};
 use vdisk::{CheckpointKind, Consistency, Store};
 use vhdx::{create, CreateOptions, DiskType};
 
@@ -34,134 +32,21 @@ const HOME: &str = "/home";
 const REPO: &str = "/repo";
 const VM: &str = "vm1";
 
-/// The crash-simulating file system with a power switch of its own that
-/// also counts file creation, removal and renaming (directory operations
-/// are durable at once, so a cut between two of them must be possible):
-/// every mutating operation spends one unit of the budget; once it is
-/// spent, every later one fails and nothing more reaches the medium.
-#[derive(Clone)]
-struct PowerFs {
-    fs: CrashFs,
-    power: Arc<Power>,
-}
-
-#[derive(Default)]
-struct Power {
-    /// Operations left before the cut; `None`: no cut planned.
-    left: Mutex<Option<u64>>,
-    /// Operations done since the last [`Power::arm`].
-    used: AtomicU64,
-}
-
-impl Power {
-    fn arm(&self, budget: Option<u64>) {
-        *self.left.lock().unwrap() = budget;
-        self.used.store(0, Ordering::SeqCst);
-    }
-
-    fn spend(&self) -> io::Result<()> {
-        let mut left = self.left.lock().unwrap();
-        match left.as_mut() {
-            Some(0) => Err(io::Error::other("simulated power cut")),
-            Some(n) => {
-                *n -= 1;
-                self.used.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            }
-            None => {
-                self.used.fetch_add(1, Ordering::SeqCst);
-                Ok(())
-            }
-        }
-    }
-
-    fn failed(&self) -> bool {
-        *self.left.lock().unwrap() == Some(0)
-    }
-}
-
-struct PowerFile {
-    inner: Arc<dyn Storage>,
-    power: Arc<Power>,
-}
-
-impl Storage for PowerFile {
-    fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
-        self.inner.read_at(offset, buf)
-    }
-    fn write_at(&self, offset: u64, buf: &[u8]) -> io::Result<()> {
-        self.power.spend()?;
-        self.inner.write_at(offset, buf)
-    }
-    fn flush(&self) -> io::Result<()> {
-        self.power.spend()?;
-        self.inner.flush()
-    }
-    fn len(&self) -> io::Result<u64> {
-        self.inner.len()
-    }
-    fn set_len(&self, len: u64) -> io::Result<()> {
-        self.power.spend()?;
-        self.inner.set_len(len)
-    }
-    fn data_ranges(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, u64)>> {
-        self.inner.data_ranges(offset, len)
-    }
-}
-
-impl PowerFs {
-    fn wrap(&self, inner: Arc<dyn Storage>) -> Arc<dyn Storage> {
-        Arc::new(PowerFile {
-            inner,
-            power: self.power.clone(),
-        })
-    }
-}
-
-impl Fs for PowerFs {
-    fn open(&self, path: &Path, mode: OpenMode) -> io::Result<Arc<dyn Storage>> {
-        Ok(self.wrap(self.fs.open(path, mode)?))
-    }
-    fn create(&self, path: &Path) -> io::Result<Arc<dyn Storage>> {
-        self.power.spend()?;
-        Ok(self.wrap(self.fs.create(path)?))
-    }
-    fn remove(&self, path: &Path) -> io::Result<()> {
-        self.power.spend()?;
-        self.fs.remove(path)
-    }
-    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
-        self.power.spend()?;
-        self.fs.rename(from, to)
-    }
-    fn exists(&self, path: &Path) -> bool {
-        self.fs.exists(path)
-    }
-    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        self.fs.create_dir_all(path)
-    }
-    fn remove_dir(&self, path: &Path) -> io::Result<()> {
-        self.fs.remove_dir(path)
-    }
-    fn list_dir(&self, dir: &Path) -> io::Result<Vec<PathBuf>> {
-        self.fs.list_dir(dir)
-    }
-}
-
 /// One simulated host: its file system, the disks' content as written,
 /// and the content of every complete point.
 struct World {
-    fs: PowerFs,
+    /// The crash-simulating file system; its power budget counts every
+    /// mutating operation, directory changes and syncs included.
+    fs: CrashFs,
+    /// `fs.ops_done()` when the power budget was last set.
+    armed_at: std::cell::Cell<u64>,
     models: Vec<Vec<u8>>,
     saved: BTreeMap<u32, Vec<Vec<u8>>>,
 }
 
 impl World {
     fn new() -> Self {
-        let fs = PowerFs {
-            fs: CrashFs::new(),
-            power: Default::default(),
-        };
+        let fs = CrashFs::new();
         for (_, path, size, sector) in DISKS {
             let o = CreateOptions {
                 virtual_size: size,
@@ -174,6 +59,7 @@ impl World {
         }
         let w = World {
             fs,
+            armed_at: Default::default(),
             models: DISKS.iter().map(|d| vec![0u8; d.2 as usize]).collect(),
             saved: BTreeMap::new(),
         };
@@ -185,15 +71,14 @@ impl World {
         w
     }
 
-    fn pfs(&self) -> PowerFs {
+    fn pfs(&self) -> CrashFs {
         self.fs.clone()
     }
 
     /// The power cut: the process dies, unflushed writes are dropped, kept
     /// or torn.
     fn crash(&self, rng: &mut SmallRng) {
-        self.fs.fs.crash(rng);
-        self.fs.power.arm(None);
+        self.fs.crash(rng);
     }
 
     /// A fresh store, as a restarted process opens it.
@@ -248,7 +133,7 @@ impl World {
                 &mut |_, _| {},
             )
             .unwrap_or_else(|e| panic!("{ctx}: restoring point {point} disk {name}: {e}"));
-            let got = self.fs.fs.file(&out).unwrap().contents();
+            let got = self.fs.file(&out).unwrap().contents();
             fs.remove(&out).unwrap();
             if got != want[i] {
                 let at = got.iter().zip(&want[i]).position(|(a, b)| a != b);
@@ -375,12 +260,15 @@ enum Op {
 fn run_op(w: &mut World, op: Op, budget: Option<u64>, rng: &mut SmallRng) -> (bool, u64) {
     let store = w.store();
     let repo = Path::new(REPO);
-    let arm = |w: &World| w.fs.power.arm(budget);
+    let arm = |w: &World| {
+        w.armed_at.set(w.fs.ops_done());
+        w.fs.set_power_budget(budget);
+    };
     match op {
         Op::Backup => {
             arm(w);
             let r = backup(&store, VM, repo, &mut |_, _, _| {});
-            if let (Ok(s), false) = (r, w.fs.power.failed()) {
+            if let (Ok(s), false) = (r, w.fs.power_failed()) {
                 w.saved.insert(s.point, w.models.clone());
             }
         }
@@ -403,7 +291,7 @@ fn run_op(w: &mut World, op: Op, budget: Option<u64>, rng: &mut SmallRng) -> (bo
             let keep = rng.gen_range(1..n.max(2));
             arm(w);
             if let Ok(removed) = consolidate(&w.pfs(), repo, keep, &mut |_, _| {}) {
-                if !w.fs.power.failed() {
+                if !w.fs.power_failed() {
                     for r in removed {
                         w.saved.remove(&r);
                     }
@@ -411,8 +299,8 @@ fn run_op(w: &mut World, op: Op, budget: Option<u64>, rng: &mut SmallRng) -> (bo
             }
         }
     }
-    let out = (w.fs.power.failed(), w.fs.power.used.load(Ordering::SeqCst));
-    w.fs.power.arm(None);
+    let out = (w.fs.power_failed(), w.fs.ops_done() - w.armed_at.get());
+    w.fs.set_power_budget(None);
     out
 }
 

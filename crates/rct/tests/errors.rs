@@ -9,7 +9,7 @@ use rand::SeedableRng;
 use rct::{set_compaction_threshold, RctError, RctId, Tracker};
 use std::path::Path;
 use std::sync::Arc;
-use storage::{CrashFs, Fault, Fs};
+use storage::{CrashFs, Fault};
 
 const SIZE: u64 = 64 << 20;
 const G: u64 = 64 << 10;

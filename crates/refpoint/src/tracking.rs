@@ -49,7 +49,7 @@ pub fn machine_disk(path: &Path) -> Option<(String, String)> {
     let arg = path.to_string_lossy();
     if !path.exists() {
         if let Some((m, d)) = arg.split_once('/') {
-            if store.exists(m) {
+            if store.exists(m).unwrap_or(false) {
                 return Some((m.to_string(), d.to_string()));
             }
         }

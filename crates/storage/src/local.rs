@@ -141,8 +141,23 @@ impl Fs for LocalFs {
         File::open(dir)?.sync_all()
     }
 
+    /// Creates the missing directories and syncs the parent of each, so
+    /// their names are durable before files in them are relied upon.
     fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-        std::fs::create_dir_all(path)
+        let mut missing = Vec::new();
+        let mut p = path;
+        while !self.exists(p)? {
+            missing.push(p);
+            match p.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => p = parent,
+                _ => break,
+            }
+        }
+        std::fs::create_dir_all(path)?;
+        for dir in missing.iter().rev() {
+            self.sync_parent(dir)?;
+        }
+        Ok(())
     }
 
     fn remove_dir(&self, path: &Path) -> io::Result<()> {

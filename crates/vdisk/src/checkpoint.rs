@@ -121,7 +121,7 @@ impl Store {
             // A child left by an interrupted attempt is not referenced by the
             // machine file: pick a fresh name rather than trust it.
             let mut attempt = 0;
-            while self.fs.exists(&child_path(&d.base, id, attempt)) {
+            while self.exists_file(&child_path(&d.base, id, attempt))? {
                 attempt += 1;
             }
             let child = child_path(&d.base, id, attempt);
@@ -193,7 +193,7 @@ impl Store {
         let cp = self.newest_checkpoint(&m, id)?;
         for cd in &cp.disks {
             let base = m.disk(&cd.name).unwrap().base.clone();
-            if self.fs.exists(&cd.child) {
+            if self.exists_file(&cd.child)? {
                 let g = pending_merge_linkage(&*self.fs, &cd.child)?.unwrap_or_else(Uuid::new_v4);
                 let mut disk = Disk::open_tracked_as(self.fs.clone(), &cd.child, &base, true)?;
                 disk.adopt_identity(&format!("vhdx:{g}"))?;
@@ -267,7 +267,7 @@ impl Store {
             }
             drop(child);
             let mut attempt = 1;
-            while self.fs.exists(&child_path(&base, id, attempt)) {
+            while self.exists_file(&child_path(&base, id, attempt))? {
                 attempt += 1;
             }
             let fresh = child_path(&base, id, attempt);

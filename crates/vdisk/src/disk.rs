@@ -5,6 +5,7 @@ use crate::error::{Result, VdiskError};
 use crate::image::Image;
 use rct::{tracking_path, Changes, RctError, RctId, Tracker, TrackingState};
 use roaring::RoaringBitmap;
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use storage::Fs;
@@ -15,6 +16,15 @@ enum Op {
     Write(Vec<u8>),
     Zero(u64),
     Trim(u64),
+}
+
+impl Op {
+    fn len(&self) -> u64 {
+        match self {
+            Op::Write(d) => d.len() as u64,
+            Op::Zero(n) | Op::Trim(n) => *n,
+        }
+    }
 }
 
 /// What the tracking of a disk is doing.
@@ -54,7 +64,10 @@ pub struct Disk {
     image: Image,
     writable: bool,
     tracking: Tracking,
-    queue: Vec<(u64, Op)>,
+    /// Ops accepted but not yet applied to the image, in order. An op
+    /// leaves the queue only once applied: after a failure the rest stay
+    /// queued and every later flush fails until they are applied.
+    queue: VecDeque<(u64, Op)>,
     queued_bytes: u64,
     /// Tracking regions the queued ops touch. An op touching none of them
     /// overlaps no queued op, so it may overtake the queue (writes to
@@ -70,6 +83,9 @@ pub struct Disk {
     /// Where the last write ended, and the current look-ahead window.
     seq_end: u64,
     window: u64,
+    /// Set by an error after which the disk cannot vouch for what it
+    /// acknowledged (see [`VdiskError::Failed`]).
+    failed: Option<(String, bool)>,
 }
 
 impl Disk {
@@ -88,13 +104,26 @@ impl Disk {
         writable: bool,
     ) -> Result<Self> {
         let image = Image::open(&*fs, path, writable)?;
-        let tracking = if fs.exists(&tracking_path(owner)) {
-            match Tracker::open(fs.clone(), owner, image.size(), &image.identity()) {
-                Ok(t) => Tracking::On(Box::new(t)),
-                Err(e) => Tracking::Broken(e),
+        let rct = tracking_path(owner);
+        let tracking = match fs.exists(&rct) {
+            Ok(true) => {
+                match image
+                    .identity()
+                    .and_then(|id| Ok(Tracker::open(fs.clone(), owner, image.size(), &id)?))
+                {
+                    Ok(t) => Tracking::On(Box::new(t)),
+                    Err(VdiskError::Tracking(e)) => Tracking::Broken(e),
+                    Err(e) => return Err(e),
+                }
             }
-        } else {
-            Tracking::Missing
+            Ok(false) => Tracking::Missing,
+            // Not knowing whether the disk is tracked must not make its
+            // writes untracked: queries say why, writes are refused.
+            Err(source) => Tracking::Broken(RctError::Io {
+                path: rct.display().to_string(),
+                op: "looking up",
+                source: Arc::new(source),
+            }),
         };
         // A raw file has no identity to change; a VHDX changes it on its
         // first write of a session, which must be journaled first.
@@ -107,7 +136,7 @@ impl Disk {
             image,
             writable,
             tracking,
-            queue: Vec::new(),
+            queue: VecDeque::new(),
             queued_bytes: 0,
             queued_regions: RoaringBitmap::new(),
             pending_identity: None,
@@ -115,6 +144,7 @@ impl Disk {
             adopted: Vec::new(),
             seq_end: u64::MAX,
             window: 0,
+            failed: None,
         })
     }
 
@@ -131,11 +161,41 @@ impl Disk {
         matches!(self.tracking, Tracking::On(_))
     }
 
+    /// Fails once an earlier error stopped the disk.
+    fn healthy(&self) -> Result<()> {
+        match &self.failed {
+            None => Ok(()),
+            Some((cause, no_space)) => Err(VdiskError::Failed {
+                path: self.name.clone(),
+                cause: cause.clone(),
+                no_space: *no_space,
+            }),
+        }
+    }
+
+    /// Whether an earlier error stopped the disk (it must be reopened).
+    pub fn has_failed(&self) -> bool {
+        self.failed.is_some()
+    }
+
+    /// Handles an error of the write path: one that left nothing half done
+    /// is returned as it is (the op stays queued and is issued again);
+    /// any other stops the disk.
+    fn after_error(&mut self, e: VdiskError) -> VdiskError {
+        if !e.is_retryable() && self.failed.is_none() {
+            self.failed = Some((e.to_string(), e.is_no_space()));
+        }
+        e
+    }
+
     fn check(&self, offset: u64, len: u64, write: bool) -> Result<()> {
         if write && !self.writable {
             return Err(VdiskError::ReadOnly {
                 path: self.name.clone(),
             });
+        }
+        if write {
+            self.healthy()?;
         }
         let size = self.size();
         if offset.checked_add(len).is_none_or(|e| e > size) {
@@ -224,8 +284,24 @@ impl Disk {
             return Ok(());
         }
         let size = self.size();
+        // A full queue is drained first; if that fails the op is refused
+        // (not queued), so a failing disk cannot grow its queue forever.
+        if self.queued_bytes >= QUEUE_MAX_BYTES || self.queue.len() >= QUEUE_MAX_OPS {
+            self.commit()?;
+        }
         let Tracking::On(t) = &mut self.tracking else {
-            return direct(&mut self.image, &self.name);
+            if let Tracking::Broken(e) = &self.tracking {
+                // A tracking file that could not be read (or looked up)
+                // may read fine at the next open, whose old IDs would then
+                // miss this write: refuse it. The other broken states
+                // (disabled, corrupt, another writer's identity) last, so
+                // no old ID can answer again and writes go through.
+                if matches!(e, RctError::Io { .. } | RctError::Failed { .. }) {
+                    return Err(e.clone().into());
+                }
+            }
+            let r = direct(&mut self.image, &self.name);
+            return r.map_err(|e| self.after_error(e));
         };
         let sequential = offset == self.seq_end;
         self.seq_end = offset + len;
@@ -235,7 +311,8 @@ impl Disk {
             && (self.queue.is_empty()
                 || self.queued_regions.range_cardinality(regions.clone()) == 0)
         {
-            return direct(&mut self.image, &self.name);
+            let r = direct(&mut self.image, &self.name);
+            return r.map_err(|e| self.after_error(e));
         }
         if !self.identity_done && self.pending_identity.is_none() {
             if let Image::Vhdx(_) = self.image {
@@ -258,13 +335,15 @@ impl Disk {
             t.stage(ahead, w);
         }
         self.queued_bytes += len;
-        self.queue.push((offset, queued()));
+        self.queue.push_back((offset, queued()));
         self.queued_regions.insert_range(regions);
         let sequential_window = self.window > 0;
         if sequential_window
             || self.queued_bytes >= QUEUE_MAX_BYTES
             || self.queue.len() >= QUEUE_MAX_OPS
         {
+            // On failure the op stays queued: the error tells the writer
+            // now, and every flush fails until the queue is applied.
             self.commit()?;
         }
         Ok(())
@@ -285,44 +364,68 @@ impl Disk {
         }
     }
 
-    /// Makes staged marks durable, then lets the queued ops through.
+    /// Makes staged marks durable, then applies the queued ops in order.
+    /// An op leaves the queue only once applied, so after a failure the
+    /// rest wait for the next commit: nothing accepted is ever forgotten.
     fn commit(&mut self) -> Result<()> {
+        self.healthy()?;
         if let Tracking::On(t) = &mut self.tracking {
-            t.commit()?;
+            if let Err(e) = t.commit() {
+                return Err(self.after_error(e.into()));
+            }
         }
         // The VHDX takes its new DataWriteGuid only now that the tracking
         // knows it, and before any queued data reaches the file.
-        if let Some(g) = self.pending_identity.take() {
+        if let Some(g) = self.pending_identity {
             if let Image::Vhdx(c) = &mut self.image {
-                c.top_mut().set_data_write_guid(g)?;
+                if let Err(e) = c.top_mut().set_data_write_guid(g) {
+                    return Err(self.after_error(e.into()));
+                }
             }
+            self.pending_identity = None;
             self.identity_done = true;
         }
-        self.queued_regions.clear();
-        for (offset, op) in std::mem::take(&mut self.queue) {
-            match op {
-                Op::Write(d) => self.image.write(&self.name, offset, &d)?,
-                Op::Zero(n) => self.image.zero(&self.name, offset, n)?,
-                Op::Trim(n) => self.image.trim(offset, n)?,
+        while let Some((offset, op)) = self.queue.front() {
+            let (offset, len) = (*offset, op.len());
+            let r = match op {
+                Op::Write(d) => self.image.write(&self.name, offset, d),
+                Op::Zero(n) => self.image.zero(&self.name, offset, *n),
+                Op::Trim(n) => self.image.trim(offset, *n),
+            };
+            if let Err(e) = r {
+                return Err(self.after_error(e));
             }
+            self.queue.pop_front();
+            self.queued_bytes -= len;
         }
-        self.queued_bytes = 0;
+        self.queued_regions.clear();
         Ok(())
     }
 
-    /// Makes every write so far durable (marks first, then data).
+    /// Makes every write so far durable (marks first, then data). A flush
+    /// that fails may have lost earlier writes on the medium (Linux drops
+    /// them from the page cache), so it stops the disk: no later flush may
+    /// report them durable.
     pub fn flush(&mut self) -> Result<()> {
         self.commit()?;
         if self.writable {
-            self.image.flush(&self.name)?;
+            if let Err(e) = self.image.flush(&self.name) {
+                self.failed = Some((e.to_string(), e.is_no_space()));
+                return Err(e);
+            }
         }
         Ok(())
     }
 
-    /// Flushes and closes cleanly, saving the tracking compactly.
+    /// Flushes and closes cleanly, saving the tracking compactly. A disk
+    /// that cannot be flushed is dropped like a killed process's (nothing
+    /// more is written; the next open replays the logs).
     pub fn close(mut self) -> Result<()> {
-        self.flush()?;
-        let identity_after = self.image.identity();
+        if let Err(e) = self.flush() {
+            self.abandon();
+            return Err(e);
+        }
+        let identity_after = self.image.identity()?;
         let tracking = std::mem::replace(&mut self.tracking, Tracking::Missing);
         if let Image::Vhdx(c) = self.image {
             c.close()?;
@@ -346,7 +449,7 @@ impl Disk {
                 path: tracking_path(&self.owner).display().to_string(),
             }
             .into()),
-            Tracking::Broken(e) => Err(clone_error(e).into()),
+            Tracking::Broken(e) => Err(e.clone().into()),
         }
     }
 
@@ -366,7 +469,7 @@ impl Disk {
             &self.owner,
             self.size(),
             granularity,
-            &self.image.identity(),
+            &self.image.identity()?,
         )?;
         self.tracking = Tracking::On(Box::new(t));
         self.identity_done = matches!(self.image, Image::Raw { .. });
@@ -485,32 +588,5 @@ impl Disk {
             }
         }
         drop(tracking);
-    }
-}
-
-/// Tracking errors are kept and handed out again; rebuild an owned copy.
-fn clone_error(e: &RctError) -> RctError {
-    match e {
-        RctError::Disabled { disk } => RctError::Disabled { disk: disk.clone() },
-        RctError::FileMissing { path } => RctError::FileMissing { path: path.clone() },
-        RctError::FileCorrupt { path, offset, what } => RctError::FileCorrupt {
-            path: path.clone(),
-            offset: *offset,
-            what: what.clone(),
-        },
-        RctError::ModifiedWhileUntracked {
-            disk,
-            expected,
-            found,
-        } => RctError::ModifiedWhileUntracked {
-            disk: disk.clone(),
-            expected: expected.clone(),
-            found: found.clone(),
-        },
-        other => RctError::FileCorrupt {
-            path: String::new(),
-            offset: 0,
-            what: other.to_string(),
-        },
     }
 }

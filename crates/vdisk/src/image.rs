@@ -59,12 +59,22 @@ impl Image {
         }
     }
 
-    /// The identity tracking checks: the VHDX DataWriteGuid (raw files have
-    /// none that could reveal foreign writes).
-    pub fn identity(&self) -> String {
+    /// The identity tracking checks: the VHDX DataWriteGuid, which every
+    /// writer changes; a raw file has no such field, so its change stamp
+    /// (inode, length, modification and change times) stands in: tracking
+    /// records it after refpoint's last clean close, and any later write by
+    /// anyone changes it.
+    pub fn identity(&self) -> Result<String> {
         match self {
-            Image::Vhdx(c) => format!("vhdx:{}", c.top().data_write_guid()),
-            Image::Raw { .. } => "raw".into(),
+            Image::Vhdx(c) => Ok(format!("vhdx:{}", c.top().data_write_guid())),
+            Image::Raw { file, .. } => {
+                let stamp = file.change_stamp().map_err(|source| VdiskError::Io {
+                    path: String::new(),
+                    op: "reading the file's change stamp",
+                    source,
+                })?;
+                Ok(format!("raw:{stamp}"))
+            }
         }
     }
 

@@ -195,13 +195,20 @@ impl Store {
         move |source| VdiskError::Io { path, op, source }
     }
 
-    pub fn exists(&self, name: &str) -> bool {
-        self.fs.exists(&self.machine_path(name))
+    /// Whether a file exists (an error when that cannot be told).
+    pub(crate) fn exists_file(&self, p: &Path) -> Result<bool> {
+        self.fs.exists(p).map_err(self.io(p, "looking up"))
+    }
+
+    /// Whether a machine file exists (an error when that cannot be told).
+    pub fn exists(&self, name: &str) -> Result<bool> {
+        let p = self.machine_path(name);
+        self.fs.exists(&p).map_err(self.io(&p, "looking up"))
     }
 
     pub fn load(&self, name: &str) -> Result<Machine> {
         let p = self.machine_path(name);
-        if !self.fs.exists(&p) {
+        if !self.exists(name)? {
             return Err(invalid(format!(
                 "no machine named {name:?} (see `refpoint machine list`)"
             )));
@@ -211,7 +218,8 @@ impl Store {
             .map_err(|e| invalid(format!("{}: not a valid machine file: {e}", p.display())))
     }
 
-    /// Saves atomically (temporary file, flush, rename).
+    /// Saves atomically and durably (temporary file, flush, rename,
+    /// directory sync).
     pub fn save(&self, m: &Machine) -> Result<()> {
         let dir = self.machines_dir();
         self.fs
@@ -226,7 +234,7 @@ impl Store {
 
     pub fn list(&self) -> Result<Vec<Machine>> {
         let dir = self.machines_dir();
-        if !self.fs.exists(&dir) {
+        if !self.fs.exists(&dir).map_err(self.io(&dir, "looking up"))? {
             return Ok(vec![]);
         }
         let mut out = Vec::new();
@@ -248,7 +256,7 @@ impl Store {
             )));
         }
         let p = self.machine_path(name);
-        self.fs.remove(&p).map_err(self.io(&p, "removing"))
+        self.fs.remove_durable(&p).map_err(self.io(&p, "removing"))
     }
 
     /// Creates a machine and enables change tracking on its disks. Disks
@@ -271,7 +279,7 @@ impl Store {
                 "machine name {name:?} may use letters, digits, '-', '_' and '.'"
             )));
         }
-        if self.exists(name) {
+        if self.exists(name)? {
             return Err(invalid(format!("machine {name} already exists")));
         }
         if disks.is_empty() {
@@ -284,7 +292,7 @@ impl Store {
                 return Err(invalid(format!("disk name {n:?} is invalid or used twice")));
             }
             let p = vhdx::paths::absolute(p);
-            if !self.fs.exists(&p) {
+            if !self.fs.exists(&p).map_err(self.io(&p, "looking up"))? {
                 return Err(invalid(format!("disk {} does not exist", p.display())));
             }
             out.push(MachineDisk {

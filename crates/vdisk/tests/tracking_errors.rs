@@ -172,7 +172,7 @@ fn disabled_tracking_fails_queries_also_after_reopen() {
     d.close().unwrap();
 
     // The file remembers "disabled": not "missing", not "corrupt".
-    assert!(f.fs.exists(&f.rct()));
+    assert!(f.fs.exists(&f.rct()).unwrap());
     let mut d = f.open();
     assert_eq!(broken_kind(&d), "tracking_disabled");
     let e = tracking_err(query(&mut d, &id));
@@ -395,7 +395,7 @@ fn missing_tracking_file_fails_queries_but_not_the_disk() {
     ));
     // Writing without tracking does not bring a file back.
     d.close().unwrap();
-    assert!(!f.fs.exists(&f.rct()));
+    assert!(!f.fs.exists(&f.rct()).unwrap());
     let mut d = f.open();
     assert!(matches!(
         tracking_err(query(&mut d, &id)),

@@ -55,7 +55,20 @@ pub fn open_parent(
     writable: bool,
 ) -> Result<(PathBuf, Vhdx)> {
     let tried = parent_candidates(child_path, child);
-    let Some(path) = tried.iter().find(|p| fs.exists(p)).cloned() else {
+    let mut found = None;
+    for p in &tried {
+        let here = fs.exists(p).map_err(|source| Error::Io {
+            file: p.display().to_string(),
+            op: "looking up the parent",
+            offset: 0,
+            source,
+        })?;
+        if here {
+            found = Some(p.clone());
+            break;
+        }
+    }
+    let Some(path) = found else {
         return Err(Error::ParentNotFound {
             file: child.name().to_string(),
             tried: tried.iter().map(|p| p.display().to_string()).collect(),

@@ -136,7 +136,13 @@ fn create_inner(
 ) -> Result<Vhdx> {
     opts.validate()?;
     let name = path.display().to_string();
-    if fs.exists(path) {
+    let lookup = |source| Error::Io {
+        file: name.clone(),
+        op: "looking up",
+        offset: 0,
+        source,
+    };
+    if fs.exists(path).map_err(lookup)? {
         return Err(Error::InvalidParameter(format!(
             "{name} already exists; refusing to overwrite it"
         )));
@@ -157,7 +163,7 @@ fn create_inner(
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     ));
-    if fs.exists(&tmp) {
+    if fs.exists(&tmp).map_err(io("looking up a temporary file", 0))? {
         fs.remove(&tmp)
             .map_err(io("removing a stale temporary file", 0))?;
     }
@@ -286,7 +292,8 @@ fn create_inner(
     file.set_len(end).map_err(io("sizing", end))?;
     file.flush().map_err(io("flushing", 0))?;
     drop(file);
-    fs.rename(&tmp, path)
+    // The name must be durable before the disk is reported created.
+    fs.rename_durable(&tmp, path)
         .map_err(io("renaming into place", 0))?;
     Vhdx::open(fs, path, true)
 }

@@ -163,6 +163,17 @@ impl Error {
     pub fn is_storage_full(&self) -> bool {
         matches!(self, Error::Io { source, .. } if source.kind() == io::ErrorKind::StorageFull)
     }
+
+    /// Whether this is a payload write (or the file extension before it)
+    /// that found no space: nothing of it is recorded in the file's
+    /// metadata, so the same write can be issued again once there is space.
+    /// Errors of a flush are never such: a failed flush may have lost
+    /// earlier writes.
+    pub fn is_retryable_no_space(&self) -> bool {
+        matches!(self, Error::Io { source, op, .. }
+            if source.kind() == io::ErrorKind::StorageFull
+                && matches!(*op, "writing payload" | "extending the file"))
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

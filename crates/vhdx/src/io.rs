@@ -279,9 +279,14 @@ impl Vhdx {
                 } else {
                     PAYLOAD_BLOCK_FULLY_PRESENT
                 };
-                self.file
-                    .write_at(at + in_block, piece)
-                    .map_err(self.io_err("writing payload", at + in_block))?;
+                if let Err(e) = self.file.write_at(at + in_block, piece) {
+                    // The block was never recorded: give its space back to
+                    // the next allocation instead of leaking it.
+                    if self.eof == at + bs {
+                        self.eof = at;
+                    }
+                    return Err(self.io_err("writing payload", at + in_block)(e));
+                }
                 self.set_bat(index, BatEntry::new(new_state, at));
                 if partial {
                     self.set_present(pos / ss, piece.len() as u64 / ss)?;

@@ -139,7 +139,7 @@ pub fn merge_into_parent_as(
     parent.close()?;
     child.close()?;
     if remove_child {
-        fs.remove(child_path).map_err(|source| Error::Io {
+        fs.remove_durable(child_path).map_err(|source| Error::Io {
             file: child_path.display().to_string(),
             op: "removing the merged child",
             offset: 0,

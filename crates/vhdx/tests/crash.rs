@@ -838,7 +838,7 @@ fn read_chain(fs: &CrashFs, top: &Path, files: &[PathBuf], what: &str) -> Vec<u8
         snapshot(fs, files) == before,
         "{what}: a read-only chain open changed a file"
     );
-    for f in files.iter().filter(|f| fs.exists(f)) {
+    for f in files.iter().filter(|f| fs.exists(f).unwrap()) {
         let r = vhdx::check(fs, f).unwrap();
         assert!(r.is_valid(), "{what}: {}: {:?}", f.display(), r.problems);
     }
@@ -922,7 +922,7 @@ fn merge_survives_a_crash_at_every_step() {
                     assert_eq!(report.child_removed, remove);
                 }
             }
-            assert_eq!(fs.exists(fx.child()), !remove, "{what}");
+            assert_eq!(fs.exists(fx.child()).unwrap(), !remove, "{what}");
             let got = read_chain(&fs, fx.parent(), &files, &what);
             assert!(
                 got == fx.merged,
@@ -963,6 +963,7 @@ fn full_medium_fails_writes_cleanly_and_keeps_flushed_data() {
         let capacity = 4 * MIB + rng.gen_range(2..7) * MIB;
         let fs = CrashFs::with_options(CrashOptions {
             capacity: Some(capacity),
+            ..Default::default()
         });
         let base = PathBuf::from("/vm/base.vhdx");
         let mut v = create(
@@ -1098,7 +1099,7 @@ fn create_survives_a_crash_at_every_step() {
             }
             fs.crash(&mut rng);
             crashes += 1;
-            let t = if fs.exists(path) {
+            let t = if fs.exists(path).unwrap() {
                 complete += 1;
                 let r = vhdx::check(&fs, path).unwrap();
                 assert!(r.is_valid(), "{kind:?}, cut after {n}: {:?}", r.problems);

@@ -998,6 +998,9 @@ impl Storage for FailWritesIn {
     fn set_len(&self, len: u64) -> std::io::Result<()> {
         self.inner.set_len(len)
     }
+    fn change_stamp(&self) -> std::io::Result<String> {
+        self.inner.change_stamp()
+    }
 }
 
 /// Our log entries, as QEMU replays them. Many flushes of metadata-only

@@ -260,7 +260,7 @@ async fn machines(State(api): State<Api>) -> ApiResult {
 }
 
 fn load(api: &Api, name: &str) -> Result<vdisk::Machine, ApiError> {
-    if !api.store.exists(name) {
+    if !api.store.exists(name)? {
         return Err(not_found(format!("no machine named {name:?}")));
     }
     Ok(api.store.load(name)?)
