@@ -116,7 +116,9 @@ impl<'a> Repo<'a> {
     pub(crate) fn remove_point_files(&self, d: &Path) -> Result<()> {
         let m = d.join(MANIFEST_NAME);
         if self.exists(&m)? {
-            self.fs.remove_durable(&m).map_err(self.io(&m, "removing"))?;
+            self.fs
+                .remove_durable(&m)
+                .map_err(self.io(&m, "removing"))?;
         }
         for f in self.fs.list_dir(d).map_err(self.io(d, "listing"))? {
             self.fs.remove(&f).map_err(self.io(&f, "removing"))?;

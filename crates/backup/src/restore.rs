@@ -95,7 +95,8 @@ pub fn flatten(
         Out::V(v) => v.close()?,
         Out::R(f) => {
             f.flush().map_err(io("flushing"))?;
-            fs.sync_parent(dst).map_err(io("syncing the directory of"))?;
+            fs.sync_parent(dst)
+                .map_err(io("syncing the directory of"))?;
         }
     }
     Ok(written)

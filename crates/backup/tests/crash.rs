@@ -134,7 +134,7 @@ impl World {
             )
             .unwrap_or_else(|e| panic!("{ctx}: restoring point {point} disk {name}: {e}"));
             let got = self.fs.file(&out).unwrap().contents();
-            fs.remove(&out).unwrap();
+            fs.remove_durable(&out).unwrap();
             if got != want[i] {
                 let at = got.iter().zip(&want[i]).position(|(a, b)| a != b);
                 panic!(

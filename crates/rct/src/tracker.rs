@@ -446,15 +446,12 @@ impl Tracker {
         Ok(())
     }
 
-    /// Appends records durably. On failure the end of the journal stays
-    /// where it was, so the next append overwrites whatever part of these
-    /// records reached the file: a record whose append failed is either
+    /// Appends a record durably. On failure the end of the journal stays
+    /// where it was, so the next append overwrites whatever part of the
+    /// record reached the file: a record whose append failed is either
     /// overwritten or (after a crash) the torn end of the journal.
-    fn append(&mut self, recs: &[Record]) -> Result<()> {
-        let mut b = Vec::new();
-        for r in recs {
-            b.extend(r.encode(self.header.epoch));
-        }
+    fn append(&mut self, rec: &Record) -> Result<()> {
+        let b = rec.encode(self.header.epoch);
         self.file
             .write_at(self.append_at, &b)
             .map_err(self.io("appending to the journal"))?;
@@ -535,23 +532,25 @@ impl Tracker {
         if !self.has_staged() {
             return Ok(());
         }
-        let mut recs = Vec::new();
+        // One record per append: an unflushed append may tear at any
+        // sector boundary, and a torn record followed by an intact one
+        // would look like a damaged journal.
         if let Some(i) = self.staged_identity.clone() {
-            recs.push(Record::Identity { identity: i });
+            self.append(&Record::Identity {
+                identity: i.clone(),
+            })?;
+            self.identities.push(i);
+            self.staged_identity = None;
         }
         let cur = self.header.current_generation;
         if !self.staged.is_empty() {
-            recs.push(Record::GenSet {
+            self.append(&Record::GenSet {
                 generation: cur,
                 regions: self.staged.clone(),
-            });
+            })?;
+            let staged = std::mem::take(&mut self.staged);
+            *self.gens.entry(cur).or_default() |= staged;
         }
-        self.append(&recs)?;
-        if let Some(i) = self.staged_identity.take() {
-            self.identities.push(i);
-        }
-        let staged = std::mem::take(&mut self.staged);
-        *self.gens.entry(cur).or_default() |= staged;
         if self.append_at > self.compact_at {
             // The marks are durable; a compaction that fails before its
             // rename changes nothing and is tried again later.
@@ -584,7 +583,7 @@ impl Tracker {
     pub fn seal(&mut self) -> Result<RctId> {
         self.commit()?;
         let g = self.header.current_generation;
-        if let Err(e) = self.append(&[Record::Seal { generation: g }]) {
+        if let Err(e) = self.append(&Record::Seal { generation: g }) {
             // The seal record may reach the file anyway (a failed flush
             // does not take back the write): later marks of this
             // generation would then replay into the sealed one.
@@ -602,9 +601,9 @@ impl Tracker {
     pub fn release(&mut self, id: &RctId) -> Result<()> {
         self.healthy()?;
         self.check_id(id)?;
-        self.append(&[Record::Release {
+        self.append(&Record::Release {
             generation: id.generation,
-        }])?;
+        })?;
         self.retained.remove(&id.generation);
         self.collect_garbage();
         Ok(())

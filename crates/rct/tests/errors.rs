@@ -65,7 +65,10 @@ fn first_compaction() -> (u64, u64, u64) {
 fn a_failed_compaction_never_hides_later_marks() {
     set_compaction_threshold(1);
     let (compacting, from, to) = first_compaction();
-    assert!(to - from >= 5, "a compaction takes create, write, flush, rename, sync");
+    assert!(
+        to - from >= 5,
+        "a compaction takes create, write, flush, rename, sync"
+    );
     let mut cases = 0;
     for fault in [Fault::NoSpace, Fault::Io] {
         for k in from..to {

@@ -163,7 +163,10 @@ fn create_inner(
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default()
     ));
-    if fs.exists(&tmp).map_err(io("looking up a temporary file", 0))? {
+    if fs
+        .exists(&tmp)
+        .map_err(io("looking up a temporary file", 0))?
+    {
         fs.remove(&tmp)
             .map_err(io("removing a stale temporary file", 0))?;
     }

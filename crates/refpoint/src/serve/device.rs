@@ -22,10 +22,9 @@ pub fn device_error(e: VdiskError) -> DeviceError {
     let errno = match &e {
         VdiskError::OutOfRange { .. } => NBD_EINVAL,
         VdiskError::ReadOnly { .. } => NBD_EPERM,
-        VdiskError::Io { source, .. } if source.raw_os_error() == Some(28) => NBD_ENOSPC,
-        VdiskError::Vhdx(vhdx::Error::Io { source, .. }) if source.raw_os_error() == Some(28) => {
-            NBD_ENOSPC
-        }
+        // A write that found no space, a flush after it, and a disk stopped
+        // by one: ENOSPC tells the client to make room, anything else EIO.
+        e if e.is_no_space() => NBD_ENOSPC,
         _ => NBD_EIO,
     };
     DeviceError::new(errno, e.to_string())
