@@ -1,0 +1,1060 @@
+//! A machine disk on a file system that runs full, served by `refpoint
+//! serve`: writes through NBD (our own client and qemu-io) until ENOSPC,
+//! flushes that must then fail, space freed, a new client, a restart, and
+//! what must hold afterwards (DESIGN.md invariants 1, 3, 4, 5 and 6):
+//! every write acknowledged by a successful flush reads back, every byte
+//! that changed is in the changes since the sealed RCT ID, and the image
+//! passes our check and `qemu-img check`.
+//!
+//! The state directory and the disk live on a small tmpfs mounted by the
+//! test (so it needs root; without root, or if the mount fails, the test
+//! says why and passes). The daemon's log stays outside the tmpfs.
+
+mod common;
+
+use common::{s, Env};
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const MIB: u64 = 1 << 20;
+/// The virtual disk: 256 MiB of 1 MiB blocks, far more than the tmpfs
+/// holds.
+const DISK_SIZE: u64 = 256 * MIB;
+const TMPFS_SIZE: &str = "64M";
+/// A file taking room on the tmpfs, removed to free space.
+const FILLER_MIB: u64 = 16;
+/// Our client flushes after every this many writes.
+const FLUSH_EVERY: u64 = 3;
+/// Where qemu-io writes its six blocks (beyond anything our client
+/// reaches before the tmpfs is full).
+const QEMU_IO_FIRST_MIB: u64 = 200;
+/// And our client its six.
+const OURS_BURST_FIRST_MIB: u64 = 220;
+/// Writes in the reported shape (no flush between them).
+const BURST: u64 = 6;
+/// Any client or tool must answer within this.
+const TOOL_LIMIT: Duration = Duration::from_secs(120);
+
+// ---------------------------------------------------------------------------
+// The tmpfs
+// ---------------------------------------------------------------------------
+
+/// A tmpfs mounted on a directory; unmounted when dropped (also when the
+/// test fails).
+struct Tmpfs {
+    dir: PathBuf,
+}
+
+impl Tmpfs {
+    /// Mounts it, or says why it could not.
+    fn mount(dir: &Path, size: &str) -> Result<Tmpfs, String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        let o = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                s(dir),
+            ])
+            .output()
+            .map_err(|e| format!("running mount: {e}"))?;
+        if !o.status.success() {
+            return Err(format!(
+                "mount -t tmpfs failed ({}): {}",
+                o.status,
+                String::from_utf8_lossy(&o.stderr).trim()
+            ));
+        }
+        Ok(Tmpfs {
+            dir: dir.to_path_buf(),
+        })
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            let ok = Command::new("umount")
+                .arg(&self.dir)
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|st| st.success());
+            if ok {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // Still busy (something we started is still exiting): detach it
+        // so nothing stays mounted.
+        let st = Command::new("umount").arg("-l").arg(&self.dir).status();
+        eprintln!("umount {} was busy; umount -l: {st:?}", self.dir.display());
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+// ---------------------------------------------------------------------------
+// Tools with a time limit
+// ---------------------------------------------------------------------------
+
+/// Runs `cmd` (its output in files in `dir`), killing it after `limit`.
+fn run_limited(cmd: &mut Command, dir: &Path, limit: Duration) -> Output {
+    let n = std::fs::read_dir(dir).unwrap().count();
+    let (out, err) = (
+        dir.join(format!("tool-{n}.out")),
+        dir.join(format!("tool-{n}.err")),
+    );
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{cmd:?} did not finish within {limit:?}: {}{}",
+                std::fs::read_to_string(&out).unwrap_or_default(),
+                std::fs::read_to_string(&err).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: std::fs::read(&out).unwrap_or_default(),
+        stderr: std::fs::read(&err).unwrap_or_default(),
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+// ---------------------------------------------------------------------------
+// A small NBD client (fixed newstyle, NBD_OPT_GO, simple replies)
+// ---------------------------------------------------------------------------
+
+const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
+const IHAVEOPT: u64 = 0x4948_4156_454F_5054;
+const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
+const FLAG_FIXED_NEWSTYLE: u16 = 1;
+const FLAG_NO_ZEROES: u16 = 2;
+const OPT_GO: u32 = 7;
+const REP_ACK: u32 = 1;
+const REP_INFO: u32 = 3;
+const INFO_EXPORT: u16 = 0;
+const REQUEST_MAGIC: u32 = 0x2560_9513;
+const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
+const CMD_READ: u16 = 0;
+const CMD_WRITE: u16 = 1;
+const CMD_DISC: u16 = 2;
+const CMD_FLUSH: u16 = 3;
+const NBD_EIO: u32 = 5;
+const NBD_ENOSPC: u32 = 28;
+
+fn errno_name(e: u32) -> &'static str {
+    match e {
+        1 => "EPERM",
+        5 => "EIO",
+        12 => "ENOMEM",
+        22 => "EINVAL",
+        28 => "ENOSPC",
+        75 => "EOVERFLOW",
+        95 => "ENOTSUP",
+        108 => "ESHUTDOWN",
+        _ => "unknown",
+    }
+}
+
+#[derive(Debug)]
+enum NbdError {
+    #[allow(dead_code)] // shown by Debug
+    Io(std::io::Error),
+    /// The server refused the option (reply type, message).
+    #[allow(dead_code)] // shown by Debug
+    Refused(u32, String),
+    /// A request failed with this NBD error number.
+    Errno(u32),
+}
+
+impl From<std::io::Error> for NbdError {
+    fn from(e: std::io::Error) -> Self {
+        NbdError::Io(e)
+    }
+}
+
+impl NbdError {
+    /// The NBD error number; anything else (a broken connection, a
+    /// refusal) fails the test.
+    fn errno(self, what: &str) -> u32 {
+        match self {
+            NbdError::Errno(e) => e,
+            other => panic!("{what}: not an NBD error reply: {other:?}"),
+        }
+    }
+}
+
+struct Nbd {
+    s: UnixStream,
+    size: u64,
+    cookie: u64,
+}
+
+fn get_u16(s: &mut impl Read) -> std::io::Result<u16> {
+    let mut b = [0; 2];
+    s.read_exact(&mut b)?;
+    Ok(u16::from_be_bytes(b))
+}
+fn get_u32(s: &mut impl Read) -> std::io::Result<u32> {
+    let mut b = [0; 4];
+    s.read_exact(&mut b)?;
+    Ok(u32::from_be_bytes(b))
+}
+fn get_u64(s: &mut impl Read) -> std::io::Result<u64> {
+    let mut b = [0; 8];
+    s.read_exact(&mut b)?;
+    Ok(u64::from_be_bytes(b))
+}
+
+impl Nbd {
+    fn connect(socket: &Path, export: &str) -> Result<Nbd, NbdError> {
+        let mut s = UnixStream::connect(socket)?;
+        s.set_read_timeout(Some(TOOL_LIMIT))?;
+        s.set_write_timeout(Some(TOOL_LIMIT))?;
+        assert_eq!(get_u64(&mut s)?, NBDMAGIC);
+        assert_eq!(get_u64(&mut s)?, IHAVEOPT);
+        let hflags = get_u16(&mut s)?;
+        assert!(hflags & FLAG_FIXED_NEWSTYLE != 0, "not fixed newstyle");
+        let cflags = u32::from(FLAG_FIXED_NEWSTYLE | (hflags & FLAG_NO_ZEROES));
+        s.write_all(&cflags.to_be_bytes())?;
+        // NBD_OPT_GO: the name and no information requests.
+        let mut data = (export.len() as u32).to_be_bytes().to_vec();
+        data.extend_from_slice(export.as_bytes());
+        data.extend_from_slice(&0u16.to_be_bytes());
+        let mut opt = IHAVEOPT.to_be_bytes().to_vec();
+        opt.extend_from_slice(&OPT_GO.to_be_bytes());
+        opt.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        opt.extend_from_slice(&data);
+        s.write_all(&opt)?;
+        let mut size = None;
+        loop {
+            assert_eq!(get_u64(&mut s)?, REPLY_MAGIC);
+            assert_eq!(get_u32(&mut s)?, OPT_GO);
+            let ty = get_u32(&mut s)?;
+            let len = get_u32(&mut s)?;
+            let mut payload = vec![0; len as usize];
+            s.read_exact(&mut payload)?;
+            match ty {
+                REP_ACK => break,
+                REP_INFO if u16::from_be_bytes([payload[0], payload[1]]) == INFO_EXPORT => {
+                    size = Some(u64::from_be_bytes(payload[2..10].try_into().unwrap()));
+                }
+                t if t & (1 << 31) != 0 => {
+                    return Err(NbdError::Refused(
+                        t,
+                        String::from_utf8_lossy(&payload).into_owned(),
+                    ))
+                }
+                _ => {}
+            }
+        }
+        Ok(Nbd {
+            s,
+            size: size.expect("NBD_INFO_EXPORT before NBD_REP_ACK"),
+            cookie: 0,
+        })
+    }
+
+    fn request(
+        &mut self,
+        ty: u16,
+        offset: u64,
+        len: u32,
+        data: &[u8],
+    ) -> Result<Vec<u8>, NbdError> {
+        self.cookie += 1;
+        let mut h = Vec::with_capacity(28 + data.len());
+        h.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
+        h.extend_from_slice(&0u16.to_be_bytes());
+        h.extend_from_slice(&ty.to_be_bytes());
+        h.extend_from_slice(&self.cookie.to_be_bytes());
+        h.extend_from_slice(&offset.to_be_bytes());
+        h.extend_from_slice(&len.to_be_bytes());
+        h.extend_from_slice(data);
+        self.s.write_all(&h)?;
+        if ty == CMD_DISC {
+            return Ok(Vec::new());
+        }
+        let magic = get_u32(&mut self.s)?;
+        assert_eq!(magic, SIMPLE_REPLY_MAGIC, "only simple replies expected");
+        let err = get_u32(&mut self.s)?;
+        assert_eq!(
+            get_u64(&mut self.s)?,
+            self.cookie,
+            "reply to another request"
+        );
+        if err != 0 {
+            return Err(NbdError::Errno(err));
+        }
+        let mut out = Vec::new();
+        if ty == CMD_READ {
+            out.resize(len as usize, 0);
+            self.s.read_exact(&mut out)?;
+        }
+        Ok(out)
+    }
+
+    fn read(&mut self, offset: u64, len: u64) -> Result<Vec<u8>, NbdError> {
+        self.request(CMD_READ, offset, len as u32, &[])
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), NbdError> {
+        self.request(CMD_WRITE, offset, data.len() as u32, data)
+            .map(drop)
+    }
+
+    fn flush(&mut self) -> Result<(), NbdError> {
+        self.request(CMD_FLUSH, 0, 0, &[]).map(drop)
+    }
+
+    fn disconnect(mut self) {
+        let _ = self.request(CMD_DISC, 0, 0, &[]);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// What was written, and what must read back
+// ---------------------------------------------------------------------------
+
+/// What became of one 1 MiB write (each to a block of its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    /// Acknowledged, and a later flush succeeded.
+    Durable,
+    /// Acknowledged, no successful flush after it (yet).
+    Acked,
+    /// The write itself failed.
+    Failed,
+}
+
+struct Written {
+    who: &'static str,
+    content: Vec<u8>,
+    fate: Fate,
+}
+
+/// Our client's content for its `i`-th write: distinct for every write.
+fn pattern(i: u64) -> Vec<u8> {
+    let mut rng = SmallRng::seed_from_u64(0xf011_d15c ^ i);
+    let mut buf = vec![0u8; MIB as usize];
+    rng.fill(&mut buf[..]);
+    // Never all zeros, and the first bytes name the write.
+    buf[..8].copy_from_slice(&(i + 1).to_be_bytes());
+    buf
+}
+
+/// What one block read back as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seen {
+    Zeros,
+    Written,
+    Other,
+}
+
+fn seen(got: &[u8], want: Option<&[u8]>) -> Seen {
+    if want.is_some_and(|w| w == got) {
+        Seen::Written
+    } else if got.iter().all(|&b| b == 0) {
+        Seen::Zeros
+    } else {
+        Seen::Other
+    }
+}
+
+/// Checks every block of `content` (a read of the whole disk) against the
+/// writes: durable ones (and acknowledged ones too when `acked_durable`)
+/// exactly, the other writes either not there at all or exactly there,
+/// never written blocks as zeros. Returns the blocks holding data.
+fn check_content(
+    what: &str,
+    content: &[u8],
+    writes: &BTreeMap<u64, Written>,
+    acked_durable: bool,
+) -> Vec<u64> {
+    let mut data = Vec::new();
+    let mut surprises = Vec::new();
+    for block in 0..DISK_SIZE / MIB {
+        let got = &content[(block * MIB) as usize..((block + 1) * MIB) as usize];
+        let w = writes.get(&block);
+        let s = seen(got, w.map(|w| &w.content[..]));
+        if s != Seen::Zeros {
+            data.push(block);
+        }
+        let fine = match (w.map(|w| w.fate), s) {
+            (_, Seen::Other) => false,
+            (None, Seen::Zeros) => true,
+            (None, Seen::Written) => unreachable!(),
+            (Some(_), Seen::Written) => true,
+            (Some(Fate::Durable), Seen::Zeros) => false,
+            (Some(Fate::Acked), Seen::Zeros) => !acked_durable,
+            (Some(Fate::Failed), Seen::Zeros) => true,
+        };
+        if !fine {
+            let first_bytes = &got[..16.min(got.len())];
+            surprises.push(format!(
+                "block {block} (offset {:#x}): {:?} write by {}, read back {s:?} (first bytes {first_bytes:02x?})",
+                block * MIB,
+                w.map(|w| w.fate),
+                w.map_or("nobody", |w| w.who)
+            ));
+        }
+    }
+    assert!(
+        surprises.is_empty(),
+        "{what}: {} blocks read back wrong:\n{}",
+        surprises.len(),
+        surprises.join("\n")
+    );
+    data
+}
+
+/// Whether the union of `ranges` covers `[offset, offset + len)`.
+fn covered(ranges: &[(u64, u64)], offset: u64, len: u64) -> bool {
+    let mut r = ranges.to_vec();
+    r.sort();
+    let (mut pos, end) = (offset, offset + len);
+    for (o, l) in r {
+        if o <= pos && o + l > pos {
+            pos = o + l;
+        }
+        if pos >= end {
+            return true;
+        }
+    }
+    pos >= end
+}
+
+// ---------------------------------------------------------------------------
+// The CLI and the daemon on the tmpfs
+// ---------------------------------------------------------------------------
+
+impl Env {
+    fn nbd(&self) -> Nbd {
+        Nbd::connect(&self.nbd_socket(), "vm1/disk0")
+            .unwrap_or_else(|e| panic!("NBD connection to vm1/disk0: {e:?}"))
+    }
+
+    /// `rct changes vm1/disk0 --since ID --json`, which must exit 0: the
+    /// ranges.
+    fn changes_ok(&self, since: &str) -> Vec<(u64, u64)> {
+        let o = run_limited(
+            &mut self.cmd(&["rct", "changes", "vm1/disk0", "--since", since, "--json"]),
+            &self.dir,
+            TOOL_LIMIT,
+        );
+        assert!(
+            o.status.success(),
+            "rct changes --since {since} exited with {}: {}",
+            o.status,
+            text(&o)
+        );
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+        assert_eq!(v["processed_length"], DISK_SIZE, "{v}");
+        v["ranges"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["offset"].as_u64().unwrap(), r["length"].as_u64().unwrap()))
+            .collect()
+    }
+
+    /// `refpoint serve --stop`, then the daemon's exit status and log; a
+    /// daemon that could not flush a disk may exit with an error.
+    fn stop_any(&self, mut d: common::Daemon) -> (ExitStatus, String) {
+        let o = run_limited(&mut self.cmd(&["serve", "--stop"]), &self.dir, TOOL_LIMIT);
+        assert!(o.status.success(), "serve --stop: {}", text(&o));
+        let st = d.wait(TOOL_LIMIT);
+        (st, d.log_text())
+    }
+}
+
+/// Reads the whole disk through NBD, 1 MiB at a time.
+fn read_disk(c: &mut Nbd) -> Vec<u8> {
+    assert_eq!(c.size, DISK_SIZE);
+    let mut out = Vec::with_capacity(DISK_SIZE as usize);
+    for block in 0..DISK_SIZE / MIB {
+        let b = c
+            .read(block * MIB, MIB)
+            .unwrap_or_else(|e| panic!("NBD read of block {block}: {e:?}"));
+        out.extend(b);
+    }
+    out
+}
+
+/// qemu's NBD requests and whether each failed, from its `nbd_*` trace
+/// (qemu-io waits for each reply, so a reply belongs to the request sent
+/// before it): (command type, failed, the reply's trace line).
+fn qemu_requests(trace: &str) -> Vec<(String, bool, String)> {
+    let mut out = Vec::new();
+    let mut pending: Option<String> = None;
+    for l in trace.lines() {
+        if l.contains("nbd_send_request") {
+            // "… .type = 3 (flush) }"
+            pending = l
+                .split(".type = ")
+                .nth(1)
+                .and_then(|r| r.split('(').nth(1))
+                .and_then(|r| r.split(')').next())
+                .map(str::to_string);
+        } else if l.contains("nbd_receive_simple_reply")
+            || l.contains("nbd_receive_reply_chunk_header")
+        {
+            let Some(ty) = pending.take() else { continue };
+            let failed = if l.contains("nbd_receive_simple_reply") {
+                // "Got simple reply: { .error = 28 (…), cookie = 1 }"
+                !l.contains(".error = 0 ")
+            } else {
+                // Error chunks have type 32768 + n.
+                l.split("type = ")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .and_then(|r| r.parse::<u32>().ok())
+                    .is_some_and(|n| n & 0x8000 != 0)
+            };
+            out.push((ty, failed, l.to_string()));
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// The test
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_full_disk_fails_flushes_and_keeps_what_was_acknowledged() {
+    let started = Instant::now();
+    if !is_root() {
+        eprintln!("SKIPPED: mounting a tmpfs needs root");
+        return;
+    }
+    let env = Env::new();
+    // Declared after `env` (which removes the directory) and before the
+    // daemons (which must be gone before the unmount).
+    let tmpfs = match Tmpfs::mount(&env.home, TMPFS_SIZE) {
+        Ok(t) => t,
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+    let mut errnos: Vec<String> = Vec::new();
+    // Broken promises found on the way; the test goes on to check the
+    // rest and fails at the end.
+    let mut violations: Vec<String> = Vec::new();
+
+    // --- 1. The disk, the machine, an RCT ID, the daemon -----------------
+    let filler = tmpfs.dir.join("filler");
+    run_limited(
+        Command::new("dd")
+            .arg("if=/dev/zero")
+            .arg(format!("of={}", s(&filler)))
+            .args(["bs=1M", &format!("count={FILLER_MIB}"), "conv=fsync"]),
+        &env.dir,
+        TOOL_LIMIT,
+    );
+    assert_eq!(std::fs::metadata(&filler).unwrap().len(), FILLER_MIB * MIB);
+    let disks = tmpfs.dir.join("disks");
+    std::fs::create_dir_all(&disks).unwrap();
+    let disk = disks.join("d0.vhdx");
+    env.ok(&[
+        "vhd",
+        "create",
+        s(&disk),
+        "--size",
+        "256M",
+        "--block-size",
+        "1M",
+    ]);
+    env.ok(&["machine", "create", "vm1", "--disk", s(&disk)]);
+    let id = env
+        .ok(&["rct", "seal", "vm1/disk0"])
+        .lines()
+        .last()
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(id.starts_with("rct:"), "{id}");
+    let d = env.serve(&[]);
+
+    // --- 2. Our client writes new blocks until the tmpfs is full ---------
+    let mut writes: BTreeMap<u64, Written> = BTreeMap::new();
+    let mut c1 = env.nbd();
+    assert_eq!(c1.size, DISK_SIZE);
+    let mut i = 0u64;
+    // What failed first: ("write"|"flush", write index, errno).
+    let first_failure: (&str, u64, u32) = loop {
+        assert!(
+            i < DISK_SIZE / MIB,
+            "wrote the whole {DISK_SIZE}-byte disk onto a {TMPFS_SIZE} tmpfs without an error"
+        );
+        let data = pattern(i);
+        match c1.write(i * MIB, &data) {
+            Ok(()) => {
+                writes.insert(
+                    i,
+                    Written {
+                        who: "our client",
+                        content: data,
+                        fate: Fate::Acked,
+                    },
+                );
+            }
+            Err(e) => {
+                let errno = e.errno(&format!("write {i}"));
+                writes.insert(
+                    i,
+                    Written {
+                        who: "our client",
+                        content: data,
+                        fate: Fate::Failed,
+                    },
+                );
+                break ("write", i, errno);
+            }
+        }
+        if i % FLUSH_EVERY == FLUSH_EVERY - 1 {
+            match c1.flush() {
+                Ok(()) => {
+                    for w in writes.values_mut() {
+                        if w.fate == Fate::Acked {
+                            w.fate = Fate::Durable;
+                        }
+                    }
+                }
+                Err(e) => break ("flush", i, e.errno(&format!("flush after write {i}"))),
+            }
+        }
+        i += 1;
+    };
+    let (op, at, errno) = first_failure;
+    errnos.push(format!(
+        "first failure: {op} (write {at}): {}",
+        errno_name(errno)
+    ));
+    let failed_op = if op == "write" {
+        format!("write {at} (offset {:#x})", at * MIB)
+    } else {
+        format!("the flush after write {at} (offset {:#x})", at * MIB)
+    };
+    eprintln!(
+        "step 2: {failed_op} failed with {errno} ({})",
+        errno_name(errno)
+    );
+    assert!(
+        errno == NBD_ENOSPC || errno == NBD_EIO,
+        "the first failure on a full disk: {op} failed with NBD error {errno} ({}), want ENOSPC (or EIO)",
+        errno_name(errno)
+    );
+    // The flush after the failure must fail too (after a failed flush,
+    // the next one as well): what the failed write or flush lost may not
+    // be reported durable.
+    let flushes_after = if op == "flush" { 2 } else { 1 };
+    for n in 0..flushes_after {
+        match c1.flush() {
+            Ok(()) => {
+                let v = format!(
+                    "step 2: the flush #{} after a failed {op} (write {at}, offset {:#x}, {}) \
+                     succeeded: a write that failed was reported durable",
+                    n + 1,
+                    at * MIB,
+                    errno_name(errno)
+                );
+                eprintln!("VIOLATION {v}");
+                violations.push(v);
+                errnos.push("flush after it: succeeded".into());
+                // It did succeed: what was acknowledged before it is
+                // durable now.
+                for w in writes.values_mut() {
+                    if w.fate == Fate::Acked {
+                        w.fate = Fate::Durable;
+                    }
+                }
+            }
+            Err(e) => {
+                let e = e.errno("flush after the failure");
+                eprintln!(
+                    "step 2: flush #{} after the failed {op} failed with {e} ({})",
+                    n + 1,
+                    errno_name(e)
+                );
+                errnos.push(format!("flush after it: {}", errno_name(e)));
+                assert!(
+                    e == NBD_ENOSPC || e == NBD_EIO,
+                    "flush after a failed {op}: NBD error {e} ({})",
+                    errno_name(e)
+                );
+            }
+        }
+    }
+    let durable_before_full = writes.values().filter(|w| w.fate == Fate::Durable).count();
+
+    // --- 3. The reported shape: six writes to new blocks, no flush, then
+    // a flush, which must fail. First by qemu-io (writeback cache) ...
+    let mut io = Command::new("qemu-io");
+    io.args(["-f", "raw", "-t", "writeback", "-T", "nbd_*"]);
+    for k in 0..BURST {
+        let p = 0xa1 + k as u8;
+        io.arg("-c").arg(format!(
+            "write -P {p:#x} {} 1M",
+            (QEMU_IO_FIRST_MIB + k) * MIB
+        ));
+    }
+    io.arg("-c").arg("flush");
+    io.arg(env.uri("vm1/disk0"));
+    let o = run_limited(&mut io, &env.dir, TOOL_LIMIT);
+    let out = String::from_utf8_lossy(&o.stdout).to_string();
+    let trace = String::from_utf8_lossy(&o.stderr).to_string();
+    // qemu-io prints one line per write: "wrote …" or "write failed: …".
+    let results: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("wrote ") || l.starts_with("write failed"))
+        .collect();
+    assert_eq!(
+        results.len() as u64,
+        BURST,
+        "qemu-io: one result per write expected: {out}{trace}"
+    );
+    for (k, line) in results.iter().enumerate() {
+        let k = k as u64;
+        let fate = if line.starts_with("wrote ") {
+            Fate::Acked
+        } else {
+            Fate::Failed
+        };
+        writes.insert(
+            QEMU_IO_FIRST_MIB + k,
+            Written {
+                who: "qemu-io",
+                content: vec![0xa1 + k as u8; MIB as usize],
+                fate,
+            },
+        );
+    }
+    let qemu_write_failures = results
+        .iter()
+        .filter(|l| l.starts_with("write failed"))
+        .count();
+    // qemu-io prints nothing for a flush: its NBD client's trace tells.
+    // The first flush is the command, a second one qemu's at close.
+    let requests = qemu_requests(&trace);
+    let flushes: Vec<_> = requests.iter().filter(|r| r.0 == "flush").collect();
+    eprintln!(
+        "step 3: qemu-io (exit {}): {qemu_write_failures} of {BURST} writes failed; \
+         NBD requests (type, failed): {:?}",
+        o.status,
+        requests.iter().map(|r| (&r.0[..], r.1)).collect::<Vec<_>>()
+    );
+    for l in out.lines() {
+        eprintln!("  qemu-io: {l}");
+    }
+    assert!(
+        !flushes.is_empty(),
+        "qemu-io sent no NBD flush (trace):\n{out}{trace}"
+    );
+    if flushes[0].1 {
+        errnos.push("qemu-io's flush: failed (an NBD error chunk)".into());
+        // The flush is its last command.
+        assert!(!o.status.success(), "qemu-io exited 0 after a failed flush");
+    } else {
+        let v = format!(
+            "step 3: qemu-io's flush after {BURST} writes to new blocks of a full disk \
+             ({qemu_write_failures} of them failed) succeeded: {}",
+            flushes[0].2
+        );
+        eprintln!("VIOLATION {v}");
+        violations.push(v);
+        errnos.push("qemu-io's flush: succeeded".into());
+        for w in writes.values_mut() {
+            if w.fate == Fate::Acked {
+                w.fate = Fate::Durable;
+            }
+        }
+    }
+    // ... then by our client, which sees the error numbers.
+    let mut cb = env.nbd();
+    let mut burst_errnos = Vec::new();
+    for k in 0..BURST {
+        let block = OURS_BURST_FIRST_MIB + k;
+        let data = pattern(block);
+        let r = cb.write(block * MIB, &data);
+        let fate = match r {
+            Ok(()) => Fate::Acked,
+            Err(e) => {
+                burst_errnos.push(errno_name(e.errno(&format!("burst write {k}"))));
+                Fate::Failed
+            }
+        };
+        writes.insert(
+            block,
+            Written {
+                who: "our client (burst)",
+                content: data,
+                fate,
+            },
+        );
+    }
+    match cb.flush() {
+        Ok(()) => {
+            let v = format!(
+                "step 3: our client's flush after {BURST} writes to new blocks of a full disk \
+                 (write errors {burst_errnos:?}) succeeded"
+            );
+            eprintln!("VIOLATION {v}");
+            violations.push(v);
+            errnos.push("burst flush: succeeded".into());
+            for w in writes.values_mut() {
+                if w.fate == Fate::Acked {
+                    w.fate = Fate::Durable;
+                }
+            }
+        }
+        Err(e) => {
+            let e = e.errno("burst flush");
+            eprintln!(
+                "step 3: our client: write errors {burst_errnos:?}, then the flush failed with \
+                 {e} ({})",
+                errno_name(e)
+            );
+            errnos.push(format!("burst flush: {}", errno_name(e)));
+            assert!(
+                e == NBD_ENOSPC || e == NBD_EIO,
+                "burst flush: NBD error {e} ({})",
+                errno_name(e)
+            );
+        }
+    }
+    cb.disconnect();
+
+    // --- 4. Space is freed; a new client flushes -------------------------
+    std::fs::remove_file(&filler).unwrap();
+    c1.disconnect();
+    let mut c2 = env.nbd();
+    let after_free = c2.flush();
+    let recovered = match after_free {
+        Ok(()) => {
+            eprintln!("step 4: with space freed, a new client's flush succeeded");
+            // Then everything acknowledged is durable now, and reads back.
+            for w in writes.values_mut() {
+                if w.fate == Fate::Acked {
+                    w.fate = Fate::Durable;
+                }
+            }
+            let content = read_disk(&mut c2);
+            check_content("after the flush that succeeded", &content, &writes, true);
+            true
+        }
+        Err(e) => {
+            let e = e.errno("flush by a new client after freeing space");
+            eprintln!(
+                "step 4: with space freed, a new client's flush failed with {e} ({}): the disk \
+                 refuses until reopened",
+                errno_name(e)
+            );
+            errnos.push(format!(
+                "new client's flush after freeing space: {}",
+                errno_name(e)
+            ));
+            assert!(
+                e == NBD_ENOSPC || e == NBD_EIO,
+                "flush after freeing space: NBD error {e} ({})",
+                errno_name(e)
+            );
+            false
+        }
+    };
+    c2.disconnect();
+
+    // --- The restart -----------------------------------------------------
+    let (st, log) = env.stop_any(d);
+    let stopped_cleanly = st.success() && log.contains("every disk flushed and closed");
+    eprintln!(
+        "restart: the first daemon exited with {st}{}",
+        if stopped_cleanly {
+            ", every disk flushed and closed".to_string()
+        } else {
+            format!(
+                ": {}",
+                log.lines()
+                    .filter(|l| l.contains("closing disks failed") || l.contains("rror"))
+                    .last()
+                    .unwrap_or("")
+            )
+        }
+    );
+    if recovered {
+        assert!(
+            stopped_cleanly,
+            "the disk flushed fine after space was freed, yet the daemon did not close it cleanly ({st}): {log}"
+        );
+    }
+    let d = env.serve(&[]);
+    let mut c3 = env.nbd();
+    let content = read_disk(&mut c3);
+    c3.disconnect();
+    let data_blocks = check_content("after the restart", &content, &writes, recovered);
+    // The tracking: every durable write, and every block holding data.
+    let changes = env.changes_ok(&id);
+    let mut missed = Vec::new();
+    for (&block, w) in &writes {
+        if w.fate == Fate::Durable && !covered(&changes, block * MIB, MIB) {
+            missed.push(format!("durable write by {} at {:#x}", w.who, block * MIB));
+        }
+    }
+    for &block in &data_blocks {
+        if !covered(&changes, block * MIB, MIB) {
+            missed.push(format!("block {block} ({:#x}) holds data", block * MIB));
+        }
+    }
+    assert!(
+        missed.is_empty(),
+        "rct changes --since {id} misses changes: {missed:?}; ranges {changes:x?}"
+    );
+    // The disk takes writes again after the reopen.
+    let mut c4 = env.nbd();
+    let last = DISK_SIZE - MIB;
+    c4.write(last, &[0x5a; 4096])
+        .expect("write after the reopen");
+    c4.flush().expect("flush after the reopen");
+    assert_eq!(c4.read(last, 4096).unwrap(), vec![0x5a; 4096]);
+    c4.disconnect();
+    let mut content = content;
+    content[last as usize..last as usize + 4096].fill(0x5a);
+    env.stop(d, TOOL_LIMIT);
+
+    // --- The files, without the daemon ------------------------------------
+    let o = run_limited(
+        &mut env.cmd(&["vhd", "check", s(&disk), "--json"]),
+        &env.dir,
+        TOOL_LIMIT,
+    );
+    let v: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("vhd check --json: not JSON ({e}): {}", text(&o)));
+    assert!(
+        o.status.success() && v["valid"] == true,
+        "vhd check ({}): {v}",
+        o.status
+    );
+    let o = run_limited(
+        Command::new("qemu-img").args(["check", "-f", "vhdx", s(&disk)]),
+        &env.dir,
+        TOOL_LIMIT,
+    );
+    assert!(
+        o.status.success(),
+        "qemu-img check ({}): {}",
+        o.status,
+        text(&o)
+    );
+    // Converted to raw (outside the tmpfs) by refpoint and by qemu-img:
+    // what the daemon served.
+    let raw = env.dir.join("converted.raw");
+    env.ok(&["vhd", "convert", s(&disk), s(&raw), "--format", "raw"]);
+    let got = std::fs::read(&raw).unwrap();
+    assert!(
+        got == content,
+        "refpoint vhd convert differs from what NBD read"
+    );
+    std::fs::remove_file(&raw).unwrap();
+    let qraw = env.dir.join("qemu-converted.raw");
+    let o = run_limited(
+        Command::new("qemu-img").args(["convert", "-f", "vhdx", "-O", "raw", s(&disk), s(&qraw)]),
+        &env.dir,
+        TOOL_LIMIT,
+    );
+    assert!(o.status.success(), "qemu-img convert: {}", text(&o));
+    let got = std::fs::read(&qraw).unwrap();
+    assert!(
+        got == content,
+        "qemu-img convert differs from what NBD read"
+    );
+    std::fs::remove_file(&qraw).unwrap();
+    // The tracking file, read by the CLI itself.
+    let offline = env.changes_ok(&id);
+    for (&block, w) in &writes {
+        if w.fate == Fate::Durable {
+            assert!(
+                covered(&offline, block * MIB, MIB),
+                "offline rct changes miss the durable write at {:#x}: {offline:x?}",
+                block * MIB
+            );
+        }
+    }
+    assert!(covered(&offline, last, 4096), "{offline:x?}");
+
+    // --- 5. Summary -------------------------------------------------------
+    let count = |f: Fate| writes.values().filter(|w| w.fate == f).count();
+    let written_bytes: u64 =
+        writes.values().filter(|w| w.fate != Fate::Failed).count() as u64 * MIB;
+    let reported: u64 = changes.iter().map(|r| r.1).sum();
+    let failed_present = writes
+        .iter()
+        .filter(|(b, w)| w.fate == Fate::Failed && data_blocks.contains(b))
+        .count();
+    eprintln!(
+        "summary: {} writes of 1 MiB sent ({} by our client, {BURST} by qemu-io); \
+         {durable_before_full} acknowledged by a successful flush before the disk was full, \
+         {} durable in the end, {} acknowledged but not durable, {} failed ({failed_present} of them \
+         there after all); the first failure: {failed_op} ({}); errnos: {errnos:?}; \
+         after freeing space the flush {}; the first daemon {}; \
+         changes since {id}: {reported} bytes in {} ranges for {written_bytes} bytes acknowledged \
+         ({} blocks hold data); {} violations; runtime {:.1} s",
+        writes.len(),
+        writes.len() as u64 - BURST,
+        count(Fate::Durable),
+        count(Fate::Acked),
+        count(Fate::Failed),
+        errno_name(errno),
+        if recovered { "succeeded" } else { "failed" },
+        if stopped_cleanly {
+            "closed its disk cleanly"
+        } else {
+            "could not close its disk"
+        },
+        changes.len(),
+        data_blocks.len(),
+        violations.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        violations.is_empty(),
+        "{} broken promises:\n{}",
+        violations.len(),
+        violations.join("\n")
+    );
+}
