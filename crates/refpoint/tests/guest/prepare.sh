@@ -6,6 +6,7 @@
 #   $CACHE/qemu-system-x86_64   wrapper: unpacked binary, its missing shared
 #                               libraries (LD_LIBRARY_PATH) and firmware (-L)
 #   $CACHE/vmlinuz              Debian's kernel (linux-image-amd64's package)
+#   $CACHE/vmlinux              the same, uncompressed (PVH boot, faster)
 #   $CACHE/modules/*.ko         virtio_pci, virtio_blk, ext4 and their
 #                               dependencies, uncompressed, in load order
 #                               (modules/order lists them)
@@ -17,7 +18,7 @@
 set -euo pipefail
 
 CACHE=${REFPOINT_GUEST_CACHE:-/var/cache/refpoint-guest}
-STAMP=$CACHE/ready-v1
+STAMP=$CACHE/ready-v2
 [ -f "$STAMP" ] && exit 0
 
 log() { echo "prepare.sh: $*" >&2; }
@@ -48,7 +49,7 @@ kernel_pkg=$(deps_of linux-image-amd64 | grep '^linux-image-' | head -1)
 
 # qemu-system-x86's shared libraries that are not installed, with their own
 # missing library dependencies (to a fixpoint); unpacked, not installed.
-pkgs=(qemu-system-x86 qemu-system-data seabios ipxe-qemu busybox-static "$kernel_pkg")
+pkgs=(qemu-system-x86 qemu-system-common qemu-system-data seabios ipxe-qemu busybox-static "$kernel_pkg")
 queue=$(deps_of qemu-system-x86 | grep '^lib' || true)
 seen=" "
 while [ -n "$queue" ]; do
@@ -80,16 +81,18 @@ cp "$WORK/root/usr/bin/qemu-system-x86_64" "$OUT/qemu-bin"
 for d in "$WORK/root/usr/lib/x86_64-linux-gnu" "$WORK/root/lib/x86_64-linux-gnu"; do
   [ -d "$d" ] && cp -a "$d"/. "$OUT/lib/"
 done
+# qemu's own modules: only TCG (the others need libraries we do not fetch).
+find "$OUT/lib/qemu" -type f ! -name 'accel-tcg-x86_64.so' -delete
 for d in "$WORK/root/usr/share/qemu" "$WORK/root/usr/share/seabios" "$WORK/root/usr/lib/ipxe/qemu"; do
   [ -d "$d" ] && cp -aL "$d"/. "$OUT/firmware/" 2>/dev/null || true
 done
 cat > "$OUT/qemu-system-x86_64" <<'WRAP'
 #!/bin/sh
 D=$(dirname "$(readlink -f "$0")")
-LD_LIBRARY_PATH="$D/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "$D/qemu-bin" -L "$D/firmware" "$@"
+QEMU_MODULE_DIR="$D/lib/qemu" LD_LIBRARY_PATH="$D/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "$D/qemu-bin" -L "$D/firmware" "$@"
 WRAP
 chmod +x "$OUT/qemu-system-x86_64"
-if LD_LIBRARY_PATH="$OUT/lib" ldd "$OUT/qemu-bin" | grep 'not found'; then
+if LD_LIBRARY_PATH="$OUT/lib" ldd "$OUT/qemu-bin" "$OUT/lib/qemu/accel-tcg-x86_64.so" | grep 'not found'; then
   log "qemu-system-x86_64 still misses shared libraries (above)"; exit 1
 fi
 "$OUT/qemu-system-x86_64" --version | head -1 >&2
@@ -97,6 +100,14 @@ fi
 # Kernel and the modules the guest loads (dependencies first).
 kdir=$(ls -d "$WORK/root/lib/modules"/*/ | head -1)
 cp "$WORK/root/boot"/vmlinuz-* "$OUT/vmlinuz"
+# TCG takes ~6 s to unpack the xz bzImage: keep the uncompressed ELF too,
+# which qemu boots directly through its PVH entry point.
+off=$(LC_ALL=C grep -obUaP '\xfd7zXZ\x00' "$OUT/vmlinuz" | head -1 | cut -d: -f1 || true)
+if [ -n "$off" ]; then
+  command -v xz >/dev/null || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq xz-utils >&2 || true
+  tail -c +$((off + 1)) "$OUT/vmlinuz" | xz -dc --single-stream > "$OUT/vmlinux" 2>/dev/null || true
+  [ -s "$OUT/vmlinux" ] || rm -f "$OUT/vmlinux"
+fi
 ko_path() { find "$kdir" -regextype posix-extended -regex ".*/$1\.ko(\.xz|\.zst|\.gz)?" | head -1; }
 ko_deps() {
   local f; f=$(ko_path "$1")
@@ -131,5 +142,6 @@ echo "$kernel_pkg" > "$OUT/kernel-package"
 rm -rf "$CACHE/qemu-bin" "$CACHE/lib" "$CACHE/firmware" "$CACHE/modules"
 mv "$OUT"/* "$CACHE/"
 rm -rf "$OUT" "$WORK"
+rm -f "$CACHE"/ready-v*
 touch "$STAMP"
 log "guest ready in $CACHE ($(du -sh "$CACHE" | cut -f1)): kernel $kernel_pkg, modules:$order"
