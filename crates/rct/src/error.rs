@@ -40,6 +40,10 @@ pub enum RctError {
         #[source]
         source: std::sync::Arc<std::io::Error>,
     },
+    /// A flush of the disk failed earlier: data counted as written may be
+    /// lost on the medium, so changes since any ID cannot be proven.
+    #[error("changes of {disk} cannot be proven since {reason}; a full backup is needed (it starts tracking over)")]
+    Unproven { disk: String, reason: String },
     /// An error left the tracking file and the tracker's memory possibly
     /// disagreeing; the tracker refuses all work until it is opened again,
     /// which settles what the file says.
@@ -62,6 +66,7 @@ impl RctError {
             RctError::InvalidParameter(_) => "invalid_parameter",
             RctError::Io { .. } => "io",
             RctError::Failed { .. } => "tracking_failed",
+            RctError::Unproven { .. } => "unproven_after_io_error",
         }
     }
 

@@ -112,6 +112,10 @@ pub enum Record {
     Identity { identity: String },
     /// The retained generations (snapshot).
     Retained { generations: Vec<u64> },
+    /// A flush of the disk failed: data the tracking counted as written
+    /// may be lost on the medium without a new write, so no change since
+    /// any ID can be proven any more (until tracking is started over).
+    Distrust { reason: String },
 }
 
 impl Record {
@@ -122,6 +126,7 @@ impl Record {
             Record::Release { .. } => 3,
             Record::Identity { .. } => 4,
             Record::Retained { .. } => 5,
+            Record::Distrust { .. } => 6,
         }
     }
 
@@ -141,6 +146,7 @@ impl Record {
                 generation.to_le_bytes().to_vec()
             }
             Record::Identity { identity } => identity.as_bytes().to_vec(),
+            Record::Distrust { reason } => reason.as_bytes().to_vec(),
             Record::Retained { generations } => {
                 generations.iter().flat_map(|g| g.to_le_bytes()).collect()
             }
@@ -210,6 +216,10 @@ impl Record {
                         .collect(),
                 }
             }
+            6 => Record::Distrust {
+                reason: String::from_utf8(payload.to_vec())
+                    .map_err(|_| "distrust reason is not UTF-8".to_string())?,
+            },
             k => return Err(format!("unknown record kind {k}")),
         };
         Ok(Some((rec, total.min(b.len()))))

@@ -104,6 +104,8 @@ pub struct Tracker {
     /// Set when an error left the file and memory possibly disagreeing;
     /// then every call fails until the tracking is opened again.
     failed: Option<RctError>,
+    /// Why no change can be proven any more (see [`Tracker::distrust`]).
+    distrusted: Option<String>,
 }
 
 /// The tracking file of `disk`: `<disk>.rct`.
@@ -157,6 +159,7 @@ impl Tracker {
             commits: 0,
             compact_at: compaction_threshold(),
             failed: None,
+            distrusted: None,
         };
         t.gens.insert(1, RoaringBitmap::new());
         t.rewrite(vec![identity.to_string()])
@@ -180,6 +183,11 @@ impl Tracker {
         if !fs.exists(&path).map_err(io("looking up"))? {
             return Err(RctError::FileMissing { path: p });
         }
+        // The name may be one whose rename never became durable (a
+        // compaction whose directory sync failed before this open): make
+        // it durable before appending to the file it names.
+        fs.sync_parent(&path)
+            .map_err(io("syncing the directory of"))?;
         let file = fs.open(&path, OpenMode::ReadWrite).map_err(io("opening"))?;
         let len = file.len().map_err(io("reading the length"))?;
         let mut bytes = vec![0u8; len as usize];
@@ -220,6 +228,7 @@ impl Tracker {
             commits: 0,
             compact_at: 0,
             failed: None,
+            distrusted: None,
         };
         let mut at = HEADER_SIZE;
         while let Some((rec, n)) = Record::decode(&bytes[at.min(bytes.len())..], t.header.epoch)
@@ -307,6 +316,7 @@ impl Tracker {
             }
             Record::Identity { identity } => self.identities.push(identity),
             Record::Retained { generations } => self.retained = generations.into_iter().collect(),
+            Record::Distrust { reason } => self.distrusted = Some(reason),
         }
         Ok(())
     }
@@ -367,6 +377,14 @@ impl Tracker {
                 Record::GenSet {
                     generation: g,
                     regions: set.clone(),
+                }
+                .encode(header.epoch),
+            );
+        }
+        if let Some(reason) = &self.distrusted {
+            b.extend(
+                Record::Distrust {
+                    reason: reason.clone(),
                 }
                 .encode(header.epoch),
             );
@@ -576,6 +594,29 @@ impl Tracker {
         }
     }
 
+    /// Records that a flush of the disk failed. Linux may drop the pages
+    /// of a failed writeback: data already counted as written (its regions
+    /// marked in a generation that may be sealed next) can revert on the
+    /// medium later without any write, which no generation would show.
+    /// From now on every query fails with [`RctError::Unproven`] until
+    /// tracking is started over (a full backup does that).
+    pub fn distrust(&mut self, reason: &str) -> Result<()> {
+        self.healthy()?;
+        if self.distrusted.is_some() {
+            return Ok(());
+        }
+        let rec = Record::Distrust {
+            reason: reason.to_string(),
+        };
+        let appended = self.append(&rec);
+        self.distrusted = Some(reason.to_string());
+        if let Err(e) = appended {
+            // The record may or may not be in the file: write it afresh.
+            return Err(self.resync(e));
+        }
+        Ok(())
+    }
+
     // ---- reference points ----
 
     /// Closes the current generation and returns its ID. Staged marks are
@@ -666,6 +707,12 @@ impl Tracker {
         max_ranges: usize,
     ) -> Result<Changes> {
         self.healthy()?;
+        if let Some(reason) = &self.distrusted {
+            return Err(RctError::Unproven {
+                disk: self.disk.clone(),
+                reason: reason.clone(),
+            });
+        }
         self.check_id(since)?;
         let last = match until {
             Some(u) => {
@@ -718,6 +765,12 @@ impl Tracker {
         self.commit()?;
         self.rewrite(identities.to_vec())
             .map_err(RewriteError::into_inner)
+    }
+
+    /// Why no change can be proven any more, if [`Tracker::distrust`] was
+    /// called (in this session or one before).
+    pub fn distrusted(&self) -> Option<&str> {
+        self.distrusted.as_deref()
     }
 
     /// The error that stopped the tracker, if one did.

@@ -183,9 +183,21 @@ impl Disk {
     /// any other stops the disk.
     fn after_error(&mut self, e: VdiskError) -> VdiskError {
         if !e.is_retryable() && self.failed.is_none() {
-            self.failed = Some((e.to_string(), e.is_no_space()));
+            self.stop(&e);
         }
         e
+    }
+
+    /// Stops the disk after `e`. Unless the tracking itself failed, it is
+    /// told that data counted as written may be lost on the medium (a
+    /// failed flush, also one inside a VHDX write), so it proves no change
+    /// any more; if even that cannot be journaled, the tracking stops too.
+    fn stop(&mut self, e: &VdiskError) {
+        self.failed = Some((e.to_string(), e.is_no_space()));
+        if let (Tracking::On(t), false) = (&mut self.tracking, matches!(e, VdiskError::Tracking(_)))
+        {
+            let _ = t.distrust(&format!("an I/O error on {}: {e}", self.name));
+        }
     }
 
     fn check(&self, offset: u64, len: u64, write: bool) -> Result<()> {
@@ -300,8 +312,13 @@ impl Disk {
                     return Err(e.clone().into());
                 }
             }
+            // Without tracking, only an op that found no space is ever
+            // queued; it goes first, so no later write is overtaken by it.
+            if !self.queue.is_empty() {
+                self.commit()?;
+            }
             let r = direct(&mut self.image, &self.name);
-            return r.map_err(|e| self.after_error(e));
+            return self.after_direct(r, offset, len, None, queued);
         };
         let sequential = offset == self.seq_end;
         self.seq_end = offset + len;
@@ -312,7 +329,7 @@ impl Disk {
                 || self.queued_regions.range_cardinality(regions.clone()) == 0)
         {
             let r = direct(&mut self.image, &self.name);
-            return r.map_err(|e| self.after_error(e));
+            return self.after_direct(r, offset, len, Some(regions), queued);
         }
         if !self.identity_done && self.pending_identity.is_none() {
             if let Image::Vhdx(_) = self.image {
@@ -347,6 +364,28 @@ impl Disk {
             self.commit()?;
         }
         Ok(())
+    }
+
+    /// An op that ran directly and found no space joins the queue, so it is
+    /// issued again at the next commit and every flush fails until it is
+    /// applied; other errors stop the disk.
+    fn after_direct(
+        &mut self,
+        r: Result<()>,
+        offset: u64,
+        len: u64,
+        regions: Option<std::ops::Range<u32>>,
+        queued: impl FnOnce() -> Op,
+    ) -> Result<()> {
+        let Err(e) = r else { return Ok(()) };
+        if e.is_retryable() {
+            self.queue.push_back((offset, queued()));
+            self.queued_bytes += len;
+            if let Some(regions) = regions {
+                self.queued_regions.insert_range(regions);
+            }
+        }
+        Err(self.after_error(e))
     }
 
     /// Whether a range may overlap a queued op.
@@ -410,7 +449,7 @@ impl Disk {
         self.commit()?;
         if self.writable {
             if let Err(e) = self.image.flush(&self.name) {
-                self.failed = Some((e.to_string(), e.is_no_space()));
+                self.stop(&e);
                 return Err(e);
             }
         }
@@ -493,6 +532,18 @@ impl Disk {
     pub fn tracking_status(&self) -> TrackingStatus {
         match &self.tracking {
             Tracking::Missing => TrackingStatus::Missing,
+            // Writes are still tracked, but no ID can be answered: a
+            // backup goes full and starts tracking over.
+            Tracking::On(t) if t.distrusted().is_some() => {
+                let e = RctError::Unproven {
+                    disk: self.name.clone(),
+                    reason: t.distrusted().unwrap_or_default().to_string(),
+                };
+                TrackingStatus::Broken {
+                    kind: e.kind(),
+                    message: e.to_string(),
+                }
+            }
             Tracking::On(t) => TrackingStatus::On(t.state()),
             Tracking::Broken(e) => TrackingStatus::Broken {
                 kind: e.kind(),
