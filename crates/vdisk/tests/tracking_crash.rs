@@ -141,9 +141,11 @@ impl Model {
         self.durable = self.cur.clone();
     }
 
+    /// Units whose content is not certain: after a failed op, or data a
+    /// failed flush may have lost (which can revert later, unseen).
     fn unsure_units(&self) -> Vec<bool> {
         let mut u = vec![false; SIZE as usize / UNIT];
-        for &at in self.alt.keys() {
+        for &at in self.alt.keys().chain(self.doubt.keys()) {
             u[at / UNIT] = true;
         }
         u
@@ -368,7 +370,8 @@ fn run(seed: u64, raw: bool, stats: &mut Stats) {
         // Whether a restart dropped the disk without a clean close, which
         // may lose what was not flushed, as a crash does.
         let mut dropped = false;
-        let result: Result<(), VdiskError> = match rng.gen_range(0..22) {
+        let kind = rng.gen_range(0..22);
+        let result: Result<(), VdiskError> = match kind {
             0..=9 => {
                 let data: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
                 let r = d.write(off as u64, &data);
@@ -438,8 +441,9 @@ fn run(seed: u64, raw: bool, stats: &mut Stats) {
         };
         if std::env::var_os("REFPOINT_CRASH_TRACE").is_some() {
             eprintln!(
-                "{what}: cut {cut} fault {fault} off {off} len {len}: {result:?} (ops {})",
-                fs.ops_done()
+                "{what}: op {kind} cut {cut} fault {fault} off {off} len {len}: {result:?} (ops {}) {:?}",
+                fs.ops_done(),
+                d.tracking_status()
             );
         }
         if result.is_err() && !cut {
