@@ -116,6 +116,25 @@ fn boot(
     work: bool,
     sum: &mut Summary,
 ) -> bool {
+    let ok = boot_once(run, m, round, check, work, sum);
+    for line in guest::kernel_trouble(&console_path(run, round)) {
+        sum.fail(round, "kernel error", line);
+    }
+    ok
+}
+
+fn console_path(run: &Run, round: u64) -> PathBuf {
+    run.dir.join(format!("round-{round:03}.log"))
+}
+
+fn boot_once(
+    run: &mut Run,
+    m: &mut Model,
+    round: u64,
+    check: bool,
+    work: bool,
+    sum: &mut Summary,
+) -> bool {
     let mut c = Cpio::default();
     let flags = format!(
         "ROUND={round}\nCHECK={}\nWORK={}\nSLOT_MIB={SLOT_MIB}\nPLAN_MIB={PLAN_MIB}\n",
@@ -130,7 +149,7 @@ fn boot(
         .unwrap()
         .set_len((((MAX_DISKS + 2) * SLOT_MIB) as u64) << 20)
         .unwrap();
-    let console = run.dir.join(format!("round-{round:03}.log"));
+    let console = console_path(run, round);
     let b = Boot {
         kit: &run.kit,
         initrd: &initrd,

@@ -306,6 +306,7 @@ fn disk(
                 format!("machine record of {name}: `machine show` failed"),
             );
         }
+        d.machine = machine_ok;
         if !machine_ok {
             d.state = State::Exists;
         }
@@ -648,4 +649,16 @@ fn backup(j: &mut Judge, a: &Answers, m: &Model, point: u64, out: &Path) {
             format!("point {point}: first differing byte at {first}"),
         );
     }
+}
+
+#[test]
+fn coverage_arithmetic() {
+    assert_eq!(
+        sorted_merged(vec![(10, 5), (0, 4), (4, 2), (20, 1)]),
+        vec![(0, 6), (10, 5), (20, 1)]
+    );
+    let have = sorted_merged(vec![(0, 64), (128, 64)]);
+    assert_eq!(uncovered(&[(10, 200)], &have), vec![(64, 64), (192, 18)]);
+    assert!(uncovered(&[(0, 64), (130, 10)], &have).is_empty());
+    assert_eq!(runs([1, 2, 3, 7].into_iter()), vec![(1, 3), (7, 1)]);
 }

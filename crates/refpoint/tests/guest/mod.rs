@@ -332,6 +332,26 @@ impl Drop for Guest {
     }
 }
 
+/// Console lines where the guest's kernel reported trouble: a power cut
+/// must never make ext4 (with its journal replayed) report errors.
+pub fn kernel_trouble(console: &Path) -> Vec<String> {
+    const SIGNS: [&str; 7] = [
+        "EXT4-fs error",
+        "EXT4-fs warning",
+        "JBD2",
+        "I/O error",
+        "Kernel panic",
+        "BUG:",
+        "Oops",
+    ];
+    let text = fs::read(console).unwrap_or_default();
+    String::from_utf8_lossy(&text)
+        .lines()
+        .filter(|l| !l.contains("RP ") && SIGNS.iter().any(|s| l.contains(s)))
+        .map(|l| l.trim().to_string())
+        .collect()
+}
+
 /// Hands the guest its WORK plan (a shell script): the body first, then the
 /// header the guest polls for, each made durable before the next.
 pub fn write_plan(out: &Path, at: u64, round: u64, script: &str) {

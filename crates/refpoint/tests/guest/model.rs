@@ -55,6 +55,8 @@ pub struct Disk {
     pub state: State,
     /// Unusable after a failure (not planned for or checked again).
     pub broken: bool,
+    /// For the machine's disk: the machine record exists.
+    pub machine: bool,
     pub content: Vec<u8>,
     pub writes: Vec<Write>,
     pub ids: Vec<RctId>,
@@ -68,6 +70,7 @@ impl Disk {
             slot,
             state: State::Absent,
             broken: false,
+            machine: false,
             content: vec![0; DISK_SIZE],
             writes: Vec::new(),
             ids: Vec::new(),
@@ -219,7 +222,7 @@ impl Model {
                 });
             }
             if d.state != State::Tracked {
-                ops.push(if d.kind == Kind::Machine {
+                ops.push(if d.kind == Kind::Machine && !d.machine {
                     Op::MachineCreate(i)
                 } else {
                     Op::Enable(i)
@@ -388,6 +391,7 @@ impl Model {
             Op::Release(_) => d.ids.retain(|i| i.id != id),
             Op::Create(_) | Op::RawCreate(_) => d.state = State::Exists,
             Op::Enable(_) | Op::MachineCreate(_) => {
+                d.machine |= matches!(op, Op::MachineCreate(_));
                 d.state = State::Tracked;
                 d.ids.clear();
             }
