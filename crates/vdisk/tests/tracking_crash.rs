@@ -283,10 +283,9 @@ fn verify(d: &mut Disk, m: &Model, stats: &mut Stats, what: &str, after_restart:
         }
         let mut covered = vec![false; SIZE as usize / UNIT];
         for r in &c.ranges {
-            for u in r.offset as usize / UNIT..(r.offset + r.length).div_ceil(UNIT as u64) as usize
-            {
-                covered[u] = true;
-            }
+            let units =
+                r.offset as usize / UNIT..(r.offset + r.length).div_ceil(UNIT as u64) as usize;
+            covered[units].fill(true);
         }
         for (u, cov) in covered.iter().enumerate() {
             if !snap.touched[u] {
