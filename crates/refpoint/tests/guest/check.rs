@@ -528,10 +528,13 @@ fn tracking(j: &mut Judge, a: &Answers, d: &mut Disk, inflight: Option<&InFlight
         match b.rc {
             0 => changes(j, d, &id, b),
             3 => {
-                let which = if inflight.and_then(|f| f.id.as_deref()) == Some(id.as_str()) {
-                    "the ID being released at the cut"
-                } else if d.ids.iter().any(|i| i.id == id) {
+                let known = d.ids.iter().any(|i| i.id == id);
+                let which = if known && released(&id) {
+                    "an ID the operation in flight at the cut released"
+                } else if known && retained.contains(&id) {
                     "a retained ID"
+                } else if known {
+                    "an acknowledged ID the cut lost"
                 } else {
                     "an ID the host does not know"
                 };
