@@ -3,7 +3,11 @@
 //! No nightly, no cargo-fuzz, no sanitizers: the loop lives in
 //! [`harness::fuzz`], which the `fuzz_vhdx_open` binary (see its header for
 //! how to run it) and `fuzz_nbd` drive, and the checks of VHDX input in
-//! [`run_one`], which tests call directly too.
+//! [`run_one`], which tests call directly too. The other parsers have a
+//! binary each, on the same loop: `fuzz_rct` (the tracking file and its
+//! replay), `fuzz_manifest` (backup manifests and what reads them) and
+//! `fuzz_cv` (the chaining-value files and the export that checks them);
+//! the last two share a real backup repository ([`repo`]).
 //!
 //! ```text
 //! seeds (vhdx::create + writes, or files) ─► Mutator ─► mutant
@@ -24,6 +28,7 @@ pub mod alloc_track;
 pub mod harness;
 pub mod memfs;
 pub mod mutate;
+pub mod repo;
 pub mod seeds;
 
 use memfs::MemFs;
@@ -153,8 +158,9 @@ pub fn install_panic_capture() {
     });
 }
 
-/// Runs `f`, turning a panic into a [`Finding`].
-fn guarded<T>(step: &'static str, f: impl FnOnce() -> T) -> Result<T, Finding> {
+/// Runs `f`, turning a panic into a [`Finding`] at `step` (with the
+/// panic's message; see [`install_panic_capture`]).
+pub fn guarded<T>(step: &'static str, f: impl FnOnce() -> T) -> Result<T, Finding> {
     install_panic_capture();
     CAPTURING.with(|c| c.set(true));
     let r = catch_unwind(AssertUnwindSafe(f));

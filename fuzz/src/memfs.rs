@@ -10,12 +10,16 @@
 //!
 //! Both fail the operation, as a real file system would, and are recorded
 //! so the harness can report them.
+//!
+//! Like a sparse file on a real file system, a file reports its zero pages
+//! as holes (`Storage::data_ranges`) until it is first written, so readers
+//! that skip holes (backup's file hashing) cost what a file holds.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
 use storage::{Fs, OpenMode, Storage};
 
 /// Misbehaviour observed by a [`MemFs`].
@@ -99,6 +103,24 @@ impl FileState {
 #[derive(Debug, Default)]
 struct MemFile {
     state: RwLock<FileState>,
+    /// The runs of `base`'s pages that are not all zeros, once asked for.
+    data: OnceLock<Vec<(u64, u64)>>,
+}
+
+/// The runs of pages of `b` holding a byte other than zero.
+fn data_runs(b: &[u8]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (i, page) in b.chunks(PAGE as usize).enumerate() {
+        if page.iter().all(|&x| x == 0) {
+            continue;
+        }
+        let (o, l) = (i as u64 * PAGE, page.len() as u64);
+        match out.last_mut() {
+            Some(r) if r.0 + r.1 == o => r.1 += l,
+            _ => out.push((o, l)),
+        }
+    }
+    out
 }
 
 struct Handle {
@@ -142,7 +164,11 @@ impl Handle {
 
 impl Storage for Handle {
     fn change_stamp(&self) -> io::Result<String> {
-        Ok(format!("mem:{:p}:{}", Arc::as_ptr(&self.file), self.state().len))
+        Ok(format!(
+            "mem:{:p}:{}",
+            Arc::as_ptr(&self.file),
+            self.state().len
+        ))
     }
 
     fn read_at(&self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
@@ -172,6 +198,22 @@ impl Storage for Handle {
 
     fn len(&self) -> io::Result<u64> {
         Ok(self.state().len)
+    }
+
+    fn data_ranges(&self, offset: u64, len: u64) -> io::Result<Vec<(u64, u64)>> {
+        let st = self.state();
+        if !st.pages.is_empty() || st.len != st.base.len() as u64 {
+            return Ok(vec![(offset, len)]);
+        }
+        let end = offset.saturating_add(len);
+        let runs = self.file.data.get_or_init(|| data_runs(&st.base));
+        Ok(runs
+            .iter()
+            .filter_map(|&(o, l)| {
+                let (s, e) = (o.max(offset), (o + l).min(end));
+                (s < e).then_some((s, e - s))
+            })
+            .collect())
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
@@ -206,6 +248,7 @@ impl MemFs {
     pub fn insert(&self, path: &Path, content: Arc<Vec<u8>>) {
         let file = MemFile {
             state: RwLock::new(FileState::new(content)),
+            data: OnceLock::new(),
         };
         self.files().insert(path.to_path_buf(), Arc::new(file));
     }
@@ -269,8 +312,10 @@ impl Fs for MemFs {
         Ok(())
     }
 
+    /// A file, or a directory: a prefix of some file's path.
     fn exists(&self, path: &Path) -> io::Result<bool> {
-        Ok(self.files().contains_key(path))
+        let files = self.files();
+        Ok(files.contains_key(path) || files.keys().any(|k| k.starts_with(path)))
     }
 
     /// Nothing is lost here: there are no power cuts while fuzzing.

@@ -2,7 +2,8 @@
 //! truncation and extension, aimed mostly at the structures the parser
 //! reads (headers, region tables, log, metadata, BAT) and, half of the time,
 //! followed by recomputing the checksums so the mutation gets past them
-//! and reaches the validation behind.
+//! and reaches the validation behind. [`Mutator::mutate_zoned`] does the
+//! same for other formats, in the zones their fuzzer names.
 
 use rand::rngs::SmallRng;
 use rand::Rng;
@@ -106,15 +107,27 @@ impl Mutator {
     /// Like [`Mutator::mutate`], into a buffer kept from one input to the
     /// next (a fresh multi-megabyte buffer per input costs page faults).
     pub fn mutate_into(&mut self, seed: &[u8], donors: &[&[u8]], b: &mut Vec<u8>) {
-        b.clear();
-        b.extend_from_slice(seed);
-        let zones = zones(b);
-        let n = 1 + (self.rng.gen::<f64>().powi(3) * 16.0) as usize;
-        for _ in 0..n {
-            self.one(b, &zones, donors);
-        }
+        self.mutate_zoned(seed, &zones(seed), donors, b);
         if self.rng.gen_bool(0.5) {
             fix_checksums(b);
+        }
+    }
+
+    /// Like [`Mutator::mutate_into`] for any format: the same mutations,
+    /// mostly inside `zones` (`(start, length)` of the structures a parser
+    /// reads), without the VHDX checksum fixes (each target fixes its own).
+    pub fn mutate_zoned(
+        &mut self,
+        seed: &[u8],
+        zones: &[(usize, usize)],
+        donors: &[&[u8]],
+        b: &mut Vec<u8>,
+    ) {
+        b.clear();
+        b.extend_from_slice(seed);
+        let n = 1 + (self.rng.gen::<f64>().powi(3) * 16.0) as usize;
+        for _ in 0..n {
+            self.one(b, zones, donors);
         }
     }
 
