@@ -3,9 +3,8 @@
 //! grow the heap without bound; and the mutants must get deep (files that
 //! open and replay, manifests that parse and verify, values that decode
 //! and reach the export), not only fail early. The runs are reproducible
-//! (random seed 1); inputs that showed bugs not fixed yet are kept in
-//! `fuzz/findings/` and run by `saved_findings_run_clean` (ignored until
-//! they are fixed).
+//! (random seed 1); inputs that showed bugs are kept in `fuzz/findings/`
+//! and replayed by `saved_findings_run_clean`, so the bugs stay fixed.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -90,9 +89,8 @@ fn cv_mutants_never_misbehave() {
 }
 
 /// Inputs the fuzzers found, kept in `fuzz/findings/` (what each shows is
-/// in the `.txt` next to it): each must run clean once its bug is fixed.
+/// in the `.txt` next to it): each runs clean now that its bug is fixed.
 #[test]
-#[ignore = "known findings: replay of a seal of generation 2^64 - 1 (rct), verify of a manifest with more hashes than blocks (backup)"]
 fn saved_findings_run_clean() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("findings");
     let mut failed = Vec::new();

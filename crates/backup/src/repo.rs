@@ -82,8 +82,23 @@ impl<'a> Repo<'a> {
             )));
         }
         let b = self.fs.read_file(&p).map_err(self.io(&p, "reading"))?;
-        serde_json::from_slice(&b)
-            .map_err(|e| BackupError::Repository(format!("{}: invalid manifest: {e}", p.display())))
+        let m: Manifest = serde_json::from_slice(&b).map_err(|e| {
+            BackupError::Repository(format!("{}: invalid manifest: {e}", p.display()))
+        })?;
+        // Names become paths inside the point's directory (and a restore's
+        // destination): a manifest must not lead outside them.
+        let plain = |s: &str| {
+            !s.is_empty() && s != "." && s != ".." && !s.contains('/') && !s.contains('\0')
+        };
+        if let Some(d) = m.disks.iter().find(|d| !plain(&d.name) || !plain(&d.file)) {
+            return Err(BackupError::Repository(format!(
+                "{}: invalid manifest: disk {:?} with file {:?} is not a plain file name",
+                p.display(),
+                d.name,
+                d.file
+            )));
+        }
+        Ok(m)
     }
 
     /// Writes a point's manifest atomically and durably: the point is

@@ -321,6 +321,16 @@ pub fn verify(
                     return Ok(r);
                 }
             };
+            let blocks = d.virtual_size.div_ceil(HASH_BLOCK);
+            if d.hashes.len() as u64 != blocks {
+                let why = format!(
+                    "the manifest lists {} content hashes for a {}-byte disk, which has {blocks} blocks of {HASH_BLOCK} bytes",
+                    d.hashes.len(),
+                    d.virtual_size
+                );
+                r.first_bad = Some(bad("manifest", 0, file.display().to_string(), why));
+                return Ok(r);
+            }
             let mut buf = vec![0u8; HASH_BLOCK as usize];
             let zero_hash = hash(&vec![0u8; HASH_BLOCK as usize]);
             for (i, want) in d.hashes.iter().enumerate() {

@@ -307,7 +307,9 @@ impl Tracker {
                     ));
                 }
                 self.retained.insert(generation);
-                self.header.current_generation += 1;
+                self.header.current_generation = generation.checked_add(1).ok_or_else(|| {
+                    format!("seal of generation {generation}, the last there can be")
+                })?;
                 self.gens.entry(self.header.current_generation).or_default();
             }
             Record::Release { generation } => {
