@@ -71,7 +71,13 @@ pub fn script(m: &Model) -> String {
         let d = &m.disks[i];
         s += &format!("chk_disk {} {} {}\n", d.slot, d.name, d.kind_word());
         if wants_ids(d, inflight) {
-            let mut ids: Vec<&str> = d.ids.iter().map(|i| i.id.as_str()).collect();
+            // IDs a backup may have released are asked about if still listed.
+            let mut ids: Vec<&str> = d
+                .ids
+                .iter()
+                .filter(|i| !i.may_go)
+                .map(|i| i.id.as_str())
+                .collect();
             ids.extend(inflight.and_then(|f| f.id.as_deref()));
             s += &format!("chk_ids {} {} {}\n", d.name, d.target(), ids.join(" "));
         }
@@ -497,6 +503,7 @@ fn tracking(j: &mut Judge, a: &Answers, d: &mut Disk, inflight: Option<&InFlight
             d.ids.push(RctId {
                 id: id.clone(),
                 seal_seq: seq,
+                may_go: false,
             });
         } else {
             *j.st
@@ -513,7 +520,7 @@ fn tracking(j: &mut Judge, a: &Answers, d: &mut Disk, inflight: Option<&InFlight
     let lost = d
         .ids
         .iter()
-        .filter(|i| !retained.contains(&i.id) && !released(&i.id))
+        .filter(|i| !retained.contains(&i.id) && !released(&i.id) && !i.may_go)
         .count() as u64;
     if lost > 0 {
         let what = if d.kind == Kind::Machine {

@@ -46,6 +46,10 @@ pub struct RctId {
     pub id: String,
     /// Writes with a larger seq must be reported as changed since this ID.
     pub seal_seq: u64,
+    /// A backup may have released it (it replaces the reference point, and
+    /// one after an interrupted backup may keep the old one): while it is
+    /// retained it is checked, once gone it is forgotten.
+    pub may_go: bool,
 }
 
 pub struct Disk {
@@ -387,7 +391,11 @@ impl Model {
                     len,
                 });
             }
-            Op::Seal(_) => d.ids.push(RctId { id, seal_seq: seq }),
+            Op::Seal(_) => d.ids.push(RctId {
+                id,
+                seal_seq: seq,
+                may_go: false,
+            }),
             Op::Release(_) => d.ids.retain(|i| i.id != id),
             Op::Create(_) | Op::RawCreate(_) => d.state = State::Exists,
             Op::Enable(_) | Op::MachineCreate(_) => {
@@ -396,8 +404,12 @@ impl Model {
                 d.ids.clear();
             }
             Op::Backup(_) => {
-                // The new reference point replaces the previous one.
-                d.ids = vec![RctId { id, seal_seq: seq }];
+                d.ids.iter_mut().for_each(|i| i.may_go = true);
+                d.ids.push(RctId {
+                    id,
+                    seal_seq: seq,
+                    may_go: false,
+                });
                 let point = kv.get("point").and_then(|p| p.parse().ok()).unwrap_or(0);
                 let content = d.content.clone();
                 self.points.push(Point { point, content });
