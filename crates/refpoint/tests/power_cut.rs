@@ -8,7 +8,9 @@
 //! acknowledged backup points verify and restore, and `rct changes` since
 //! every retained RCT ID covers every byte written since it, or refuses
 //! with exit 3 (counted by reason). Several cuts accumulate on each file
-//! system. The guest and the host's model live in tests/guest/.
+//! system. The guest and the host's model live in tests/guest/. Not reached
+//! from the CLI: tracking-file compaction (the journal compacts past 16 MiB,
+//! and a command appends about 70 bytes).
 //!
 //! CI runs 10 cuts. The long campaign:
 //!
