@@ -232,6 +232,9 @@ fn boot_once(
     for f in &applied.failed {
         sum.fail(round, "operation failed", f.clone());
     }
+    for k in &applied.refused {
+        *sum.stats.refusals.entry(format!("{k} (in the work)")).or_default() += 1;
+    }
     sum.cuts += 1;
     for k in &applied.acked {
         *sum.acked.entry(k).or_default() += 1;

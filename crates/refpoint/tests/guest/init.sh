@@ -112,6 +112,15 @@ fi
 ids() { echo "/tmp/ids/$(echo "$1" | tr / _)"; }
 cmd() { "$@" > /tmp/o 2> /tmp/e < /dev/null; }
 fail() { say "FAIL $1 rc=$2 $(head -c 600 /tmp/e | tr '\r\n' '  ')"; say "WORK-STOP"; idle; }
+# Exit 3 is tracking's typed refusal (e.g. a raw disk that a cut caught
+# while refpoint wrote it): do what a backup application does, start
+# tracking over.
+refused() { # SEQ TARGET
+  say "REFUSED $1 $(head -n 1 /tmp/e | sed 's/^error (\([a-z_]*\)).*/kind=\1/')"
+  cmd $R rct enable "$2" || fail "$1" $?
+  : > "$(ids "$2")"
+  say "RESTARTED $1"
+}
 
 op_write() { # SEQ TARGET OFFSET PATTERN PATTERN-OFFSET LENGTH
   dd if="/rp/p$4" of=/tmp/w bs=64k iflag=skip_bytes,count_bytes skip="$5" count="$6" 2> /dev/null
@@ -121,7 +130,10 @@ op_write() { # SEQ TARGET OFFSET PATTERN PATTERN-OFFSET LENGTH
 }
 op_seal() { # SEQ TARGET
   say "BEGIN $1"
-  cmd $R rct seal "$2" || fail "$1" $?
+  cmd $R rct seal "$2"
+  rc=$?
+  if [ $rc = 3 ]; then refused "$1" "$2"; return; fi
+  [ $rc = 0 ] || fail "$1" $rc
   id=$(tail -n 1 /tmp/o)
   echo "$id" >> "$(ids "$2")"
   say "ACK $1 id=$id"
@@ -131,7 +143,10 @@ op_release() { # SEQ TARGET: the oldest ID this guest knows, keeping the newest
   if [ ! -f "$f" ] || [ "$(wc -l < "$f")" -lt 2 ]; then say "SKIP $1"; return; fi
   id=$(head -n 1 "$f")
   say "BEGIN $1 id=$id"
-  cmd $R rct release "$2" "$id" || fail "$1" $?
+  cmd $R rct release "$2" "$id"
+  rc=$?
+  if [ $rc = 3 ]; then refused "$1" "$2"; return; fi
+  [ $rc = 0 ] || fail "$1" $rc
   sed -i 1d "$f"
   say "ACK $1 id=$id"
 }

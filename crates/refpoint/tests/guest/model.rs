@@ -178,6 +178,9 @@ pub struct InFlight {
 pub struct Applied {
     pub acked: Vec<&'static str>,
     pub failed: Vec<String>,
+    /// Typed refusals of seal/release in the work (each followed by a
+    /// restart of the disk's tracking), by kind.
+    pub refused: Vec<String>,
     pub inflight: Option<&'static str>,
 }
 
@@ -350,6 +353,19 @@ impl Model {
                     current = None;
                 }
                 "SKIP" => current = None,
+                "REFUSED" => {
+                    // The IDs may go with the restart that follows.
+                    let d = &mut self.disks[op.disk()];
+                    d.ids.iter_mut().for_each(|i| i.may_go = true);
+                    out.refused
+                        .push(kv.get("kind").unwrap_or(&"unknown").to_string());
+                }
+                "RESTARTED" => {
+                    let d = &mut self.disks[op.disk()];
+                    d.ids.clear();
+                    d.state = State::Tracked;
+                    current = None;
+                }
                 "FAIL" => out
                     .failed
                     .push(format!("{line} [{}]", op.line(seq, &self.disks))),
