@@ -480,7 +480,10 @@ impl Env {
             TOOL_LIMIT,
         );
         if o.status.code() == Some(3) && text(&o).contains("unproven_after_io_error") {
-            println!("rct changes --since {since}: refused, typed: {}", text(&o).trim());
+            println!(
+                "rct changes --since {since}: refused, typed: {}",
+                text(&o).trim()
+            );
             return None;
         }
         assert!(
@@ -919,8 +922,7 @@ fn a_full_disk_fails_flushes_and_keeps_what_was_acknowledged() {
             format!(
                 ": {}",
                 log.lines()
-                    .filter(|l| l.contains("closing disks failed") || l.contains("rror"))
-                    .last()
+                    .rfind(|l| l.contains("closing disks failed") || l.contains("rror"))
                     .unwrap_or("")
             )
         }
@@ -938,7 +940,14 @@ fn a_full_disk_fails_flushes_and_keeps_what_was_acknowledged() {
     let data_blocks = check_content("after the restart", &content, &writes, recovered);
     // The tracking: every durable write, and every block holding data.
     let refused = env.changes_ok(&id).is_none();
-    println!("changes after the restart: {}", if refused { "refused as unproven" } else { "answered" });
+    println!(
+        "changes after the restart: {}",
+        if refused {
+            "refused as unproven"
+        } else {
+            "answered"
+        }
+    );
     let changes = env.changes_ok(&id).unwrap_or_else(|| vec![(0, DISK_SIZE)]);
     let mut missed = Vec::new();
     for (&block, w) in &writes {

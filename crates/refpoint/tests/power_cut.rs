@@ -233,7 +233,10 @@ fn boot_once(
         sum.fail(round, "operation failed", f.clone());
     }
     for k in &applied.refused {
-        *sum.stats.refusals.entry(format!("{k} (in the work)")).or_default() += 1;
+        *sum.stats
+            .refusals
+            .entry(format!("{k} (in the work)"))
+            .or_default() += 1;
     }
     sum.cuts += 1;
     for k in &applied.acked {
