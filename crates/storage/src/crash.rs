@@ -238,9 +238,12 @@ impl Names {
         }
     }
 
-    /// The names after a power cut: every synced change survives (and with
-    /// it every earlier change to the same names, which the file system
-    /// journaled first); each other pending change survives or not.
+    /// The names after a power cut: every synced change survives; each
+    /// other pending change survives or not, but per name the survivors are
+    /// a prefix of its changes (a file system journals the changes of one
+    /// name in order: a rename cannot survive the create of its source it
+    /// follows, nor a remove before it). Changes to different names are
+    /// kept or lost independently, which is more than ext4 or XFS allow.
     fn crash(&mut self, rng: &mut impl Rng) {
         let mut keep = vec![false; self.pending.len()];
         let mut forced: BTreeSet<PathBuf> = BTreeSet::new();
@@ -249,9 +252,7 @@ impl Names {
             let must = op.unsynced.is_empty() || paths.iter().any(|p| forced.contains(*p));
             if must || rng.gen_bool(0.5) {
                 keep[i] = true;
-                if must {
-                    forced.extend(paths.iter().map(|p| p.to_path_buf()));
-                }
+                forced.extend(paths.iter().map(|p| p.to_path_buf()));
             }
         }
         for (op, keep) in std::mem::take(&mut self.pending).into_iter().zip(keep) {

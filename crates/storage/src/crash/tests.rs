@@ -250,3 +250,21 @@ fn read_only_handles_refuse_writes() {
     assert!(f.write_at(0, b"x").is_err());
     assert!(f.set_len(0).is_err());
 }
+
+#[test]
+fn a_surviving_rename_keeps_the_remove_and_create_of_its_source_before_it() {
+    for seed in 0..200 {
+        let fs = CrashFs::new();
+        // A stale temporary file, durable.
+        fs.insert(Path::new("/a/x.tmp"), b"stale".to_vec());
+        fs.insert(Path::new("/a/x"), b"old".to_vec());
+        fs.remove(Path::new("/a/x.tmp")).unwrap();
+        let f = fs.create(Path::new("/a/x.tmp")).unwrap();
+        f.write_at(0, b"new").unwrap();
+        f.flush().unwrap();
+        fs.rename(Path::new("/a/x.tmp"), Path::new("/a/x")).unwrap();
+        fs.crash(&mut rng(seed));
+        let x = fs.file(Path::new("/a/x")).unwrap().contents();
+        assert!(x == b"old" || x == b"new", "seed {seed}: {x:?}");
+    }
+}
