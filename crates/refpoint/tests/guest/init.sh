@@ -115,8 +115,16 @@ fail() { say "FAIL $1 rc=$2 $(head -c 600 /tmp/e | tr '\r\n' '  ')"; say "WORK-S
 # Exit 3 is tracking's typed refusal (e.g. a raw disk that a cut caught
 # while refpoint wrote it): do what a backup application does, start
 # tracking over.
+refusal() { # the kind of a tracking refusal in /tmp/e, if it is one
+  if grep -q "modified while it was not tracked" /tmp/e; then echo modified_while_untracked
+  elif grep -qE "tracking file .* is missing" /tmp/e; then echo tracking_file_missing
+  elif grep -qE "tracking file .* is corrupt" /tmp/e; then echo tracking_file_corrupt
+  elif grep -q "change tracking is disabled" /tmp/e; then echo tracking_disabled
+  elif grep -q "cannot be proven" /tmp/e; then echo unproven_after_io_error
+  fi
+}
 refused() { # SEQ TARGET
-  say "REFUSED $1 $(head -n 1 /tmp/e | sed 's/^error (\([a-z_]*\)).*/kind=\1/')"
+  say "REFUSED $1 kind=$(refusal)"
   cmd $R rct enable "$2" || fail "$1" $?
   : > "$(ids "$2")"
   say "RESTARTED $1"
@@ -132,7 +140,7 @@ op_seal() { # SEQ TARGET
   say "BEGIN $1"
   cmd $R rct seal "$2"
   rc=$?
-  if [ $rc = 3 ]; then refused "$1" "$2"; return; fi
+  if [ $rc != 0 ] && [ -n "$(refusal)" ]; then refused "$1" "$2"; return; fi
   [ $rc = 0 ] || fail "$1" $rc
   id=$(tail -n 1 /tmp/o)
   echo "$id" >> "$(ids "$2")"
@@ -145,7 +153,7 @@ op_release() { # SEQ TARGET: the oldest ID this guest knows, keeping the newest
   say "BEGIN $1 id=$id"
   cmd $R rct release "$2" "$id"
   rc=$?
-  if [ $rc = 3 ]; then refused "$1" "$2"; return; fi
+  if [ $rc != 0 ] && [ -n "$(refusal)" ]; then refused "$1" "$2"; return; fi
   [ $rc = 0 ] || fail "$1" $rc
   sed -i 1d "$f"
   say "ACK $1 id=$id"
