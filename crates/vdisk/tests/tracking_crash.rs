@@ -464,6 +464,13 @@ fn run(seed: u64, raw: bool, stats: &mut Stats) {
         if fault && result.is_err() {
             stats.faults += 1;
         }
+        if result.is_ok() && matches!(kind, 12..=17) && !m.alt.is_empty() {
+            // A successful flush applied every queued op, also those whose
+            // first try failed: which outcome each uncertain byte took is
+            // final now (and durable), so the disk tells it.
+            let actual = read_all(&mut d);
+            m.settle(actual, false, false, &format!("{what} (after a flush)"));
+        }
         fs.clear_faults();
         if cut {
             // Power cut: the process dies, unflushed writes and unsynced
