@@ -67,7 +67,13 @@ pub trait Target {
     /// Runs one mutant of seed `seed`.
     fn run(&mut self, seed: usize, input: &Arc<Vec<u8>>) -> Result<(), Failure>;
     /// The finding of an input from `seed` still running after `limit`.
-    fn hang(seed: &str, limit: Duration) -> Finding;
+    fn hang(seed: &str, limit: Duration) -> Finding {
+        Finding {
+            kind: crate::FindingKind::Hang,
+            step: "run_one",
+            detail: format!("input from seed {seed} still running after {limit:?}"),
+        }
+    }
     /// Prints what the inputs reached, after the loop.
     fn print_reached(&self);
 }

@@ -311,20 +311,31 @@ fn digest_chain(c: &Chain) -> Result<u32, String> {
 /// global allocator. The mutant is shared with the in-memory files, never
 /// copied; it is unchanged afterwards.
 pub fn run_one(seed: &Seed, mutant: &Arc<Vec<u8>>, cov: &mut Coverage) -> Result<(), Finding> {
+    heap_bounded(ALLOC_LIMIT, mutant.len(), || run_steps(seed, mutant, cov))
+}
+
+/// Runs the steps of one input and judges the heap they grew: their own
+/// failure first, then an `Alloc` finding when the peak rose by more than
+/// `limit` for an `input_len`-byte input.
+pub fn heap_bounded<S, E: From<S> + From<Finding>>(
+    limit: usize,
+    input_len: usize,
+    steps: impl FnOnce() -> Result<(), S>,
+) -> Result<(), E> {
     let baseline = alloc_track::reset_peak();
-    let r = run_steps(seed, mutant, cov);
+    let r = steps();
     let grown = alloc_track::peak().saturating_sub(baseline);
     r?;
-    if grown > ALLOC_LIMIT {
+    if grown > limit {
         return Err(Finding {
             kind: FindingKind::Alloc,
             step: "the whole input",
             detail: format!(
-                "the heap grew by {} MiB for a {}-byte input",
-                grown >> 20,
-                mutant.len()
+                "the heap grew by {} MiB for a {input_len}-byte input",
+                grown >> 20
             ),
-        });
+        }
+        .into());
     }
     Ok(())
 }

@@ -37,11 +37,11 @@ use backup::manifest::HASH_BLOCK;
 use clap::Parser;
 use rand::rngs::SmallRng;
 use rand::Rng;
-use refpoint_fuzz::alloc_track::{self, TrackingAlloc};
+use refpoint_fuzz::alloc_track::TrackingAlloc;
 use refpoint_fuzz::harness::{self, Failure, LoopArgs, Target};
 use refpoint_fuzz::mutate::Mutator;
 use refpoint_fuzz::repo::{repository, Repository};
-use refpoint_fuzz::{guarded, Finding, FindingKind};
+use refpoint_fuzz::{guarded, heap_bounded, Finding, FindingKind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -311,22 +311,7 @@ fn steps(r: &Repository, s: &Seed, b: &[u8], cov: &mut Coverage) -> Result<(), F
 
 fn run_one(r: &Repository, s: &Seed, b: &[u8], cov: &mut Coverage) -> Result<(), Failure> {
     cov.inputs += 1;
-    let baseline = alloc_track::reset_peak();
-    let res = steps(r, s, b, cov);
-    let grown = alloc_track::peak().saturating_sub(baseline);
-    res?;
-    if grown > ALLOC_LIMIT {
-        return Err(Failure::from(Finding {
-            kind: FindingKind::Alloc,
-            step: "the whole input",
-            detail: format!(
-                "the heap grew by {} MiB for a {}-byte input",
-                grown >> 20,
-                b.len()
-            ),
-        }));
-    }
-    Ok(())
+    heap_bounded(ALLOC_LIMIT, b.len(), || steps(r, s, b, cov))
 }
 
 // ---------------------------------------------------------------------------
@@ -357,14 +342,6 @@ impl Target for CvFiles<'_> {
 
     fn run(&mut self, seed: usize, input: &Arc<Vec<u8>>) -> Result<(), Failure> {
         run_one(self.r, &self.all[seed], input, &mut self.cov)
-    }
-
-    fn hang(seed: &str, limit: Duration) -> Finding {
-        Finding {
-            kind: FindingKind::Hang,
-            step: "run_one",
-            detail: format!("input from seed {seed} still running after {limit:?}"),
-        }
     }
 
     fn print_reached(&self) {

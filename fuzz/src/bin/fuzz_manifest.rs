@@ -41,11 +41,11 @@ use backup::{restore, verify, Manifest, RestoreFormat};
 use clap::Parser;
 use rand::rngs::SmallRng;
 use rand::Rng;
-use refpoint_fuzz::alloc_track::{self, TrackingAlloc};
+use refpoint_fuzz::alloc_track::TrackingAlloc;
 use refpoint_fuzz::harness::{self, Failure, LoopArgs, Target};
 use refpoint_fuzz::mutate::Mutator;
 use refpoint_fuzz::repo::{repository, Repository, POINTS};
-use refpoint_fuzz::{guarded, Finding, FindingKind};
+use refpoint_fuzz::{guarded, heap_bounded, Finding, FindingKind};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -470,23 +470,9 @@ fn run_one(
     cov.inputs += 1;
     let path = Repository::manifest_path(seed.point);
     r.fs.insert(&path, Arc::new(input.to_vec()));
-    let baseline = alloc_track::reset_peak();
-    let res = steps(r, seed, k, cov);
-    let grown = alloc_track::peak().saturating_sub(baseline);
+    let res = heap_bounded(ALLOC_LIMIT, input.len(), || steps(r, seed, k, cov));
     r.fs.insert(&path, seed.original.clone());
-    res?;
-    if grown > ALLOC_LIMIT {
-        return Err(Failure::from(Finding {
-            kind: FindingKind::Alloc,
-            step: "the whole input",
-            detail: format!(
-                "the heap grew by {} MiB for a {}-byte input",
-                grown >> 20,
-                input.len()
-            ),
-        }));
-    }
-    Ok(())
+    res
 }
 
 // ---------------------------------------------------------------------------
@@ -574,14 +560,6 @@ impl Target for Manifests<'_> {
             f.bytes = Some(replace(input, names));
             f
         })
-    }
-
-    fn hang(seed: &str, limit: Duration) -> Finding {
-        Finding {
-            kind: FindingKind::Hang,
-            step: "run_one",
-            detail: format!("input from seed {seed} still running after {limit:?}"),
-        }
     }
 
     fn print_reached(&self) {

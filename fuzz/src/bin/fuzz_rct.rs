@@ -51,7 +51,7 @@ use rct::{Changes, RctId, Tracker};
 use refpoint_fuzz::alloc_track::{self, TrackingAlloc};
 use refpoint_fuzz::harness::{self, Failure, LoopArgs, Target};
 use refpoint_fuzz::mutate::Mutator;
-use refpoint_fuzz::{guarded, Finding, FindingKind};
+use refpoint_fuzz::{guarded, heap_bounded, Finding, FindingKind};
 use roaring::RoaringBitmap;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -726,22 +726,7 @@ fn run_steps(seed: &Seed, b: &[u8], cov: &mut Coverage) -> Result<(), Finding> {
 
 fn run_one(seed: &Seed, b: &[u8], cov: &mut Coverage) -> Result<(), Failure> {
     cov.inputs += 1;
-    let baseline = alloc_track::reset_peak();
-    let r = run_steps(seed, b, cov);
-    let grown = alloc_track::peak().saturating_sub(baseline);
-    r?;
-    if grown > ALLOC_LIMIT {
-        return Err(Failure::from(Finding {
-            kind: FindingKind::Alloc,
-            step: "the whole input",
-            detail: format!(
-                "the heap grew by {} MiB for a {}-byte input",
-                grown >> 20,
-                b.len()
-            ),
-        }));
-    }
-    Ok(())
+    heap_bounded(ALLOC_LIMIT, b.len(), || run_steps(seed, b, cov))
 }
 
 // ---------------------------------------------------------------------------
@@ -771,14 +756,6 @@ impl Target for RctFile {
 
     fn run(&mut self, seed: usize, input: &Arc<Vec<u8>>) -> Result<(), Failure> {
         run_one(&self.all[seed], input, &mut self.cov)
-    }
-
-    fn hang(seed: &str, limit: Duration) -> Finding {
-        Finding {
-            kind: FindingKind::Hang,
-            step: "run_one",
-            detail: format!("input from seed {seed} still running after {limit:?}"),
-        }
     }
 
     fn print_reached(&self) {

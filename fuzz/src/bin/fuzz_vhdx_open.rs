@@ -27,7 +27,7 @@ use refpoint_fuzz::alloc_track::TrackingAlloc;
 use refpoint_fuzz::harness::{self, Failure, LoopArgs, Target};
 use refpoint_fuzz::mutate::Mutator;
 use refpoint_fuzz::seeds::{self, Seed};
-use refpoint_fuzz::{run_one, Coverage, Finding, FindingKind};
+use refpoint_fuzz::{run_one, Coverage};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -94,14 +94,6 @@ impl Target for VhdxOpen<'_> {
 
     fn run(&mut self, seed: usize, input: &Arc<Vec<u8>>) -> Result<(), Failure> {
         Ok(run_one(&self.all[seed], input, &mut self.cov)?)
-    }
-
-    fn hang(seed: &str, limit: Duration) -> Finding {
-        Finding {
-            kind: FindingKind::Hang,
-            step: "run_one",
-            detail: format!("input from seed {seed} still running after {limit:?}"),
-        }
     }
 
     fn print_reached(&self) {
