@@ -10,10 +10,10 @@ use crate::memfs::MemFs;
 use backup::cv;
 use backup::repo::point_dir;
 use backup::{Manifest, Repo};
+use machine::Store;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use storage::{CrashFs, Fs};
-use vdisk::Store;
 use vhdx::{create, CreateOptions, DiskType};
 
 const MIB: u64 = 1 << 20;

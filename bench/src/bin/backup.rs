@@ -310,7 +310,7 @@ fn fill(disk: &Path, size: u64, per_period: u64) -> Result<u64> {
 /// Rewrites each 64 KiB region at `offsets` through the machine's tracked
 /// disk.
 fn change(home: &Path, offsets: &[u64], seed: u64) -> Result<()> {
-    let store = vdisk::Store::new(Arc::new(LocalFs), home);
+    let store = machine::Store::new(Arc::new(LocalFs), home);
     let m = store.load("vm1")?;
     let mut d = store.open_disk(&m, "disk0", true)?;
     let mut buf = vec![0u8; REGION as usize];

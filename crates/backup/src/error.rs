@@ -5,6 +5,8 @@ pub enum BackupError {
     #[error(transparent)]
     Disk(#[from] vdisk::VdiskError),
     #[error(transparent)]
+    Machine(#[from] machine::MachineError),
+    #[error(transparent)]
     Vhdx(#[from] vhdx::Error),
     #[error("backup repository: {0}")]
     Repository(String),

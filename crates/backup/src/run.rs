@@ -19,11 +19,12 @@ use crate::error::{BackupError, Result};
 use crate::export::{export_diff, export_full, Exported};
 use crate::manifest::{DiskManifest, Manifest, HASH_BLOCK, MANIFEST_FORMAT};
 use crate::repo::{point_dir, Repo};
+use machine::{BackupLink, CheckpointKind, Consistency, Store};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
-use vdisk::{BackupLink, CheckpointKind, Consistency, Store, TrackingStatus};
+use vdisk::TrackingStatus;
 
 /// What a backup did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -56,7 +57,7 @@ pub type Progress<'a> = &'a mut dyn FnMut(&str, u64, u64);
 /// Runs a backup of `machine` into repository `dir`.
 pub fn backup(store: &Store, machine: &str, dir: &Path, progress: Progress) -> Result<Summary> {
     let start = Instant::now();
-    let fs = &*store.fs;
+    let fs = &**store.fs();
     let repo = Repo::new(fs, dir);
     fs.create_dir_all(&repo.dir)
         .map_err(repo.io(&repo.dir, "creating"))?;
@@ -221,7 +222,7 @@ pub fn backup(store: &Store, machine: &str, dir: &Path, progress: Progress) -> R
 /// to trust.
 fn changed_ranges(
     store: &Store,
-    m: &vdisk::Machine,
+    m: &machine::Machine,
     disk: &str,
     since: &str,
     until: &str,
@@ -231,7 +232,7 @@ fn changed_ranges(
     let c = store
         .with_disk(m, disk, |d| {
             let size = d.size();
-            d.query_changes(&since, Some(&until), 0, size, usize::MAX)
+            Ok(d.query_changes(&since, Some(&until), 0, size, usize::MAX)?)
         })
         .map_err(|e| match e.tracking() {
             Some(t) => format!("change tracking cannot be trusted ({}): {t}", t.kind()),
@@ -255,7 +256,7 @@ fn changed_ranges(
 /// unknown to the new tracking and goes full as well.
 fn restart_untrusted_tracking(
     store: &Store,
-    m: &vdisk::Machine,
+    m: &machine::Machine,
 ) -> Result<HashMap<String, String>> {
     let mut out = HashMap::new();
     for d in &m.disks {
@@ -319,7 +320,7 @@ fn recover(store: &Store, machine: &str, repo: &Repo) -> Result<Vec<String>> {
     leftovers.sort_by_key(|c| std::cmp::Reverse(c.id));
     for cp in leftovers {
         let mut done = cp.backup.as_ref().is_some_and(|b| {
-            Repo::new(&*store.fs, &b.dir)
+            Repo::new(&**store.fs(), &b.dir)
                 .manifest(b.point)
                 .is_ok_and(|mf| mf.checkpoint == cp.id)
         });
@@ -360,7 +361,7 @@ fn recover(store: &Store, machine: &str, repo: &Repo) -> Result<Vec<String>> {
     // The next point's file may already be re-pointed at the new full, so
     // its bytes no longer match its manifest until this is finished.
     notes.extend(crate::restore::finish_interrupted_consolidation(
-        &*store.fs,
+        &**store.fs(),
         &repo.dir,
         &mut |_, _| {},
     )?);

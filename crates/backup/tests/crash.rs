@@ -13,6 +13,7 @@
 //! Sometimes the recovering backup is itself cut first.
 
 use backup::{backup, consolidate, restore, verify, Repo, RestoreFormat};
+use machine::{CheckpointKind, Consistency, Store};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -20,7 +21,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use storage::{CrashFs, Fs};
-use vdisk::{CheckpointKind, Consistency, Store};
 use vhdx::{create, CreateOptions, DiskType};
 
 /// The machine's disks: name, file, virtual size, logical sector size.

@@ -3,12 +3,12 @@
 //! incremental backups; every point restores bit-exact.
 
 use backup::{backup, restore, verify, Repo, RestoreFormat};
+use machine::Store;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::path::Path;
 use std::sync::Arc;
 use storage::LocalFs;
-use vdisk::Store;
 use vhdx::{create, CreateOptions, DiskType};
 
 const SIZE: u64 = 64 << 20;

@@ -5,12 +5,12 @@
 //! restores bit-exact.
 
 use backup::{backup, restore, verify, RestoreFormat};
+use machine::Store;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use storage::LocalFs;
-use vdisk::Store;
 use vhdx::{create, CreateOptions, DiskType};
 
 const MIB: u64 = 1 << 20;

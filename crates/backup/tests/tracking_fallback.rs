@@ -6,13 +6,13 @@
 //! tracking disabled on purpose stays off. Every point restores bit-exact.
 
 use backup::{backup, restore, verify, RestoreFormat, Summary};
+use machine::Store;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
 use storage::LocalFs;
-use vdisk::Store;
 use vhdx::{create, CreateOptions, DiskType};
 
 const SIZE: u64 = 8 << 20;
@@ -213,8 +213,8 @@ fn tracking_restarts_on_the_base_file_during_a_checkpoint() {
     s.store
         .create_checkpoint(
             "vm1",
-            vdisk::CheckpointKind::Standard,
-            vdisk::Consistency::Crash,
+            machine::CheckpointKind::Standard,
+            machine::Consistency::Crash,
         )
         .unwrap();
     std::fs::remove_file(s.rct(0)).unwrap();

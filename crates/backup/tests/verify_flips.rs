@@ -5,12 +5,12 @@
 //! does one whose manifests predate file hashes.
 
 use backup::{backup, verify, Manifest, Repo};
+use machine::Store;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use storage::LocalFs;
-use vdisk::Store;
 use vhdx::{create, CreateOptions, DiskType};
 
 fn make_disk(p: &Path, size: u64, sector: u32) {

@@ -7,16 +7,9 @@ use crate::compare::{compare, Comparison};
 use crate::convert::{convert, ConvertOptions, Format};
 use crate::units::human;
 use anyhow::{ensure, Context, Result};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use storage::LocalFs;
 use vhdx::{check, create, create_child, merge_into_parent, Chain, CreateOptions, DiskType};
-
-/// The state directory: `$REFPOINT_HOME`, else `./refpoint-data`.
-pub fn state_dir() -> PathBuf {
-    std::env::var_os("REFPOINT_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("refpoint-data"))
-}
 
 /// Deterministic, incompressible bytes.
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
@@ -136,8 +129,7 @@ pub fn run(dir: &Path) -> Result<()> {
 
 /// Steps 7–11: a machine, a full and an incremental backup, restore, verify.
 fn backup_tour(dir: &Path) -> Result<()> {
-    use std::sync::Arc;
-    let store = vdisk::Store::new(Arc::new(LocalFs), &dir.join("home"));
+    let store = machine::Store::local(&dir.join("home"));
     let os = dir.join("vm-os.vhdx");
     let data = dir.join("vm-data.vhdx");
     create(&LocalFs, &os, &CreateOptions::dynamic(4 << 30))?.close()?;

@@ -17,11 +17,11 @@
 
 pub mod compare;
 pub mod convert;
+pub mod daemon_client;
 pub mod demo;
 pub mod image;
 pub mod machines;
 pub mod progress;
 pub mod report;
-pub mod serve;
 pub mod tracking;
 pub mod units;

@@ -583,7 +583,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Noun::Serve(a) => serve_cmd(a),
         Noun::Demo(Demo::Run) => {
-            refpoint::demo::run(&refpoint::demo::state_dir())?;
+            refpoint::demo::run(&machine::home::state_dir())?;
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -674,10 +674,8 @@ fn machine_cmd(c: MachineCmd) -> Result<ExitCode> {
 }
 
 fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
-    let home = refpoint::demo::state_dir();
-    let api_socket = a
-        .api_socket
-        .unwrap_or_else(|| refpoint::serve::api_socket(&home));
+    let home = machine::home::state_dir();
+    let api_socket = a.api_socket.unwrap_or_else(|| daemon::api_socket(&home));
     if a.stop {
         let Some(d) = refpoint::machines::daemon() else {
             anyhow::bail!("no refpoint daemon answers on {}", api_socket.display());
@@ -696,10 +694,8 @@ fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
         )
         .with_writer(std::io::stderr)
         .init();
-    refpoint::serve::run(refpoint::serve::ServeOptions {
-        nbd_socket: a
-            .socket
-            .unwrap_or_else(|| refpoint::serve::nbd_socket(&home)),
+    daemon::run(daemon::ServeOptions {
+        nbd_socket: a.socket.unwrap_or_else(|| daemon::nbd_socket(&home)),
         api_socket,
         home,
         listen: a.listen,
@@ -713,7 +709,7 @@ fn serve_cmd(a: ServeArgs) -> Result<ExitCode> {
 }
 
 fn checkpoint_cmd(c: CheckpointCmd) -> Result<ExitCode> {
-    use vdisk::{CheckpointKind, Consistency};
+    use machine::{CheckpointKind, Consistency};
     let st = refpoint::machines::store();
     match c {
         CheckpointCmd::Create {
@@ -732,7 +728,7 @@ fn checkpoint_cmd(c: CheckpointCmd) -> Result<ExitCode> {
                 None if has_hooks => Consistency::Application,
                 None => Consistency::Crash,
             };
-            let cp: vdisk::Checkpoint = match refpoint::machines::daemon() {
+            let cp: machine::Checkpoint = match refpoint::machines::daemon() {
                 Some(d) => serde_json::from_value(d.post(
                     &format!("/v1/machines/{machine}/checkpoints"),
                     serde_json::json!({
@@ -804,7 +800,7 @@ fn checkpoint_cmd(c: CheckpointCmd) -> Result<ExitCode> {
             machine,
             checkpoint,
         } => {
-            let r: vdisk::ReferencePoint = match refpoint::machines::daemon() {
+            let r: machine::ReferencePoint = match refpoint::machines::daemon() {
                 Some(d) => serde_json::from_value(d.post(
                     &format!("/v1/machines/{machine}/checkpoints/{checkpoint}/convert"),
                     serde_json::json!({}),
@@ -1020,7 +1016,7 @@ fn rct_disk(cmd: &Rct) -> &std::path::Path {
 
 /// `rct` on a disk the daemon holds: through its API.
 fn rct_remote(
-    daemon: refpoint::serve::client::Daemon,
+    daemon: refpoint::daemon_client::Daemon,
     machine: &str,
     name: &str,
     cmd: Rct,
@@ -1085,7 +1081,7 @@ fn rct_remote(
                 }
                 Err(e) if e.is_tracking() => {
                     if json {
-                        if let refpoint::serve::client::DaemonError::Api { message, .. } = &e {
+                        if let refpoint::daemon_client::DaemonError::Api { message, .. } = &e {
                             if let Ok(out) = serde_json::from_str::<ErrorOut>(message) {
                                 print_json(&out)?;
                             }
@@ -1101,7 +1097,7 @@ fn rct_remote(
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(e) if e.is_tracking() => {
             let msg = match &e {
-                refpoint::serve::client::DaemonError::Api { kind, message, .. } => {
+                refpoint::daemon_client::DaemonError::Api { kind, message, .. } => {
                     let m = serde_json::from_str::<ErrorOut>(message)
                         .map(|o| o.message)
                         .unwrap_or(message.clone());
@@ -1118,7 +1114,7 @@ fn rct_remote(
 
 fn rct_cmd(cmd: Rct) -> Result<ExitCode> {
     use refpoint::tracking::{self as t, ChangesResult, ErrorOut};
-    if let Some((m, d)) = t::machine_disk(rct_disk(&cmd)) {
+    if let Some((m, d)) = t::machine_disk(rct_disk(&cmd))? {
         if let Some(daemon) = refpoint::machines::daemon() {
             return rct_remote(daemon, &m, &d, cmd);
         }

@@ -916,7 +916,7 @@ fn management_api_answers_over_http() {
     let (st, doc) = http(&api, "GET", "/v1/openapi.json", None);
     assert_eq!(st, 200);
     assert!(doc["openapi"].is_string(), "{doc}");
-    for (method, path) in refpoint::serve::api::ROUTES {
+    for (method, path) in daemon::api::ROUTES {
         assert!(
             doc["paths"][path][method].is_object(),
             "the OpenAPI document lacks {method} {path}"

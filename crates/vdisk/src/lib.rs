@@ -61,17 +61,11 @@
 
 #![forbid(unsafe_code)]
 
-mod checkpoint;
 mod disk;
 mod error;
 mod image;
-pub mod machine;
 
 pub use disk::{Disk, TrackingStatus};
 pub use error::{Result, VdiskError};
 pub use image::{is_zero, Image};
-pub use machine::{
-    BackupLink, Checkpoint, CheckpointKind, Consistency, DiskGate, Machine, MachineDisk,
-    ReferencePoint, Store,
-};
 pub use rct::{ChangedRange, Changes, RctError, RctId, TrackingState};

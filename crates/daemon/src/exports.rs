@@ -3,16 +3,15 @@
 //! `<machine>/<disk>@backup-<point>` (a point of a repository the machine
 //! was backed up to), both read-only.
 
-use super::device::{FrozenDevice, LiveDevice};
-use super::registry::Registry;
+use crate::device::{FrozenDevice, LiveDevice};
+use machine::{Machine, Store};
 use nbd::{BlockDevice, ExportInfo, Exports};
 use std::path::PathBuf;
 use std::sync::Arc;
-use vdisk::Machine;
 use vhdx::Chain;
 
 pub struct DaemonExports {
-    pub registry: Arc<Registry>,
+    pub store: Store,
 }
 
 /// What an export name refers to.
@@ -92,11 +91,11 @@ fn backup_dirs(m: &Machine) -> Vec<PathBuf> {
 
 impl DaemonExports {
     fn machine(&self, name: &str) -> Result<Machine, String> {
-        self.registry.store.load(name).map_err(|e| e.to_string())
+        self.store.load(name).map_err(|e| e.to_string())
     }
 
     fn backup_file(&self, m: &Machine, disk: &str, point: u32) -> Result<PathBuf, String> {
-        let fs = &*self.registry.store.fs;
+        let fs = &**self.store.fs();
         for dir in backup_dirs(m) {
             if let Ok(f) = backup::repo::Repo::new(fs, &dir).disk_file(point, disk) {
                 return Ok(f);
@@ -112,8 +111,8 @@ impl DaemonExports {
 impl Exports for DaemonExports {
     fn list(&self) -> Vec<ExportInfo> {
         let mut out = Vec::new();
-        let fs = &*self.registry.store.fs;
-        for m in self.registry.store.list().unwrap_or_default() {
+        let fs = &**self.store.fs();
+        for m in self.store.list().unwrap_or_default() {
             for d in &m.disks {
                 out.push(ExportInfo {
                     name: format!("{}/{}", m.name, d.name),
@@ -152,12 +151,12 @@ impl Exports for DaemonExports {
     fn open(&self, name: &str) -> Result<Arc<dyn BlockDevice>, String> {
         let parsed = ExportName::parse(name)
             .ok_or("export names are <machine>/<disk>, <machine>/<disk>@checkpoint-<id> or <machine>/<disk>@backup-<point>")?;
-        let fs = &*self.registry.store.fs;
+        let fs = &**self.store.fs();
         match parsed {
             ExportName::Live { machine, disk } => {
                 let slot = self
-                    .registry
-                    .slot(&machine, &disk)
+                    .store
+                    .hold(&machine, &disk)
                     .map_err(|e| e.to_string())?;
                 Ok(Arc::new(LiveDevice::new(name.to_string(), slot)?))
             }
@@ -176,7 +175,7 @@ impl Exports for DaemonExports {
                     .rct_id
                     .as_ref()
                     .and_then(|s| s.parse().ok())
-                    .map(|until| (self.registry.clone(), machine.clone(), disk.clone(), until));
+                    .map(|until| (self.store.clone(), machine.clone(), disk.clone(), until));
                 Ok(Arc::new(FrozenDevice {
                     export: name.to_string(),
                     chain,

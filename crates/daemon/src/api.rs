@@ -2,26 +2,25 @@
 //! (and, with `--api-listen`, on TCP with TLS and a bearer token). The
 //! OpenAPI document is served at `/v1/openapi.json`.
 
-use super::jobs::Jobs;
-use super::registry::Registry;
+use crate::jobs::Jobs;
 use crate::tracking::{self, ChangesResult, ErrorOut};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use machine::{CheckpointKind, MachineError, Store};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use tokio::sync::Notify;
-use vdisk::{CheckpointKind, Consistency, Store, VdiskError};
+use vdisk::VdiskError;
 
 pub const OPENAPI: &str = include_str!("openapi.json");
 
 #[derive(Clone)]
 pub struct Api {
-    pub registry: Arc<Registry>,
-    /// The store whose operations park the daemon's disks.
+    /// The machines; its pool holds the disks the daemon serves.
     pub store: Store,
     pub jobs: Arc<Jobs>,
     pub shutdown: Arc<Notify>,
@@ -61,15 +60,20 @@ impl From<VdiskError> for ApiError {
     }
 }
 
-impl From<anyhow::Error> for ApiError {
-    fn from(e: anyhow::Error) -> Self {
-        match e.downcast::<VdiskError>() {
-            Ok(v) => v.into(),
-            Err(e) => ApiError(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "error".into(),
-                format!("{e:#}"),
-            ),
+impl From<MachineError> for ApiError {
+    fn from(e: MachineError) -> Self {
+        match e {
+            MachineError::Disk(d) => d.into(),
+            e => {
+                let status = if e.is_not_found() {
+                    StatusCode::NOT_FOUND
+                } else if e.is_invalid() {
+                    StatusCode::BAD_REQUEST
+                } else {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                };
+                ApiError(status, e.kind().into(), e.to_string())
+            }
         }
     }
 }
@@ -223,14 +227,15 @@ async fn authorize(
 
 /// Compares secrets in time that does not depend on where they differ.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    bool::from(a.ct_eq(b))
 }
 
 async fn status(State(api): State<Api>) -> ApiResult {
     Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
         "pid": std::process::id(),
-        "home": api.registry.store.home,
+        "home": api.store.home(),
         "jobs_running": api.jobs.running(),
     })))
 }
@@ -243,7 +248,7 @@ async fn shutdown(State(api): State<Api>) -> ApiResult {
 async fn exports(State(api): State<Api>) -> ApiResult {
     let list = blocking(move || {
         let e = super::exports::DaemonExports {
-            registry: api.registry.clone(),
+            store: api.store.clone(),
         };
         Ok(nbd::Exports::list(&e))
     })
@@ -259,7 +264,7 @@ async fn machines(State(api): State<Api>) -> ApiResult {
     blocking(move || to_json(api.store.list()?)).await
 }
 
-fn load(api: &Api, name: &str) -> Result<vdisk::Machine, ApiError> {
+fn load(api: &Api, name: &str) -> Result<machine::Machine, ApiError> {
     if !api.store.exists(name)? {
         return Err(not_found(format!("no machine named {name:?}")));
     }
@@ -296,17 +301,16 @@ async fn checkpoint_create(
             }
         };
         let consistency = match b.consistency.as_deref() {
-            None if m.freeze.is_some() => Consistency::Application,
-            None | Some("crash") => Consistency::Crash,
-            Some("application") => Consistency::Application,
+            None => Store::default_consistency(&m),
+            Some("crash") => machine::Consistency::Crash,
+            Some("application") => machine::Consistency::Application,
             Some(c) => {
                 return Err(bad_request(format!(
                     "unknown consistency {c:?}: use crash or application"
                 )))
             }
         };
-        let lock = api.registry.machine_lock(&name);
-        let _g = lock.lock();
+        let _lock = api.store.lock_machine(&name);
         to_json(api.store.create_checkpoint(&name, kind, consistency)?)
     })
     .await
@@ -319,8 +323,7 @@ async fn machine_op(
 ) -> ApiResult {
     blocking(move || {
         load(&api, &name)?;
-        let lock = api.registry.machine_lock(&name);
-        let _g = lock.lock();
+        let _lock = api.store.lock_machine(&name);
         f(&api.store, &name)
     })
     .await
@@ -374,16 +377,17 @@ async fn on_disk(
         if m.disk(&disk).is_none() {
             return Err(not_found(format!("machine {machine} has no disk {disk:?}")));
         }
-        let slot = api.registry.slot(&machine, &disk)?;
-        let mut g = slot.write();
-        let d = g.as_mut().ok_or_else(|| {
-            ApiError(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable".into(),
-                format!("{machine}/{disk} is not open; see the daemon's log"),
-            )
-        })?;
-        f(d, format!("{machine}/{disk}"))
+        let name = format!("{machine}/{disk}");
+        api.store
+            .with_held(&machine, &disk, |d| Ok(f(d, name)))
+            .map_err(|e| match e {
+                e @ MachineError::NotOpen { .. } => ApiError(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable".into(),
+                    e.to_string(),
+                ),
+                e => e.into(),
+            })?
     })
     .await
 }
@@ -513,8 +517,7 @@ async fn backup_start(
     let target = name.clone();
     let jobs = api.jobs.clone();
     let job = jobs.start("backup", &target, move |progress| {
-        let lock = api.registry.machine_lock(&name);
-        let _g = lock.lock();
+        let _lock = api.store.lock_machine(&name);
         // The backup reports increments per disk; jobs report totals.
         let (mut disk, mut done) = (String::new(), 0u64);
         let mut tick = |d: &str, n: u64, total: u64| {
@@ -552,7 +555,7 @@ async fn restore_start(State(api): State<Api>, Json(b): Json<RestoreBody>) -> Ap
         }
     };
     let target = b.repository.display().to_string();
-    let fs = api.store.fs.clone();
+    let fs = api.store.fs().clone();
     let job = api.jobs.start("restore", &target, move |progress| {
         let mut p = |done, total| progress("restore", done, total);
         let files = backup::restore(
@@ -578,7 +581,7 @@ struct VerifyBody {
 
 async fn verify_start(State(api): State<Api>, Json(b): Json<VerifyBody>) -> ApiResult {
     let target = b.repository.display().to_string();
-    let fs = api.store.fs.clone();
+    let fs = api.store.fs().clone();
     let job = api.jobs.start("verify", &target, move |progress| {
         let mut p = |done, total| progress("verify", done, total);
         let r = backup::verify(&*fs, &b.repository, b.point, &mut p).map_err(|e| e.to_string())?;

@@ -4,12 +4,11 @@
 //! `refpoint:changes:<id>` and, for tools that read QEMU's bitmaps,
 //! `qemu:dirty-bitmap:<id>` (bit 0 set = changed).
 
-use super::registry::{Registry, Slot};
+use machine::{MachineError, Slot, Store};
 use nbd::proto::{
     NBD_EINVAL, NBD_EIO, NBD_ENOSPC, NBD_EPERM, NBD_STATE_DIRTY, NBD_STATE_HOLE, NBD_STATE_ZERO,
 };
 use nbd::{BlockDevice, BlockSize, DeviceError, DeviceResult, Extent};
-use std::sync::Arc;
 use vdisk::{Changes, Disk, RctId, VdiskError};
 use vhdx::Chain;
 
@@ -28,6 +27,16 @@ pub fn device_error(e: VdiskError) -> DeviceError {
         _ => NBD_EIO,
     };
     DeviceError::new(errno, e.to_string())
+}
+
+/// The NBD error of a machine operation.
+pub fn machine_error(e: MachineError) -> DeviceError {
+    match e {
+        MachineError::Disk(d) => device_error(d),
+        e @ MachineError::Frozen { .. } => DeviceError::new(NBD_EPERM, e.to_string()),
+        e if e.is_no_space() => DeviceError::new(NBD_ENOSPC, e.to_string()),
+        e => DeviceError::new(NBD_EIO, e.to_string()),
+    }
 }
 
 /// The RCT ID a change context names, if it is one.
@@ -202,8 +211,8 @@ impl BlockDevice for LiveDevice {
 pub struct FrozenDevice {
     pub export: String,
     pub chain: Chain,
-    /// For a checkpoint: the registry, machine, disk and its RCT ID.
-    pub tracking: Option<(Arc<Registry>, String, String, RctId)>,
+    /// For a checkpoint: the store, machine, disk and its RCT ID.
+    pub tracking: Option<(Store, String, String, RctId)>,
 }
 
 impl FrozenDevice {
@@ -212,25 +221,17 @@ impl FrozenDevice {
             .tracking
             .as_ref()
             .ok_or_else(|| DeviceError::invalid("this export has no change tracking"))?;
-        let slot = reg.slot(m, d).map_err(device_error)?;
-        let mut g = slot.write();
-        let disk = g
-            .as_mut()
-            .ok_or_else(|| DeviceError::io(format!("{m}/{d} is not open")))?;
-        disk.query_changes(since, Some(until), offset, length, MAX_RANGES)
-            .map_err(device_error)
+        reg.with_held(m, d, |disk| {
+            Ok(disk.query_changes(since, Some(until), offset, length, MAX_RANGES)?)
+        })
+        .map_err(machine_error)
     }
     fn retained(&self) -> Vec<RctId> {
         let Some((reg, m, d, until)) = &self.tracking else {
             return Vec::new();
         };
-        let Ok(slot) = reg.slot(m, d) else {
-            return Vec::new();
-        };
-        let mut g = slot.write();
-        let ids = g
-            .as_mut()
-            .and_then(|d| d.retained_ids().ok())
+        let ids = reg
+            .with_held(m, d, |disk| Ok(disk.retained_ids()?))
             .unwrap_or_default();
         // Only IDs older than the checkpoint describe changes up to it.
         ids.into_iter()

@@ -1,15 +1,11 @@
 //! The CLI's side of the management API: when a daemon answers on
 //! `api.sock`, commands that touch the disks it holds go through it.
-//! Also serves the API over TLS on TCP for the daemon.
 
-use super::api_socket;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use tokio::sync::Notify;
 
 /// An error the daemon answered with.
 #[derive(Debug, thiserror::Error)]
@@ -138,35 +134,7 @@ impl Daemon {
     }
 }
 
-/// Serves the API router over TLS on TCP until `stop` is notified.
-pub async fn serve_api_tls(
-    l: tokio::net::TcpListener,
-    acceptor: tokio_rustls::TlsAcceptor,
-    router: axum::Router,
-    stop: Arc<Notify>,
-) -> anyhow::Result<()> {
-    let stopped = stop.notified();
-    tokio::pin!(stopped);
-    loop {
-        let (s, _) = tokio::select! {
-            r = l.accept() => r?,
-            _ = &mut stopped => return Ok(()),
-        };
-        let acceptor = acceptor.clone();
-        let router = router.clone();
-        tokio::spawn(async move {
-            let Ok(tls) =
-                tokio::time::timeout(std::time::Duration::from_secs(30), acceptor.accept(s))
-                    .await
-                    .map_err(|_| ())
-                    .and_then(|r| r.map_err(|_| ()))
-            else {
-                return;
-            };
-            let svc = hyper_util::service::TowerToHyperService::new(router);
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(tls), svc)
-                .await;
-        });
-    }
+/// Where the daemon of state directory `home` answers the API.
+fn api_socket(home: &Path) -> PathBuf {
+    home.join("api.sock")
 }

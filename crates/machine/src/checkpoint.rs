@@ -14,30 +14,14 @@
 //! tracking about the identity that file will have, so tracking survives a
 //! crash at any point and never mistakes our own switch for a foreign write.
 
-use crate::disk::Disk;
-use crate::error::Result;
-use crate::machine::*;
+use crate::error::{MachineError, Result};
+use crate::hooks;
+use crate::model::*;
+use crate::store::{now, Store};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use uuid::Uuid;
+use vdisk::Disk;
 use vhdx::{create_child, merge_into_parent_as, pending_merge_linkage, Chain, Source, Vhdx};
-
-/// Runs a freeze/thaw hook through the shell.
-fn run_hook(what: &str, cmd: &str) -> Result<()> {
-    let st = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .status()
-        .map_err(|source| crate::VdiskError::Io {
-            path: cmd.to_string(),
-            op: "running a hook",
-            source,
-        })?;
-    if !st.success() {
-        return Err(invalid(format!("{what} command `{cmd}` failed ({st})")));
-    }
-    Ok(())
-}
 
 fn child_path(base: &Path, id: u64, attempt: u32) -> PathBuf {
     let stem = base
@@ -55,10 +39,16 @@ fn child_path(base: &Path, id: u64, attempt: u32) -> PathBuf {
 impl Store {
     /// Opens a machine disk's current file with its tracking.
     pub fn open_disk(&self, m: &Machine, disk: &str, writable: bool) -> Result<Disk> {
-        let d = m
-            .disk(disk)
-            .ok_or_else(|| invalid(format!("machine {} has no disk {disk:?}", m.name)))?;
-        Disk::open_tracked_as(self.fs.clone(), &d.active, &d.base, writable)
+        let d = m.disk(disk).ok_or_else(|| MachineError::NoDisk {
+            machine: m.name.clone(),
+            disk: disk.into(),
+        })?;
+        Ok(Disk::open_tracked_as(
+            self.fs().clone(),
+            &d.active,
+            &d.base,
+            writable,
+        )?)
     }
 
     /// Creates a checkpoint of every disk of the machine.
@@ -74,12 +64,11 @@ impl Store {
             .then(|| m.freeze.clone())
             .flatten();
         if let Some(f) = &freeze {
-            run_hook("freeze", f)?;
+            hooks::run("freeze", f)?;
         }
         // The guest writes while it freezes; the disks are parked (I/O
         // drained and flushed, new I/O waiting) only for the switch.
-        let parked = self.park(name);
-        let result = parked.and_then(|guard| {
+        let result = self.park(name).and_then(|guard| {
             let r = self.checkpoint_disks(&m, id).and_then(|disks| {
                 let mut m = m.clone();
                 for (d, cd) in m.disks.iter_mut().zip(&disks) {
@@ -102,7 +91,7 @@ impl Store {
         });
         if consistency == Consistency::Application {
             if let Some(t) = &m.thaw {
-                run_hook("thaw", t)?;
+                hooks::run("thaw", t)?;
             }
         }
         let m = result?;
@@ -112,7 +101,7 @@ impl Store {
     fn checkpoint_disks(&self, m: &Machine, id: u64) -> Result<Vec<CheckpointDisk>> {
         let mut out = Vec::new();
         for d in &m.disks {
-            let mut disk = Disk::open_tracked_as(self.fs.clone(), &d.active, &d.base, true)?;
+            let mut disk = Disk::open_tracked_as(self.fs().clone(), &d.active, &d.base, true)?;
             let rct_id = if disk.is_tracked() {
                 Some(disk.seal()?.to_string())
             } else {
@@ -125,7 +114,7 @@ impl Store {
                 attempt += 1;
             }
             let child = child_path(&d.base, id, attempt);
-            let c = create_child(&*self.fs, &child, &d.active, None)?;
+            let c = create_child(&**self.fs(), &child, &d.active, None)?;
             let child_identity = format!("vhdx:{}", c.data_write_guid());
             c.close()?;
             disk.adopt_identity(&child_identity)?;
@@ -143,17 +132,20 @@ impl Store {
     fn newest_checkpoint(&self, m: &Machine, id: u64) -> Result<Checkpoint> {
         let cp = m
             .checkpoint(id)
-            .ok_or_else(|| invalid(format!("machine {} has no checkpoint {id}", m.name)))?
+            .ok_or_else(|| MachineError::NoCheckpoint {
+                machine: m.name.clone(),
+                id,
+            })?
             .clone();
         let newest = cp
             .disks
             .iter()
             .all(|cd| m.disk(&cd.name).is_some_and(|d| d.active == cd.child));
         if !newest {
-            return Err(invalid(format!(
-                "checkpoint {id} is not the newest of machine {}; delete or convert newer checkpoints first",
-                m.name
-            )));
+            return Err(MachineError::NotNewest {
+                machine: m.name.clone(),
+                id,
+            });
         }
         Ok(cp)
     }
@@ -194,14 +186,15 @@ impl Store {
         for cd in &cp.disks {
             let base = m.disk(&cd.name).unwrap().base.clone();
             if self.exists_file(&cd.child)? {
-                let g = pending_merge_linkage(&*self.fs, &cd.child)?.unwrap_or_else(Uuid::new_v4);
-                let mut disk = Disk::open_tracked_as(self.fs.clone(), &cd.child, &base, true)?;
+                let g =
+                    pending_merge_linkage(&**self.fs(), &cd.child)?.unwrap_or_else(Uuid::new_v4);
+                let mut disk = Disk::open_tracked_as(self.fs().clone(), &cd.child, &base, true)?;
                 disk.adopt_identity(&format!("vhdx:{g}"))?;
                 disk.close()?;
                 // The child stays until the machine file names the parent:
                 // until then it is the disk's current file, and writes to it
                 // after an interrupted merge are merged when this resumes.
-                merge_into_parent_as(&*self.fs, &cd.child, false, Some(g), &mut |_, _| {})?;
+                merge_into_parent_as(&**self.fs(), &cd.child, false, Some(g), &mut |_, _| {})?;
             }
             let d = m.disks.iter_mut().find(|d| d.name == cd.name).unwrap();
             d.active = cd.frozen.clone();
@@ -212,7 +205,7 @@ impl Store {
         for cd in &cp.disks {
             // Nothing refers to the merged child any more; if it cannot be
             // removed it is only wasted space.
-            let _ = self.fs.remove(&cd.child);
+            let _ = self.fs().remove(&cd.child);
         }
         Ok(cp)
     }
@@ -224,7 +217,10 @@ impl Store {
         let m = self.load(name)?;
         let cp = self.newest_checkpoint(&m, id)?;
         if cp.kind != CheckpointKind::Recovery {
-            return Err(invalid(format!("checkpoint {id} is a standard checkpoint; only recovery checkpoints become reference points")));
+            return Err(MachineError::NotRecovery {
+                machine: name.into(),
+                id,
+            });
         }
         let rp = ReferencePoint {
             id: cp.id,
@@ -257,9 +253,9 @@ impl Store {
         let mut new_children = Vec::new();
         for cd in &cp.disks {
             let base = m.disk(&cd.name).unwrap().base.clone();
-            let mut disk = Disk::open_tracked_as(self.fs.clone(), &cd.child, &base, true)?;
+            let mut disk = Disk::open_tracked_as(self.fs().clone(), &cd.child, &base, true)?;
             // Everything the child holds goes back to the checkpoint's content.
-            let child = Vhdx::open(&*self.fs, &cd.child, false)?;
+            let child = Vhdx::open(&**self.fs(), &cd.child, false)?;
             for x in child.resolve(0, child.virtual_size())? {
                 if x.source != Source::Parent {
                     disk.mark_changed(x.offset, x.len)?;
@@ -271,7 +267,7 @@ impl Store {
                 attempt += 1;
             }
             let fresh = child_path(&base, id, attempt);
-            let c = create_child(&*self.fs, &fresh, &cd.frozen, None)?;
+            let c = create_child(&**self.fs(), &fresh, &cd.frozen, None)?;
             disk.adopt_identity(&format!("vhdx:{}", c.data_write_guid()))?;
             c.close()?;
             disk.close()?;
@@ -286,7 +282,7 @@ impl Store {
         }
         self.save(&m)?;
         for (_, old, _) in new_children {
-            let _ = self.fs.remove(&old);
+            let _ = self.fs().remove(&old);
         }
         Ok(())
     }
@@ -297,7 +293,10 @@ impl Store {
         let mut m = self.load(name)?;
         let rp = m
             .reference_point(id)
-            .ok_or_else(|| invalid(format!("machine {name} has no reference point {id}")))?
+            .ok_or_else(|| MachineError::NoReferencePoint {
+                machine: name.into(),
+                id,
+            })?
             .clone();
         for rd in &rp.disks {
             let Some(idstr) = &rd.rct_id else { continue };
@@ -325,13 +324,26 @@ impl Store {
         self.save(&m)
     }
 
+    /// The consistency a checkpoint of `m` gets when none is asked for:
+    /// application-consistent when the machine has freeze/thaw hooks.
+    pub fn default_consistency(m: &Machine) -> Consistency {
+        if m.freeze.is_some() {
+            Consistency::Application
+        } else {
+            Consistency::Crash
+        }
+    }
+
     /// Opens the frozen content of a checkpoint's disk, read-only.
     pub fn open_checkpoint_disk(&self, cp: &Checkpoint, disk: &str) -> Result<Chain> {
         let cd = cp
             .disks
             .iter()
             .find(|d| d.name == disk)
-            .ok_or_else(|| invalid(format!("checkpoint {} has no disk {disk}", cp.id)))?;
-        Ok(Chain::open(&*self.fs, &cd.frozen, false)?)
+            .ok_or_else(|| MachineError::NoDisk {
+                machine: format!("checkpoint {}", cp.id),
+                disk: disk.into(),
+            })?;
+        Ok(Chain::open(&**self.fs(), &cd.frozen, false)?)
     }
 }

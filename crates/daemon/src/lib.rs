@@ -1,17 +1,29 @@
-//! `refpoint serve`: the daemon. It holds every machine disk open
-//! (read-write, tracked) and serves it over NBD as `<machine>/<disk>`,
-//! checkpoints and backup points read-only, and answers the management
-//! API. The CLI talks to it when it runs (see [`client`]).
+//! # daemon — the refpoint daemon as a library
+//!
+//! It holds every machine disk open (read-write, tracked) in the machine
+//! store's pool and serves it over NBD as `<machine>/<disk>`, checkpoints
+//! and backup points read-only, and answers the management API.
+//! `refpoint serve` parses its flags into [`ServeOptions`] and calls
+//! [`run`]; protocol front ends plug in beside NBD the same way.
 //!
 //! ```text
-//!  NBD clients ──► nbd.sock / --listen (TLS) ──► nbd::Server ──► DaemonExports
-//!                                                                  │
-//!  CLI, tools ───► api.sock / --api-listen (TLS + token) ──► Api   │
-//!                                                          │       ▼
-//!                                  gated Store (checkpoints, ──► Registry: one slot
-//!                                  merges, backups park the       per machine disk,
-//!                                  machine's slots)               RwLock<Option<Disk>>
+//!  NBD clients ──► nbd.sock / --listen (TLS) ──► nbd::Server ──► exports.rs ─► device.rs
+//!                                                                               │
+//!  CLI, tools ───► api.sock / --api-listen (https.rs, TLS + token) ──► api.rs   │
+//!                                                          │  jobs.rs           ▼
+//!                                  machine::Store (checkpoints, ──► pool: one slot per
+//!                                  merges, backups park the         machine disk,
+//!                                  machine's slots)                 RwLock<Option<Disk>>
 //! ```
+//!
+//! * `lib.rs`      options, listeners, start-up and shutdown
+//! * `api.rs`      the management API's routes and handlers
+//! * `https.rs`    the API over TLS on TCP
+//! * `exports.rs`  export names and the NBD export catalog
+//! * `device.rs`   NBD block devices over live and frozen disks
+//! * `jobs.rs`     long operations (backup, restore, verify) with progress
+//! * `tracking.rs` tracking status and changes as the API answers them
+//! * `error.rs`    [`DaemonError`]
 //!
 //! Shutdown (SIGTERM, SIGINT, `POST /v1/shutdown`): stop accepting, let
 //! in-flight requests and running jobs finish, flush and close every disk.
@@ -19,23 +31,27 @@
 //! journals: every write acknowledged by a flush is there, and every write
 //! that reached a disk file is in its changes.
 
-pub mod api;
-pub mod client;
-pub mod device;
-pub mod exports;
-pub mod jobs;
-pub mod registry;
+#![forbid(unsafe_code)]
 
-use anyhow::{bail, Context, Result};
+pub mod api;
+pub mod device;
+mod error;
+pub mod exports;
+mod https;
+pub mod jobs;
+pub mod tracking;
+
+pub use error::{DaemonError, Result};
+
+use error::io;
+use machine::Store;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use storage::LocalFs;
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Notify;
-use vdisk::Store;
 
 /// Where a daemon of state directory `home` listens.
 pub fn nbd_socket(home: &Path) -> PathBuf {
@@ -61,6 +77,7 @@ pub struct ServeOptions {
     pub token_file: Option<PathBuf>,
 }
 
+/// Runs the daemon until SIGTERM, SIGINT or `POST /v1/shutdown`.
 pub fn run(o: ServeOptions) -> Result<()> {
     // Plain NBD writes run on the connection's task and may wait for the
     // disk (page-cache throttling, a checkpoint switch): more workers than
@@ -70,7 +87,8 @@ pub fn run(o: ServeOptions) -> Result<()> {
         .worker_threads((cpus * 2).max(4))
         .enable_all()
         .thread_name("refpoint-serve")
-        .build()?;
+        .build()
+        .map_err(DaemonError::Runtime)?;
     rt.block_on(serve(o))
 }
 
@@ -79,16 +97,16 @@ pub fn run(o: ServeOptions) -> Result<()> {
 async fn bind_unix(path: &Path) -> Result<UnixListener> {
     if path.exists() {
         if UnixStream::connect(path).await.is_ok() {
-            bail!(
-                "a refpoint daemon already listens on {}; stop it first (refpoint serve --stop) or use another state directory",
-                path.display()
-            );
+            return Err(DaemonError::AlreadyRunning { path: path.into() });
         }
-        std::fs::remove_file(path)
-            .with_context(|| format!("removing the stale socket {}", path.display()))?;
+        std::fs::remove_file(path).map_err(io(path, "removing the stale socket"))?;
     }
-    let l = UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let l = UnixListener::bind(path).map_err(|source| DaemonError::Listen {
+        addr: path.display().to_string(),
+        source,
+    })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(io(path, "restricting access to"))?;
     Ok(l)
 }
 
@@ -96,7 +114,10 @@ async fn bind_tcp(addr: Option<SocketAddr>) -> Result<Option<tokio::net::TcpList
     let Some(addr) = addr else { return Ok(None) };
     let l = tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("listening on {addr}"))?;
+        .map_err(|source| DaemonError::Listen {
+            addr: addr.to_string(),
+            source,
+        })?;
     Ok(Some(l))
 }
 
@@ -108,10 +129,7 @@ fn token(o: &ServeOptions) -> Result<String> {
     if let Ok(t) = std::fs::read_to_string(&path) {
         let t = t.trim().to_string();
         if t.len() < 16 {
-            bail!(
-                "the token in {} is shorter than 16 characters",
-                path.display()
-            );
+            return Err(DaemonError::ShortToken { path });
         }
         return Ok(t);
     }
@@ -120,22 +138,22 @@ fn token(o: &ServeOptions) -> Result<String> {
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     );
-    std::fs::write(&path, format!("{t}\n"))
-        .with_context(|| format!("writing {}", path.display()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::write(&path, format!("{t}\n")).map_err(io(&path, "writing"))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(io(&path, "restricting access to"))?;
     eprintln!("API token written to {}", path.display());
     Ok(t)
 }
 
 async fn serve(o: ServeOptions) -> Result<()> {
-    std::fs::create_dir_all(&o.home).with_context(|| format!("creating {}", o.home.display()))?;
+    std::fs::create_dir_all(&o.home).map_err(io(&o.home, "creating"))?;
     let tls = match (&o.tls_cert, &o.tls_key) {
         (Some(c), Some(k)) => Some(nbd::tls::server_config(c, k, o.tls_client_ca.as_deref())?),
         (None, None) => None,
-        _ => bail!("--tls-cert and --tls-key go together"),
+        _ => return Err(DaemonError::TlsIncomplete),
     };
     if (o.listen.is_some() || o.api_listen.is_some()) && tls.is_none() {
-        bail!("listening on TCP needs TLS: give --tls-cert and --tls-key (PEM files)");
+        return Err(DaemonError::TlsRequired);
     }
     // Before binding anything or opening disks: a bad token file leaves
     // no sockets behind.
@@ -155,22 +173,22 @@ async fn serve(o: ServeOptions) -> Result<()> {
         }
     };
 
-    let store = Store::new(Arc::new(LocalFs), &o.home);
-    let registry = registry::Registry::new(store);
-    let r = registry.clone();
-    let problems = tokio::task::spawn_blocking(move || r.open_all()).await?;
+    let store = Store::local(&o.home);
+    let s = store.clone();
+    let problems = tokio::task::spawn_blocking(move || s.hold_all())
+        .await
+        .unwrap_or_else(|e| vec![format!("opening the disks panicked: {e}")]);
     for p in &problems {
         tracing::warn!("not serving {p}");
     }
     let exports = Arc::new(exports::DaemonExports {
-        registry: registry.clone(),
+        store: store.clone(),
     });
     let server = nbd::Server::new(exports, tls.clone());
     let shutdown = Arc::new(Notify::new());
     let jobs = Arc::new(jobs::Jobs::default());
     let api_state = api::Api {
-        registry: registry.clone(),
-        store: registry.gated_store(),
+        store: store.clone(),
         jobs: jobs.clone(),
         shutdown: shutdown.clone(),
         token: None,
@@ -179,16 +197,14 @@ async fn serve(o: ServeOptions) -> Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
     {
         let s = server.clone();
-        tasks.spawn(async move {
-            s.serve_unix(nbd_listener)
-                .await
-                .map_err(anyhow::Error::from)
-        });
+        tasks.spawn(async move { s.serve_unix(nbd_listener).await });
     }
     if let Some(l) = nbd_tcp {
-        eprintln!("NBD on {} (TLS required)", l.local_addr()?);
+        if let Ok(a) = l.local_addr() {
+            eprintln!("NBD on {a} (TLS required)");
+        }
         let s = server.clone();
-        tasks.spawn(async move { s.serve_tcp(l, true).await.map_err(anyhow::Error::from) });
+        tasks.spawn(async move { s.serve_tcp(l, true).await });
     }
     let stop_api = Arc::new(Notify::new());
     {
@@ -198,15 +214,16 @@ async fn serve(o: ServeOptions) -> Result<()> {
             axum::serve(api_listener, router)
                 .with_graceful_shutdown(async move { stop.notified().await })
                 .await
-                .map_err(anyhow::Error::from)
         });
     }
     if let Some(l) = api_tcp {
         let mut state = api_state.clone();
         state.token = api_token;
-        eprintln!("API on https://{} (token required)", l.local_addr()?);
+        if let Ok(a) = l.local_addr() {
+            eprintln!("API on https://{a} (token required)");
+        }
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.clone().expect("checked above"));
-        tasks.spawn(client::serve_api_tls(
+        tasks.spawn(https::serve_api_tls(
             l,
             acceptor,
             api::router(state),
@@ -217,7 +234,7 @@ async fn serve(o: ServeOptions) -> Result<()> {
         "refpoint daemon: NBD on {}, API on {} ({} machine disks open{})",
         o.nbd_socket.display(),
         o.api_socket.display(),
-        registry.open_count(),
+        store.held_count(),
         if problems.is_empty() {
             String::new()
         } else {
@@ -225,7 +242,8 @@ async fn serve(o: ServeOptions) -> Result<()> {
         }
     );
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(DaemonError::Runtime)?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {},
         _ = term.recv() => {},
@@ -242,15 +260,17 @@ async fn serve(o: ServeOptions) -> Result<()> {
     }
     while let Some(r) = tasks.join_next().await {
         if let Ok(Err(e)) = r {
-            tracing::warn!("listener ended with {e:#}");
+            tracing::warn!("listener ended with {e}");
         }
     }
-    let r = registry.clone();
-    let problems = tokio::task::spawn_blocking(move || r.close_all()).await?;
+    let s = store.clone();
+    let problems = tokio::task::spawn_blocking(move || s.release_all())
+        .await
+        .unwrap_or_else(|e| vec![format!("closing the disks panicked: {e}")]);
     let _ = std::fs::remove_file(&o.nbd_socket);
     let _ = std::fs::remove_file(&o.api_socket);
     if !problems.is_empty() {
-        bail!("closing disks failed: {}", problems.join("; "));
+        return Err(DaemonError::Close { problems });
     }
     eprintln!("refpoint daemon: every disk flushed and closed");
     Ok(())

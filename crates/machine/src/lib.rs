@@ -1,0 +1,44 @@
+//! # machine — machines, checkpoints, reference points, the disk pool
+//!
+//! A machine is a named set of tracked disks (Hyper-V's virtual machine)
+//! with optional freeze/thaw hooks; its checkpoints freeze every disk at
+//! once, and a converted recovery checkpoint leaves a reference point: the
+//! RCT IDs the next incremental backup starts from.
+//!
+//! ```text
+//! Store (one state directory; clones share one pool)
+//!  ├─ store.rs       load / save / list / create / remove machine files
+//!  ├─ model.rs       Machine, MachineDisk, Checkpoint, ReferencePoint (the file format)
+//!  ├─ checkpoint.rs  create / delete / apply / convert, destroy reference points
+//!  ├─ hooks.rs       freeze / thaw commands (exit code and stderr on failure)
+//!  ├─ pool.rs        disks held open (the daemon), parked while files switch
+//!  ├─ resolve.rs     MACHINE/DISK arguments and the frozen-file rule
+//!  └─ home.rs        the state directory
+//! ```
+//!
+//! Every operation that switches or merges a machine's files parks the
+//! disks the pool holds for it (in-flight I/O drains, the disks close, new
+//! I/O waits) and reopens them on the machine's new files afterwards, so
+//! the command line and the daemon run the same code. Callers that may run
+//! operations concurrently serialize them per machine with
+//! [`Store::lock_machine`].
+
+#![forbid(unsafe_code)]
+
+mod checkpoint;
+mod error;
+pub mod home;
+mod hooks;
+mod model;
+mod pool;
+mod resolve;
+mod store;
+
+pub use error::{MachineError, Result};
+pub use model::{
+    BackupLink, Checkpoint, CheckpointDisk, CheckpointKind, Consistency, Machine, MachineDisk,
+    ReferenceDisk, ReferencePoint,
+};
+pub use pool::{MachineLock, Parked, Slot};
+pub use resolve::Target;
+pub use store::{valid_name, Store};
