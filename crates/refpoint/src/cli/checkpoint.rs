@@ -1,0 +1,147 @@
+//! `refpoint checkpoint create|list|apply|delete|convert`.
+
+use super::*;
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum KindArg {
+    Standard,
+    Recovery,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub(crate) enum ConsistencyArg {
+    Application,
+    Crash,
+}
+
+#[derive(Subcommand)]
+pub(crate) enum CheckpointCmd {
+    /// Give every disk a new differencing child; the parents become a frozen, consistent image.
+    Create {
+        machine: String,
+        #[arg(long, value_enum, default_value = "standard")]
+        kind: KindArg,
+        /// application runs the machine's freeze/thaw commands around it.
+        #[arg(long, value_enum)]
+        consistency: Option<ConsistencyArg>,
+    },
+    List {
+        machine: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revert the machine to a checkpoint (the newest); later changes are discarded.
+    Apply { machine: String, checkpoint: u64 },
+    /// Merge a checkpoint (the newest) back; crash-safe, run again to resume.
+    Delete { machine: String, checkpoint: u64 },
+    /// Turn a recovery checkpoint into a reference point (merge back, keep the RCT IDs).
+    Convert { machine: String, checkpoint: u64 },
+}
+
+pub(crate) fn run(c: CheckpointCmd) -> Result<ExitCode> {
+    use ::machine::{CheckpointKind, Consistency};
+    let st = refpoint::machines::store();
+    match c {
+        CheckpointCmd::Create {
+            machine,
+            kind,
+            consistency,
+        } => {
+            let kind = match kind {
+                KindArg::Standard => CheckpointKind::Standard,
+                KindArg::Recovery => CheckpointKind::Recovery,
+            };
+            let has_hooks = st.load(&machine)?.freeze.is_some();
+            let consistency = match consistency {
+                Some(ConsistencyArg::Application) => Consistency::Application,
+                Some(ConsistencyArg::Crash) => Consistency::Crash,
+                None if has_hooks => Consistency::Application,
+                None => Consistency::Crash,
+            };
+            let cp: ::machine::Checkpoint = match refpoint::machines::daemon() {
+                Some(d) => serde_json::from_value(d.post(
+                    &format!("/v1/machines/{machine}/checkpoints"),
+                    serde_json::json!({
+                        "kind": if kind == CheckpointKind::Recovery { "recovery" } else { "standard" },
+                        "consistency": if consistency == Consistency::Application { "application" } else { "crash" },
+                    }),
+                )?)?,
+                None => st.create_checkpoint(&machine, kind, consistency)?,
+            };
+            println!("checkpoint {} of {machine} created", cp.id);
+            for d in &cp.disks {
+                println!(
+                    "  {}: frozen {}, writes go to {}",
+                    d.name,
+                    d.frozen.display(),
+                    d.child.display()
+                );
+                if let Some(id) = &d.rct_id {
+                    println!("    RCT ID {id}");
+                }
+            }
+        }
+        CheckpointCmd::List { machine, json } => {
+            let m = st.load(&machine)?;
+            if json {
+                print_json(&m.checkpoints)?;
+            } else {
+                for c in &m.checkpoints {
+                    println!(
+                        "{}  {:?}  {:?}  {}",
+                        c.id,
+                        c.kind,
+                        c.consistency,
+                        refpoint::machines::time(c.created)
+                    );
+                }
+            }
+        }
+        CheckpointCmd::Apply {
+            machine,
+            checkpoint,
+        } => {
+            match refpoint::machines::daemon() {
+                Some(d) => {
+                    d.post(
+                        &format!("/v1/machines/{machine}/checkpoints/{checkpoint}/apply"),
+                        serde_json::json!({}),
+                    )?;
+                }
+                None => st.apply_checkpoint(&machine, checkpoint)?,
+            }
+            println!("{machine} reverted to checkpoint {checkpoint}");
+        }
+        CheckpointCmd::Delete {
+            machine,
+            checkpoint,
+        } => {
+            match refpoint::machines::daemon() {
+                Some(d) => {
+                    d.delete(&format!("/v1/machines/{machine}/checkpoints/{checkpoint}"))?;
+                }
+                None => {
+                    st.delete_checkpoint(&machine, checkpoint)?;
+                }
+            }
+            println!("checkpoint {checkpoint} of {machine} merged back and deleted");
+        }
+        CheckpointCmd::Convert {
+            machine,
+            checkpoint,
+        } => {
+            let r: ::machine::ReferencePoint = match refpoint::machines::daemon() {
+                Some(d) => serde_json::from_value(d.post(
+                    &format!("/v1/machines/{machine}/checkpoints/{checkpoint}/convert"),
+                    serde_json::json!({}),
+                )?)?,
+                None => st.convert_checkpoint(&machine, checkpoint)?,
+            };
+            println!(
+                "checkpoint {checkpoint} of {machine} is now reference point {}",
+                r.id
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
