@@ -211,6 +211,8 @@ impl BlockDevice for LiveDevice {
 pub struct FrozenDevice {
     pub export: String,
     pub chain: Chain,
+    /// Why it cannot be written (a checkpoint's: the frozen-file rule).
+    pub read_only_reason: String,
     /// For a checkpoint: the store, machine, disk and its RCT ID.
     pub tracking: Option<(Store, String, String, RctId)>,
 }
@@ -258,17 +260,20 @@ impl BlockDevice for FrozenDevice {
             .read(offset, buf)
             .map_err(|e| device_error(e.into()))
     }
+    fn read_only_reason(&self) -> String {
+        self.read_only_reason.clone()
+    }
     fn write(&self, _: u64, _: &[u8], _: bool) -> DeviceResult<()> {
-        Err(DeviceError::new(NBD_EPERM, "read-only export"))
+        Err(DeviceError::new(NBD_EPERM, self.read_only_reason()))
     }
     fn flush(&self) -> DeviceResult<()> {
         Ok(())
     }
     fn trim(&self, _: u64, _: u64) -> DeviceResult<()> {
-        Err(DeviceError::new(NBD_EPERM, "read-only export"))
+        Err(DeviceError::new(NBD_EPERM, self.read_only_reason()))
     }
     fn write_zeroes(&self, _: u64, _: u64, _: bool) -> DeviceResult<()> {
-        Err(DeviceError::new(NBD_EPERM, "read-only export"))
+        Err(DeviceError::new(NBD_EPERM, self.read_only_reason()))
     }
     fn allocation(&self, offset: u64, length: u64) -> DeviceResult<Vec<Extent>> {
         let map = self

@@ -176,9 +176,18 @@ impl Exports for DaemonExports {
                     .as_ref()
                     .and_then(|s| s.parse().ok())
                     .map(|until| (self.store.clone(), machine.clone(), disk.clone(), until));
+                let live = m.disk(&disk).map(|d| d.active.clone());
+                let read_only_reason = machine::MachineError::Frozen {
+                    path: cd.frozen.clone(),
+                    machine: machine.clone(),
+                    disk: disk.clone(),
+                    active: live.unwrap_or_default(),
+                }
+                .to_string();
                 Ok(Arc::new(FrozenDevice {
                     export: name.to_string(),
                     chain,
+                    read_only_reason,
                     tracking,
                 }))
             }
@@ -193,6 +202,9 @@ impl Exports for DaemonExports {
                 Ok(Arc::new(FrozenDevice {
                     export: name.to_string(),
                     chain,
+                    read_only_reason: format!(
+                        "{name} is a backup point, read-only; restore it to write to it"
+                    ),
                     tracking: None,
                 }))
             }

@@ -64,7 +64,16 @@ impl Store {
             .then(|| m.freeze.clone())
             .flatten();
         if let Some(f) = &freeze {
-            hooks::run("freeze", f)?;
+            if let Err(e) = hooks::run("freeze", f) {
+                // A freeze may fail half way (one file system of several):
+                // thaw whatever it froze.
+                if let Some(t) = &m.thaw {
+                    if let Err(te) = hooks::run("thaw", t) {
+                        tracing::error!("{name}: thawing after a failed freeze: {te}");
+                    }
+                }
+                return Err(e);
+            }
         }
         // The guest writes while it freezes; the disks are parked (I/O
         // drained and flushed, new I/O waiting) only for the switch.

@@ -19,6 +19,8 @@ pub enum MachineError {
     NoDisks,
     #[error("disk {} does not exist", path.display())]
     DiskFileMissing { path: PathBuf },
+    #[error("{} is already a disk of machine {machine}", path.display())]
+    DiskInUse { path: PathBuf, machine: String },
     #[error("machine {machine} has no disk {disk:?}")]
     NoDisk { machine: String, disk: String },
     #[error("machine {machine} has no checkpoint {id}")]
@@ -133,6 +135,7 @@ impl MachineError {
                 | MachineError::DuplicateDisk { .. }
                 | MachineError::NoDisks
                 | MachineError::DiskFileMissing { .. }
+                | MachineError::DiskInUse { .. }
                 | MachineError::NotNewest { .. }
                 | MachineError::NotRecovery { .. }
                 | MachineError::HasCheckpoints { .. }

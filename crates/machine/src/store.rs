@@ -182,6 +182,18 @@ impl Store {
             if !self.exists_file(&p)? {
                 return Err(MachineError::DiskFileMissing { path: p });
             }
+            // Tracking would be enabled on it, which writes the file.
+            self.check_not_frozen(&p)?;
+            if let Some(other) = self
+                .list()?
+                .into_iter()
+                .find(|m| m.active_disk(&p).is_some())
+            {
+                return Err(MachineError::DiskInUse {
+                    path: p,
+                    machine: other.name,
+                });
+            }
             out.push(MachineDisk {
                 name: n,
                 base: p.clone(),

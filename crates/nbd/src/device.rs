@@ -77,6 +77,11 @@ impl Default for BlockSize {
 pub trait BlockDevice: Send + Sync {
     fn size(&self) -> u64;
     fn read_only(&self) -> bool;
+    /// Why writes are refused on a read-only export: the message of the
+    /// EPERM error a structured reply carries.
+    fn read_only_reason(&self) -> String {
+        "the export is read-only".into()
+    }
     fn block_size(&self) -> BlockSize {
         BlockSize::default()
     }

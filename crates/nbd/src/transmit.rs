@@ -293,6 +293,9 @@ async fn write_reply(w: &mut BufWriter<WriteHalf<Box<dyn Stream>>>, parts: &Repl
 fn run(s: &Session, w: Work) -> Reply {
     let cookie = w.req.cookie;
     match w.verdict {
+        Err(NBD_EPERM) if s.device.read_only() => {
+            error_reply(s, cookie, NBD_EPERM, &s.device.read_only_reason())
+        }
         Err(errno) => error_reply(s, cookie, errno, "request refused"),
         Ok(()) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             execute(s, w.req, w.payload)
