@@ -24,6 +24,7 @@ mod table;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use refpoint::units::parse_size;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -80,22 +81,6 @@ pub struct Config {
     pub refpoint: PathBuf,
     /// Where that copy came from.
     pub refpoint_built: PathBuf,
-}
-
-fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim().trim_end_matches("iB").trim_end_matches('B');
-    let (num, shift) = match t.chars().last() {
-        Some('K' | 'k') => (&t[..t.len() - 1], 10),
-        Some('M' | 'm') => (&t[..t.len() - 1], 20),
-        Some('G' | 'g') => (&t[..t.len() - 1], 30),
-        Some('T' | 't') => (&t[..t.len() - 1], 40),
-        _ => (t, 0),
-    };
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a size (examples: 2G, 256M)"))?;
-    n.checked_mul(1 << shift)
-        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Builds the refpoint binary with the cargo that runs us and returns its

@@ -1,33 +1,11 @@
 //! Setting a benchmark run up the same way in every binary.
 
 use anyhow::{ensure, Context, Result};
+pub use refpoint::units::parse_size;
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-/// A size on the command line: a number with an optional K, M, G or T
-/// suffix (binary units).
-pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    let s = s.trim();
-    let (num, mult) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m = match c.to_ascii_uppercase() {
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => return Err(format!("unknown size suffix in {s:?} (K, M, G, T)")),
-            };
-            (&s[..i], m)
-        }
-        _ => (s, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| format!("{s:?} is not a size"))
-}
 
 /// The binaries every benchmark runs, as command-line options.
 #[derive(clap::Args)]

@@ -11,6 +11,7 @@
 use anyhow::{ensure, Context, Result};
 use rand::rngs::SmallRng;
 use rand::{Rng, RngCore, SeedableRng};
+use refpoint::units::human;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -424,29 +425,4 @@ pub fn run(o: &Options) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn human(b: u64) -> String {
-    if b >= 1 << 40 && b.is_multiple_of(1 << 40) {
-        format!("{} TiB", b >> 40)
-    } else if b >= GIB && b.is_multiple_of(GIB) {
-        format!("{} GiB", b / GIB)
-    } else {
-        format!("{} MiB", b / MIB)
-    }
-}
-
-/// Parses `4G`, `512M`, `64K` or plain bytes.
-pub fn parse_size(s: &str) -> Result<u64> {
-    let s = s.trim();
-    let (num, mult) = match s.chars().last() {
-        Some('K' | 'k') => (&s[..s.len() - 1], KIB),
-        Some('M' | 'm') => (&s[..s.len() - 1], MIB),
-        Some('G' | 'g') => (&s[..s.len() - 1], GIB),
-        Some('T' | 't') => (&s[..s.len() - 1], 1 << 40),
-        _ => (s, 1),
-    };
-    let n: u64 = num.parse().with_context(|| format!("bad size {s:?}"))?;
-    n.checked_mul(mult)
-        .with_context(|| format!("size {s:?} is too large"))
 }

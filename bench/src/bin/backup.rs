@@ -32,6 +32,7 @@ use anyhow::{ensure, Context, Result};
 use clap::Parser;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
+use refpoint::units::human;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};
@@ -493,17 +494,6 @@ struct Report<'a> {
     qemu_secs: f64,
     qemu_alloc: u64,
     rounds: &'a [Round],
-}
-
-fn human(b: u64) -> String {
-    let b = b as f64;
-    if b >= GIB as f64 {
-        format!("{:.2} GiB", b / GIB as f64)
-    } else if b >= MIB as f64 {
-        format!("{:.1} MiB", b / MIB as f64)
-    } else {
-        format!("{:.0} KiB", b / 1024.0)
-    }
 }
 
 fn rate(bytes: u64, secs: f64) -> String {

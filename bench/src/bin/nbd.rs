@@ -33,6 +33,7 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
+use refpoint::units::human;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};
@@ -1008,16 +1009,6 @@ fn fs_type(p: &Path) -> Result<String> {
 fn free_bytes(p: &Path) -> Result<u64> {
     let st = nix::sys::statvfs::statvfs(p)?;
     Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
-}
-
-fn human(b: u64) -> String {
-    if b >= GIB && b.is_multiple_of(GIB) {
-        format!("{} GiB", b / GIB)
-    } else if b >= GIB {
-        format!("{:.2} GiB", b as f64 / GIB as f64)
-    } else {
-        format!("{} MiB", b / MIB)
-    }
 }
 
 #[cfg(test)]

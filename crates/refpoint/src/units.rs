@@ -34,20 +34,9 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
-/// `1.5 GiB`-style rendering for humans.
+/// `1.50 GiB`-style rendering for humans (binary units).
 pub fn human(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u < UNITS.len() - 1 {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.2} {}", UNITS[u])
-    }
+    indicatif::HumanBytes(n).to_string()
 }
 
 #[cfg(test)]
@@ -65,5 +54,7 @@ mod tests {
         assert!(parse_size("G").is_err());
         assert!(parse_size("99999999999T").is_err());
         assert_eq!(human(3 << 30), "3.00 GiB");
+        assert_eq!(human(1536), "1.50 KiB");
+        assert_eq!(human(512), "512 B");
     }
 }
