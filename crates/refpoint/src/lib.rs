@@ -1,19 +1,27 @@
 //! # refpoint — the command-line front end
 //!
-//! A thin binary over the library crates: `main.rs` parses arguments and
-//! hands off to the modules here, which hold the logic the commands share.
+//! The binary (`main.rs`) parses `refpoint <noun> <verb>` and hands each
+//! noun to its module under `cli/`; the modules here are what those
+//! commands share. Business rules live in the library crates (`machine`,
+//! `backup`, `vdisk`, `vhdx`); this crate prints, asks and adds the hints.
 //!
 //! ```text
-//! refpoint vhd create|info|check|map|convert|compare|merge
-//! refpoint rct enable|disable|status|seal|release|changes · disk write
+//! main.rs ─► cli/vhd.rs  cli/rct.rs  cli/disk.rs  cli/machine.rs  cli/checkpoint.rs
+//!            cli/reference.rs  cli/backup.rs (backup, restore, verify)  cli/serve.rs
 //!        │
-//!        ├─ image.rs    one readable disk: raw file or VHDX chain
-//!        ├─ convert.rs  image → VHDX (fixed/dynamic) or raw, skipping zeros
-//!        ├─ compare.rs  first differing byte of two images
-//!        ├─ report.rs   info / map / check as text or JSON
-//!        ├─ tracking.rs change tracking through `vdisk`
-//!        └─ units.rs    sizes with K/M/G/T suffixes
+//!        ├─ image.rs          one readable disk: raw file or VHDX chain
+//!        ├─ convert.rs        image → VHDX (fixed/dynamic) or raw, skipping zeros
+//!        ├─ compare.rs        first differing byte of two images
+//!        ├─ report.rs         info / map / check as text or JSON
+//!        ├─ tracking.rs       rct / disk write on local files and machine disks
+//!        ├─ machines.rs       the state directory's store, and its daemon if one runs
+//!        ├─ daemon_client.rs  the daemon's API as the CLI calls it
+//!        ├─ demo.rs           `refpoint demo run`
+//!        ├─ progress.rs       progress bars (hidden off a terminal and with --json)
+//!        └─ units.rs          sizes with K/M/G/T suffixes, and back
 //! ```
+//!
+//! `refpoint serve` runs the `daemon` crate.
 
 pub mod compare;
 pub mod convert;
