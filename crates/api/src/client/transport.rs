@@ -60,7 +60,7 @@ impl Endpoint {
                 let s = tokio::net::UnixStream::connect(path)
                     .await
                     .map_err(|e| e.to_string())?;
-                let req = request(&out, HeaderValue::from_static("refpoint"), None)?;
+                let req = request(out, HeaderValue::from_static("refpoint"), None)?;
                 exchange_on(s, req).await
             }
             Endpoint::Https {
@@ -82,7 +82,7 @@ impl Endpoint {
                     .await
                     .map_err(|_| format!("no connection within {CONNECT_TIMEOUT:?}"))??;
                 let host = HeaderValue::from_str(addr).map_err(|e| e.to_string())?;
-                let req = request(&out, host, Some(authorization.clone()))?;
+                let req = request(out, host, Some(authorization.clone()))?;
                 exchange_on(tls, req).await
             }
         }
@@ -90,7 +90,7 @@ impl Endpoint {
 }
 
 fn request(
-    out: &Outgoing,
+    out: Outgoing,
     host: HeaderValue,
     authorization: Option<HeaderValue>,
 ) -> Result<hyper::Request<Full<Bytes>>, String> {
@@ -101,10 +101,10 @@ fn request(
     if let Some(a) = authorization {
         b = b.header(AUTHORIZATION, a);
     }
-    let body = match &out.json {
+    let body = match out.json {
         Some(json) => {
             b = b.header(CONTENT_TYPE, "application/json");
-            Bytes::from(json.clone())
+            Bytes::from(json)
         }
         None => Bytes::new(),
     };
