@@ -29,6 +29,9 @@
 //!   types' schemas, error answers and bearer scheme included.
 //! * [`Client`] — one method per route, named as its operation id, plus
 //!   [`Client::wait_job`] and `run_backup` / `run_restore` / `run_verify`.
+//! * [`Machines`] — the machines as a trait: [`Client`] implements it
+//!   through the daemon, the daemon's service over a local store, so every
+//!   command is written once.
 //! * [`ApiError`] — what a call can fail with; [`ErrorBody`] and
 //!   [`ErrorKind`] — the error answer on the wire and its stable kinds,
 //!   each with the HTTP status the daemon sends it with.
@@ -51,11 +54,13 @@
 mod client;
 mod encode;
 mod error;
+mod machines;
 mod openapi;
 pub mod routes;
 pub mod types;
 
 pub use client::{Client, DEFAULT_POLL_INTERVAL, SOCKET_NAME};
 pub use error::ApiError;
+pub use machines::{Machines, Progress};
 pub use openapi::{openapi, BEARER};
 pub use types::*;

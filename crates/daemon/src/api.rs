@@ -1,203 +1,186 @@
-//! The management API: HTTP/JSON on a unix socket in the state directory
-//! (and, with `--api-listen`, on TCP with TLS and a bearer token). The
-//! OpenAPI document is served at `/v1/openapi.json`.
+//! The management API over HTTP: every route of [`api::routes`] mounted on
+//! its handler. Handlers decode the request into the `api` types, run the
+//! [`Service`] on a blocking thread and answer with its result; every
+//! error answer is an [`ErrorBody`] with the status its kind maps to.
+//! Served on a unix socket in the state directory and, with
+//! `--api-listen`, on TCP with TLS and a bearer token.
 
+use crate::convert::{invalid, not_found};
 use crate::jobs::Jobs;
-use crate::tracking::{self, ChangesResult, ErrorOut};
-use axum::extract::{Path, Query, State};
+use crate::service::Service;
+use api::routes::{self, Method, Route};
+use api::*;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
-use machine::{CheckpointKind, MachineError, Store};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use serde::de::DeserializeOwned;
 use std::sync::Arc;
 use tokio::sync::Notify;
-use vdisk::VdiskError;
-
-pub const OPENAPI: &str = include_str!("openapi.json");
 
 #[derive(Clone)]
 pub struct Api {
-    /// The machines; its pool holds the disks the daemon serves.
-    pub store: Store,
+    pub service: Service,
     pub jobs: Arc<Jobs>,
     pub shutdown: Arc<Notify>,
     /// Required as `Authorization: Bearer <token>` when set (TCP).
     pub token: Option<Arc<String>>,
 }
 
-/// An error answer: `{"error": kind, "message": ...}` with a status code.
-pub struct ApiError(StatusCode, String, String);
+/// An error answer.
+pub struct Failure(ApiError);
 
-impl IntoResponse for ApiError {
+impl From<ApiError> for Failure {
+    fn from(e: ApiError) -> Self {
+        Failure(e)
+    }
+}
+
+impl IntoResponse for Failure {
     fn into_response(self) -> Response {
-        (self.0, Json(json!({"error": self.1, "message": self.2}))).into_response()
+        let body = match self.0 {
+            ApiError::Api {
+                kind,
+                message,
+                tracking,
+                ..
+            } => ErrorBody {
+                error: kind,
+                message,
+                tracking,
+            },
+            e => ErrorBody::new(ErrorKind::Internal, e.to_string()),
+        };
+        let status =
+            StatusCode::from_u16(body.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, Json(body)).into_response()
     }
 }
 
-impl From<VdiskError> for ApiError {
-    fn from(e: VdiskError) -> Self {
-        match &e {
-            VdiskError::Tracking(t) => {
-                ApiError(StatusCode::CONFLICT, t.kind().into(), e.to_string())
-            }
-            VdiskError::Vhdx(vhdx::Error::InvalidParameter(_)) => {
-                ApiError(StatusCode::BAD_REQUEST, "invalid".into(), e.to_string())
-            }
-            VdiskError::OutOfRange { .. } => ApiError(
-                StatusCode::BAD_REQUEST,
-                "out_of_range".into(),
-                e.to_string(),
-            ),
-            _ => ApiError(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "io".into(),
-                e.to_string(),
-            ),
-        }
-    }
-}
+type Answer<T> = Result<Json<T>, Failure>;
 
-impl From<MachineError> for ApiError {
-    fn from(e: MachineError) -> Self {
-        match e {
-            MachineError::Disk(d) => d.into(),
-            e => {
-                let status = if e.is_not_found() {
-                    StatusCode::NOT_FOUND
-                } else if e.is_invalid() {
-                    StatusCode::BAD_REQUEST
-                } else {
-                    StatusCode::INTERNAL_SERVER_ERROR
-                };
-                ApiError(status, e.kind().into(), e.to_string())
-            }
-        }
-    }
-}
-
-fn not_found(what: String) -> ApiError {
-    ApiError(StatusCode::NOT_FOUND, "not_found".into(), what)
-}
-fn bad_request(what: String) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, "invalid".into(), what)
-}
-
-type ApiResult = Result<Json<Value>, ApiError>;
-
-/// Runs blocking work off the async threads.
+/// Runs blocking work (disk I/O, merges, hooks) off the async threads.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| {
-        ApiError(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "panic".into(),
-            e.to_string(),
-        )
-    })?
+) -> Answer<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => Ok(Json(r?)),
+        Err(e) => Err(Failure(ApiError::from_answer(
+            500,
+            ErrorBody::new(ErrorKind::Panic, format!("the request panicked: {e}")),
+        ))),
+    }
 }
 
-fn to_json<T: serde::Serialize>(v: T) -> ApiResult {
-    Ok(Json(
-        serde_json::to_value(v).map_err(|e| bad_request(e.to_string()))?,
-    ))
+/// A JSON body; a malformed one is an `invalid` error answer. An empty
+/// body is `T::default()` where the route allows leaving it out.
+pub struct Body<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for Body<T> {
+    type Rejection = Failure;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Failure> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| Failure(invalid(e.body_text())))?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Body(T::default()));
+        }
+        serde_json::from_slice(&bytes)
+            .map(Body)
+            .map_err(|e| Failure(invalid(format!("the request body is not valid: {e}"))))
+    }
 }
 
-/// Every route: method and path (the OpenAPI document lists the same).
-pub const ROUTES: &[(&str, &str)] = &[
-    ("get", "/v1/openapi.json"),
-    ("get", "/v1/status"),
-    ("post", "/v1/shutdown"),
-    ("get", "/v1/exports"),
-    ("get", "/v1/machines"),
-    ("get", "/v1/machines/{machine}"),
-    ("post", "/v1/machines/{machine}/checkpoints"),
-    ("delete", "/v1/machines/{machine}/checkpoints/{id}"),
-    ("post", "/v1/machines/{machine}/checkpoints/{id}/apply"),
-    ("post", "/v1/machines/{machine}/checkpoints/{id}/convert"),
-    ("delete", "/v1/machines/{machine}/reference-points/{id}"),
-    ("get", "/v1/machines/{machine}/disks/{disk}/tracking"),
-    (
-        "post",
-        "/v1/machines/{machine}/disks/{disk}/tracking/enable",
-    ),
-    (
-        "post",
-        "/v1/machines/{machine}/disks/{disk}/tracking/disable",
-    ),
-    ("post", "/v1/machines/{machine}/disks/{disk}/tracking/seal"),
-    (
-        "post",
-        "/v1/machines/{machine}/disks/{disk}/tracking/release",
-    ),
-    ("get", "/v1/machines/{machine}/disks/{disk}/changes"),
-    ("post", "/v1/machines/{machine}/backups"),
-    ("post", "/v1/restores"),
-    ("post", "/v1/verifications"),
-    ("get", "/v1/jobs"),
-    ("get", "/v1/jobs/{id}"),
-];
+/// A required JSON body.
+pub struct Required<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Required<T> {
+    type Rejection = Failure;
+    async fn from_request(req: Request, state: &S) -> Result<Self, Failure> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| Failure(invalid(e.body_text())))?;
+        serde_json::from_slice(&bytes)
+            .map(Required)
+            .map_err(|e| Failure(invalid(format!("the request body is not valid: {e}"))))
+    }
+}
+
+/// Path segments; a bad one (an id that is not a number) is `invalid`.
+pub struct Segments<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Segments<T> {
+    type Rejection = Failure;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Failure> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| Segments(v))
+            .map_err(|e| Failure(invalid(e.body_text())))
+    }
+}
+
+/// A query string; a malformed one is `invalid`.
+pub struct Params<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Params<T> {
+    type Rejection = Failure;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Failure> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| Params(v))
+            .map_err(|e| Failure(invalid(e.body_text())))
+    }
+}
+
+fn mount<H, T>(route: &'static Route, handler: H) -> (&'static Route, MethodRouter<Api>)
+where
+    H: axum::handler::Handler<T, Api>,
+    T: 'static,
+{
+    let filter = match route.method {
+        Method::Get => MethodFilter::GET,
+        Method::Post => MethodFilter::POST,
+        Method::Delete => MethodFilter::DELETE,
+    };
+    (route, on(filter, handler))
+}
+
+/// Every route with its handler.
+pub fn mounts() -> Vec<(&'static Route, MethodRouter<Api>)> {
+    vec![
+        mount(&routes::OPENAPI, openapi),
+        mount(&routes::STATUS, status),
+        mount(&routes::SHUTDOWN, shutdown),
+        mount(&routes::EXPORTS, exports),
+        mount(&routes::MACHINES, machines),
+        mount(&routes::MACHINE, machine),
+        mount(&routes::CREATE_CHECKPOINT, create_checkpoint),
+        mount(&routes::DELETE_CHECKPOINT, delete_checkpoint),
+        mount(&routes::APPLY_CHECKPOINT, apply_checkpoint),
+        mount(&routes::CONVERT_CHECKPOINT, convert_checkpoint),
+        mount(&routes::DESTROY_REFERENCE_POINT, destroy_reference_point),
+        mount(&routes::TRACKING_STATUS, tracking_status),
+        mount(&routes::ENABLE_TRACKING, enable_tracking),
+        mount(&routes::DISABLE_TRACKING, disable_tracking),
+        mount(&routes::SEAL, seal),
+        mount(&routes::RELEASE, release),
+        mount(&routes::CHANGES, changes),
+        mount(&routes::START_BACKUP, start_backup),
+        mount(&routes::START_RESTORE, start_restore),
+        mount(&routes::START_VERIFY, start_verify),
+        mount(&routes::JOBS, jobs),
+        mount(&routes::JOB, job),
+    ]
+}
 
 pub fn router(api: Api) -> Router {
-    Router::new()
-        .route(
-            "/v1/openapi.json",
-            get(|| async { ([("content-type", "application/json")], OPENAPI) }),
-        )
-        .route("/v1/status", get(status))
-        .route("/v1/shutdown", post(shutdown))
-        .route("/v1/exports", get(exports))
-        .route("/v1/machines", get(machines))
-        .route("/v1/machines/{machine}", get(machine))
-        .route(
-            "/v1/machines/{machine}/checkpoints",
-            post(checkpoint_create),
-        )
-        .route(
-            "/v1/machines/{machine}/checkpoints/{id}",
-            delete(checkpoint_delete),
-        )
-        .route(
-            "/v1/machines/{machine}/checkpoints/{id}/apply",
-            post(checkpoint_apply),
-        )
-        .route(
-            "/v1/machines/{machine}/checkpoints/{id}/convert",
-            post(checkpoint_convert),
-        )
-        .route(
-            "/v1/machines/{machine}/reference-points/{id}",
-            delete(reference_destroy),
-        )
-        .route(
-            "/v1/machines/{machine}/disks/{disk}/tracking",
-            get(tracking_status),
-        )
-        .route(
-            "/v1/machines/{machine}/disks/{disk}/tracking/enable",
-            post(tracking_enable),
-        )
-        .route(
-            "/v1/machines/{machine}/disks/{disk}/tracking/disable",
-            post(tracking_disable),
-        )
-        .route(
-            "/v1/machines/{machine}/disks/{disk}/tracking/seal",
-            post(tracking_seal),
-        )
-        .route(
-            "/v1/machines/{machine}/disks/{disk}/tracking/release",
-            post(tracking_release),
-        )
-        .route("/v1/machines/{machine}/disks/{disk}/changes", get(changes))
-        .route("/v1/machines/{machine}/backups", post(backup_start))
-        .route("/v1/restores", post(restore_start))
-        .route("/v1/verifications", post(verify_start))
-        .route("/v1/jobs", get(jobs))
-        .route("/v1/jobs/{id}", get(job))
+    let mut r = Router::new();
+    for (route, handler) in mounts() {
+        r = r.route(route.path, handler);
+    }
+    r.fallback(|| async { Failure(not_found("no such route; see /v1/openapi.json")) })
         .layer(axum::middleware::from_fn_with_state(api.clone(), authorize))
         .with_state(api)
 }
@@ -214,12 +197,11 @@ async fn authorize(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         if !given.is_some_and(|g| same_secret(g.as_bytes(), token.as_bytes())) {
-            return ApiError(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized".into(),
-                "send the daemon's token as `Authorization: Bearer <token>`".into(),
-            )
-            .into_response();
+            let body = ErrorBody::new(
+                ErrorKind::Unauthorized,
+                "send the daemon's token as `Authorization: Bearer <token>`",
+            );
+            return (StatusCode::UNAUTHORIZED, Json(body)).into_response();
         }
     }
     next.run(req).await
@@ -231,372 +213,215 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     bool::from(a.ct_eq(b))
 }
 
-async fn status(State(api): State<Api>) -> ApiResult {
-    Ok(Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "pid": std::process::id(),
-        "home": api.store.home(),
-        "jobs_running": api.jobs.running(),
-    })))
+async fn openapi() -> Json<serde_json::Value> {
+    Json(serde_json::to_value(api::openapi()).unwrap_or_default())
 }
 
-async fn shutdown(State(api): State<Api>) -> ApiResult {
+async fn status(State(api): State<Api>) -> Json<DaemonStatus> {
+    Json(DaemonStatus {
+        version: env!("CARGO_PKG_VERSION").into(),
+        pid: std::process::id(),
+        home: api.service.store().home().to_path_buf(),
+        jobs_running: api.jobs.running() as u64,
+    })
+}
+
+async fn shutdown(State(api): State<Api>) -> Json<ShuttingDown> {
     api.shutdown.notify_one();
-    Ok(Json(json!({"shutting_down": true})))
-}
-
-async fn exports(State(api): State<Api>) -> ApiResult {
-    let list = blocking(move || {
-        let e = super::exports::DaemonExports {
-            store: api.store.clone(),
-        };
-        Ok(nbd::Exports::list(&e))
+    Json(ShuttingDown {
+        shutting_down: true,
     })
-    .await?;
-    Ok(Json(Value::Array(
-        list.into_iter()
-            .map(|e| json!({"name": e.name, "description": e.description}))
-            .collect(),
-    )))
 }
 
-async fn machines(State(api): State<Api>) -> ApiResult {
-    blocking(move || to_json(api.store.list()?)).await
-}
-
-fn load(api: &Api, name: &str) -> Result<machine::Machine, ApiError> {
-    if !api.store.exists(name)? {
-        return Err(not_found(format!("no machine named {name:?}")));
-    }
-    Ok(api.store.load(name)?)
-}
-
-async fn machine(State(api): State<Api>, Path(name): Path<String>) -> ApiResult {
-    blocking(move || to_json(load(&api, &name)?)).await
-}
-
-#[derive(Deserialize, Default)]
-struct CheckpointBody {
-    /// `standard` (default) or `recovery`.
-    kind: Option<String>,
-    /// `crash` or `application` (default when the machine has a freeze hook).
-    consistency: Option<String>,
-}
-
-async fn checkpoint_create(
-    State(api): State<Api>,
-    Path(name): Path<String>,
-    body: Option<Json<CheckpointBody>>,
-) -> ApiResult {
-    let b = body.map(|b| b.0).unwrap_or_default();
+async fn exports(State(api): State<Api>) -> Answer<Vec<Export>> {
     blocking(move || {
-        let m = load(&api, &name)?;
-        let kind = match b.kind.as_deref() {
-            None | Some("standard") => CheckpointKind::Standard,
-            Some("recovery") => CheckpointKind::Recovery,
-            Some(k) => {
-                return Err(bad_request(format!(
-                    "unknown checkpoint kind {k:?}: use standard or recovery"
-                )))
-            }
+        let e = crate::exports::DaemonExports {
+            store: api.service.store().clone(),
         };
-        let consistency = match b.consistency.as_deref() {
-            None => Store::default_consistency(&m),
-            Some("crash") => machine::Consistency::Crash,
-            Some("application") => machine::Consistency::Application,
-            Some(c) => {
-                return Err(bad_request(format!(
-                    "unknown consistency {c:?}: use crash or application"
-                )))
-            }
-        };
-        let _lock = api.store.lock_machine(&name);
-        to_json(api.store.create_checkpoint(&name, kind, consistency)?)
+        Ok(nbd::Exports::list(&e)
+            .into_iter()
+            .map(|e| Export {
+                name: e.name,
+                description: e.description,
+            })
+            .collect())
     })
     .await
 }
 
-async fn machine_op(
-    api: Api,
-    name: String,
-    f: impl FnOnce(&Store, &str) -> ApiResult + Send + 'static,
-) -> ApiResult {
-    blocking(move || {
-        load(&api, &name)?;
-        let _lock = api.store.lock_machine(&name);
-        f(&api.store, &name)
-    })
-    .await
+async fn machines(State(api): State<Api>) -> Answer<Vec<Machine>> {
+    blocking(move || api.service.machines()).await
 }
 
-async fn checkpoint_delete(
+async fn machine(State(api): State<Api>, Segments(name): Segments<String>) -> Answer<Machine> {
+    blocking(move || api.service.machine(&name)).await
+}
+
+async fn create_checkpoint(
     State(api): State<Api>,
-    Path((name, id)): Path<(String, u64)>,
-) -> ApiResult {
-    machine_op(api, name, move |s, n| to_json(s.delete_checkpoint(n, id)?)).await
+    Segments(name): Segments<String>,
+    Body(r): Body<CheckpointRequest>,
+) -> Answer<Checkpoint> {
+    blocking(move || api.service.create_checkpoint(&name, &r)).await
 }
 
-async fn checkpoint_apply(
+async fn delete_checkpoint(
     State(api): State<Api>,
-    Path((name, id)): Path<(String, u64)>,
-) -> ApiResult {
-    machine_op(api, name, move |s, n| {
-        s.apply_checkpoint(n, id)?;
-        Ok(Json(json!({"applied": id})))
-    })
-    .await
+    Segments((name, id)): Segments<(String, u64)>,
+) -> Answer<Checkpoint> {
+    blocking(move || api.service.delete_checkpoint(&name, id)).await
 }
 
-async fn checkpoint_convert(
+async fn apply_checkpoint(
     State(api): State<Api>,
-    Path((name, id)): Path<(String, u64)>,
-) -> ApiResult {
-    machine_op(api, name, move |s, n| to_json(s.convert_checkpoint(n, id)?)).await
+    Segments((name, id)): Segments<(String, u64)>,
+) -> Answer<Applied> {
+    blocking(move || api.service.apply_checkpoint(&name, id)).await
 }
 
-async fn reference_destroy(
+async fn convert_checkpoint(
     State(api): State<Api>,
-    Path((name, id)): Path<(String, u64)>,
-) -> ApiResult {
-    machine_op(api, name, move |s, n| {
-        s.destroy_reference_point(n, id)?;
-        Ok(Json(json!({"destroyed": id})))
-    })
-    .await
+    Segments((name, id)): Segments<(String, u64)>,
+) -> Answer<ReferencePoint> {
+    blocking(move || api.service.convert_checkpoint(&name, id)).await
 }
 
-/// Runs `f` on a live disk the daemon holds.
-async fn on_disk(
-    api: Api,
-    machine: String,
-    disk: String,
-    f: impl FnOnce(&mut vdisk::Disk, String) -> ApiResult + Send + 'static,
-) -> ApiResult {
-    blocking(move || {
-        let m = load(&api, &machine)?;
-        if m.disk(&disk).is_none() {
-            return Err(not_found(format!("machine {machine} has no disk {disk:?}")));
-        }
-        let name = format!("{machine}/{disk}");
-        api.store
-            .with_held(&machine, &disk, |d| Ok(f(d, name)))
-            .map_err(|e| match e {
-                e @ MachineError::NotOpen { .. } => ApiError(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "unavailable".into(),
-                    e.to_string(),
-                ),
-                e => e.into(),
-            })?
-    })
-    .await
+async fn destroy_reference_point(
+    State(api): State<Api>,
+    Segments((name, id)): Segments<(String, u64)>,
+) -> Answer<Destroyed> {
+    blocking(move || api.service.destroy_reference_point(&name, id)).await
 }
 
 async fn tracking_status(
     State(api): State<Api>,
-    Path((m, d)): Path<(String, String)>,
-) -> ApiResult {
-    on_disk(api, m, d, |disk, name| {
-        to_json(tracking::status_of(disk, name)?)
-    })
-    .await
+    Segments((m, d)): Segments<(String, String)>,
+) -> Answer<TrackingStatus> {
+    blocking(move || api.service.tracking_status(&m, &d)).await
 }
 
-#[derive(Deserialize, Default)]
-struct EnableBody {
-    granularity: Option<u64>,
-}
-
-async fn tracking_enable(
+async fn enable_tracking(
     State(api): State<Api>,
-    Path((m, d)): Path<(String, String)>,
-    body: Option<Json<EnableBody>>,
-) -> ApiResult {
-    let g = body
-        .and_then(|b| b.0.granularity)
-        .unwrap_or(rct::DEFAULT_GRANULARITY);
-    on_disk(api, m, d, move |disk, _| {
-        disk.enable_tracking(g)?;
-        disk.flush()?;
-        Ok(Json(json!({"enabled": true, "granularity": g})))
-    })
-    .await
+    Segments((m, d)): Segments<(String, String)>,
+    Body(r): Body<EnableTrackingRequest>,
+) -> Answer<TrackingSwitched> {
+    blocking(move || api.service.enable_tracking(&m, &d, &r)).await
 }
 
-async fn tracking_disable(
+async fn disable_tracking(
     State(api): State<Api>,
-    Path((m, d)): Path<(String, String)>,
-) -> ApiResult {
-    on_disk(api, m, d, |disk, _| {
-        disk.disable_tracking()?;
-        disk.flush()?;
-        Ok(Json(json!({"enabled": false})))
-    })
-    .await
+    Segments((m, d)): Segments<(String, String)>,
+) -> Answer<TrackingSwitched> {
+    blocking(move || api.service.disable_tracking(&m, &d)).await
 }
 
-async fn tracking_seal(State(api): State<Api>, Path((m, d)): Path<(String, String)>) -> ApiResult {
-    on_disk(api, m, d, |disk, _| {
-        let id = disk.seal()?;
-        Ok(Json(json!({"id": id.to_string()})))
-    })
-    .await
-}
-
-#[derive(Deserialize)]
-struct ReleaseBody {
-    id: String,
-}
-
-async fn tracking_release(
+async fn seal(
     State(api): State<Api>,
-    Path((m, d)): Path<(String, String)>,
-    Json(b): Json<ReleaseBody>,
-) -> ApiResult {
-    on_disk(api, m, d, move |disk, _| {
-        let id: rct::RctId = b.id.parse().map_err(|e: rct::RctError| {
-            ApiError(StatusCode::CONFLICT, e.kind().into(), e.to_string())
-        })?;
-        disk.release(&id)?;
-        Ok(Json(json!({"released": id.to_string()})))
-    })
-    .await
+    Segments((m, d)): Segments<(String, String)>,
+) -> Answer<Sealed> {
+    blocking(move || api.service.seal(&m, &d)).await
 }
 
-#[derive(Deserialize)]
-struct ChangesQuery {
-    since: String,
-    until: Option<String>,
-    #[serde(default)]
-    offset: u64,
-    length: Option<u64>,
-    max_ranges: Option<usize>,
+async fn release(
+    State(api): State<Api>,
+    Segments((m, d)): Segments<(String, String)>,
+    Required(r): Required<ReleaseRequest>,
+) -> Answer<Released> {
+    blocking(move || api.service.release(&m, &d, &r.id)).await
 }
 
 async fn changes(
     State(api): State<Api>,
-    Path((m, d)): Path<(String, String)>,
-    Query(q): Query<ChangesQuery>,
-) -> ApiResult {
-    on_disk(api, m, d, move |disk, _| {
-        let r = tracking::changes_of(
-            disk,
-            &q.since,
-            q.until.as_deref(),
-            q.offset,
-            q.length,
-            q.max_ranges.unwrap_or(usize::MAX),
-        )?;
-        match r {
-            ChangesResult::Changes(c) => to_json(c),
-            ChangesResult::TrackingError(e) => Err(ApiError(
-                StatusCode::CONFLICT,
-                e.kind().into(),
-                serde_json::to_string(&ErrorOut::new(&e)).unwrap_or_default(),
-            )),
-        }
-    })
-    .await
+    Segments((m, d)): Segments<(String, String)>,
+    Params(q): Params<ChangesQuery>,
+) -> Answer<Changes> {
+    blocking(move || api.service.changes(&m, &d, &q)).await
 }
 
-#[derive(Deserialize)]
-struct BackupBody {
-    /// The repository directory.
-    to: std::path::PathBuf,
-}
-
-async fn backup_start(
+async fn start_backup(
     State(api): State<Api>,
-    Path(name): Path<String>,
-    Json(b): Json<BackupBody>,
-) -> ApiResult {
+    Segments(name): Segments<String>,
+    Required(r): Required<BackupRequest>,
+) -> Answer<Job> {
+    // An unknown machine is refused now, not as a failed job.
     let a = api.clone();
     let n = name.clone();
-    blocking(move || load(&a, &n).map(|_| ())).await?;
-    let to = vhdx::paths::absolute(&b.to);
+    let _known = blocking(move || a.service.machine(&n).map(drop)).await?;
+    let service = api.service.clone();
     let target = name.clone();
-    let jobs = api.jobs.clone();
-    let job = jobs.start("backup", &target, move |progress| {
-        let _lock = api.store.lock_machine(&name);
-        // The backup reports increments per disk; jobs report totals.
-        let (mut disk, mut done) = (String::new(), 0u64);
-        let mut tick = |d: &str, n: u64, total: u64| {
-            if d != disk {
-                disk = d.to_string();
-                done = 0;
-            }
-            done += n;
-            progress(d, done, total);
-        };
-        let s = backup::backup(&api.store, &name, &to, &mut tick).map_err(|e| e.to_string())?;
-        serde_json::to_value(s).map_err(|e| e.to_string())
-    });
-    to_json(job)
+    Ok(Json(api.jobs.start(
+        JobKind::Backup,
+        &target,
+        move |progress| service.backup(&name, &r, progress).map(JobResult::Backup),
+    )))
 }
 
-#[derive(Deserialize)]
-struct RestoreBody {
-    repository: std::path::PathBuf,
-    point: Option<u32>,
-    disk: Option<String>,
-    to: std::path::PathBuf,
-    /// `vhdx` (default) or `raw`.
-    format: Option<String>,
+async fn start_restore(
+    State(api): State<Api>,
+    Required(r): Required<RestoreRequest>,
+) -> Answer<Job> {
+    let target = r.repository.display().to_string();
+    let service = api.service.clone();
+    Ok(Json(api.jobs.start(
+        JobKind::Restore,
+        &target,
+        move |progress| {
+            service
+                .restore(&r, &mut |done, total| progress("restore", done, total))
+                .map(JobResult::Restore)
+        },
+    )))
 }
 
-async fn restore_start(State(api): State<Api>, Json(b): Json<RestoreBody>) -> ApiResult {
-    let format = match b.format.as_deref() {
-        None | Some("vhdx") => backup::RestoreFormat::Vhdx,
-        Some("raw") => backup::RestoreFormat::Raw,
-        Some(f) => {
-            return Err(bad_request(format!(
-                "unknown format {f:?}: use vhdx or raw"
-            )))
-        }
-    };
-    let target = b.repository.display().to_string();
-    let fs = api.store.fs().clone();
-    let job = api.jobs.start("restore", &target, move |progress| {
-        let mut p = |done, total| progress("restore", done, total);
-        let files = backup::restore(
-            &*fs,
-            &b.repository,
-            b.point,
-            b.disk.as_deref(),
-            &b.to,
-            format,
-            &mut p,
-        )
-        .map_err(|e| e.to_string())?;
-        Ok(json!({ "files": files }))
-    });
-    to_json(job)
+async fn start_verify(State(api): State<Api>, Required(r): Required<VerifyRequest>) -> Answer<Job> {
+    let target = r.repository.display().to_string();
+    let service = api.service.clone();
+    Ok(Json(api.jobs.start(
+        JobKind::Verify,
+        &target,
+        move |progress| {
+            service
+                .verify(&r, &mut |done, total| progress("verify", done, total))
+                .map(JobResult::Verify)
+        },
+    )))
 }
 
-#[derive(Deserialize)]
-struct VerifyBody {
-    repository: std::path::PathBuf,
-    point: Option<u32>,
+async fn jobs(State(api): State<Api>) -> Json<Vec<Job>> {
+    Json(api.jobs.list())
 }
 
-async fn verify_start(State(api): State<Api>, Json(b): Json<VerifyBody>) -> ApiResult {
-    let target = b.repository.display().to_string();
-    let fs = api.store.fs().clone();
-    let job = api.jobs.start("verify", &target, move |progress| {
-        let mut p = |done, total| progress("verify", done, total);
-        let r = backup::verify(&*fs, &b.repository, b.point, &mut p).map_err(|e| e.to_string())?;
-        serde_json::to_value(r).map_err(|e| e.to_string())
-    });
-    to_json(job)
-}
-
-async fn jobs(State(api): State<Api>) -> ApiResult {
-    to_json(api.jobs.list())
-}
-
-async fn job(State(api): State<Api>, Path(id): Path<u64>) -> ApiResult {
+async fn job(State(api): State<Api>, Segments(id): Segments<u64>) -> Answer<Job> {
     api.jobs
         .get(id)
-        .map(to_json)
-        .unwrap_or_else(|| Err(not_found(format!("no job {id}"))))
+        .map(Json)
+        .ok_or_else(|| Failure(not_found(format!("no job {id}"))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+
+    #[test]
+    fn every_route_is_mounted_once_and_in_the_generated_document() {
+        let mounted: Vec<_> = mounts()
+            .into_iter()
+            .map(|(r, _)| (r.method.as_str(), r.path))
+            .collect();
+        let unique: BTreeSet<_> = mounted.iter().cloned().collect();
+        assert_eq!(unique.len(), mounted.len(), "a route is mounted twice");
+        let table: BTreeSet<_> = routes::ROUTES
+            .iter()
+            .map(|r| (r.method.as_str(), r.path))
+            .collect();
+        assert_eq!(unique, table, "mounted routes and the route table differ");
+        let doc = serde_json::to_value(api::openapi()).unwrap();
+        for (method, path) in &mounted {
+            assert!(
+                doc["paths"][path][method.to_ascii_lowercase()].is_object(),
+                "the OpenAPI document lacks {method} {path}"
+            );
+        }
+    }
 }

@@ -1,34 +1,10 @@
 //! Long operations (backups, restores, verifications) run as jobs: the
 //! API answers at once with a job id; clients poll its progress.
 
+use api::{ApiError, Job, JobKind, JobResult, JobState};
 use parking_lot::Mutex;
-use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::Arc;
-
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum JobState {
-    Running,
-    Succeeded,
-    Failed,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Job {
-    pub id: u64,
-    pub kind: String,
-    pub target: String,
-    pub state: JobState,
-    /// What is being worked on (a disk name), bytes done and total.
-    pub item: String,
-    pub done: u64,
-    pub total: u64,
-    pub result: Option<serde_json::Value>,
-    pub error: Option<String>,
-    pub started: u64,
-    pub finished: Option<u64>,
-}
 
 #[derive(Default)]
 pub struct Jobs {
@@ -47,9 +23,9 @@ impl Jobs {
     /// callback and returns the job's result.
     pub fn start(
         self: &Arc<Self>,
-        kind: &str,
+        kind: JobKind,
         target: &str,
-        work: impl FnOnce(&mut dyn FnMut(&str, u64, u64)) -> Result<serde_json::Value, String>
+        work: impl FnOnce(&mut dyn FnMut(&str, u64, u64)) -> Result<JobResult, ApiError>
             + Send
             + 'static,
     ) -> Job {
@@ -57,7 +33,7 @@ impl Jobs {
         let id = jobs.keys().next_back().map(|k| k + 1).unwrap_or(1);
         let job = Job {
             id,
-            kind: kind.into(),
+            kind,
             target: target.into(),
             state: JobState::Running,
             item: String::new(),
@@ -81,8 +57,12 @@ impl Jobs {
                     j.total = total;
                 }
             };
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&mut progress)))
-                .unwrap_or_else(|_| Err("the job panicked; see the daemon's log".into()));
+            let r = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                work(&mut progress)
+            })) {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err("the job panicked; see the daemon's log".to_string()),
+            };
             let mut jobs = me.jobs.lock();
             let j = jobs
                 .get_mut(&id)

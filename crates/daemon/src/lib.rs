@@ -34,14 +34,17 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod convert;
 pub mod device;
 mod error;
 pub mod exports;
 mod https;
 pub mod jobs;
+mod service;
 pub mod tracking;
 
 pub use error::{DaemonError, Result};
+pub use service::Service;
 
 use error::io;
 use machine::Store;
@@ -188,7 +191,7 @@ async fn serve(o: ServeOptions) -> Result<()> {
     let shutdown = Arc::new(Notify::new());
     let jobs = Arc::new(jobs::Jobs::default());
     let api_state = api::Api {
-        store: store.clone(),
+        service: Service::holding(store.clone()),
         jobs: jobs.clone(),
         shutdown: shutdown.clone(),
         token: None,

@@ -1,53 +1,30 @@
 //! Tracking answers as the API and `rct --json` give them: the status of
-//! a disk's tracking, the changes since an RCT ID, and the tracking error
-//! that sends a backup to a full copy.
+//! a disk's tracking and the changes since an RCT ID. A tracking refusal
+//! (the caller must take a full backup) is an [`ApiError`] carrying the
+//! [`api::TrackingError`].
 
+use crate::convert::{disk_error, tracking_error, tracking_refusal};
+use api::{ApiError, ChangedRange, Changes, ChangesQuery, TrackingStatus};
 use rct::RctId;
-use serde::{Deserialize, Serialize};
-use vdisk::{Disk, TrackingStatus, VdiskError};
+use vdisk::{Disk, TrackingStatus as State};
 
-/// `rct status` output.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Status {
-    pub disk: String,
-    pub enabled: bool,
-    pub most_recent_id: Option<String>,
-    pub newer_changes: Option<bool>,
-    pub retained_ids: Vec<String>,
-    /// Why tracking cannot be used, if it cannot.
-    pub error: Option<ErrorOut>,
-}
-
-/// A tracking error as scripts see it.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ErrorOut {
-    pub error: String,
-    pub message: String,
-    pub full_backup_required: bool,
-}
-
-impl ErrorOut {
-    pub fn new(e: &rct::RctError) -> Self {
-        Self {
-            error: e.kind().to_string(),
-            message: e.to_string(),
-            full_backup_required: true,
-        }
-    }
-}
-
-/// The tracking status of an opened disk.
-pub fn status_of(d: &mut Disk, disk: String) -> vdisk::Result<Status> {
+/// The tracking status of an opened disk, named `disk` in the answer.
+pub fn status_of(d: &mut Disk, disk: String) -> Result<TrackingStatus, ApiError> {
     Ok(match d.tracking_status() {
-        TrackingStatus::On(s) => Status {
+        State::On(s) => TrackingStatus {
             disk,
             enabled: true,
             most_recent_id: s.most_recent_id.map(|i| i.to_string()),
             newer_changes: Some(s.newer_changes),
-            retained_ids: d.retained_ids()?.iter().map(|i| i.to_string()).collect(),
+            retained_ids: d
+                .retained_ids()
+                .map_err(disk_error)?
+                .iter()
+                .map(|i| i.to_string())
+                .collect(),
             error: None,
         },
-        TrackingStatus::Missing => Status {
+        State::Missing => TrackingStatus {
             disk,
             enabled: false,
             most_recent_id: None,
@@ -55,76 +32,48 @@ pub fn status_of(d: &mut Disk, disk: String) -> vdisk::Result<Status> {
             retained_ids: vec![],
             error: None,
         },
-        TrackingStatus::Broken { kind, message } => Status {
+        State::Broken { kind, message } => TrackingStatus {
             disk,
             enabled: kind != "tracking_disabled",
             most_recent_id: None,
             newer_changes: None,
             retained_ids: vec![],
-            error: Some(ErrorOut {
-                error: kind.to_string(),
+            error: Some(api::TrackingError::new(
+                api::TrackingErrorKind::from_name(kind),
                 message,
-                full_backup_required: true,
-            }),
+            )),
         },
     })
 }
 
-/// `rct changes --json` output.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct ChangesOut {
-    pub since: String,
-    pub until: Option<String>,
-    pub ranges: Vec<RangeOut>,
-    pub processed_length: u64,
+/// The ranges of an opened disk changed since `q.since`.
+pub fn changes_of(d: &mut Disk, q: &ChangesQuery) -> Result<Changes, ApiError> {
+    let parse = |s: &str| s.parse::<RctId>().map_err(|e| tracking_refusal(&e));
+    let since = parse(&q.since)?;
+    let until = q.until.as_deref().map(parse).transpose()?;
+    let length = q.length.unwrap_or(d.size().saturating_sub(q.offset));
+    let max = q
+        .max_ranges
+        .map_or(usize::MAX, |m| usize::try_from(m).unwrap_or(usize::MAX));
+    let c = d
+        .query_changes(&since, until.as_ref(), q.offset, length, max)
+        .map_err(disk_error)?;
+    Ok(Changes {
+        since: q.since.clone(),
+        until: q.until.clone(),
+        ranges: c
+            .ranges
+            .iter()
+            .map(|r| ChangedRange {
+                offset: r.offset,
+                length: r.length,
+            })
+            .collect(),
+        processed_length: c.processed_length,
+    })
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-pub struct RangeOut {
-    pub offset: u64,
-    pub length: u64,
-}
-
-/// Either the changes or the tracking error that forces a full backup.
-pub enum ChangesResult {
-    Changes(ChangesOut),
-    TrackingError(rct::RctError),
-}
-
-/// Changes of an opened disk (see [`changes`]).
-pub fn changes_of(
-    d: &mut Disk,
-    since: &str,
-    until: Option<&str>,
-    offset: u64,
-    length: Option<u64>,
-    max_ranges: usize,
-) -> vdisk::Result<ChangesResult> {
-    let parse = |s: &str| s.parse::<RctId>();
-    let since_id = match parse(since) {
-        Ok(i) => i,
-        Err(e) => return Ok(ChangesResult::TrackingError(e)),
-    };
-    let until_id = match until.map(parse).transpose() {
-        Ok(u) => u,
-        Err(e) => return Ok(ChangesResult::TrackingError(e)),
-    };
-    let length = length.unwrap_or(d.size().saturating_sub(offset));
-    match d.query_changes(&since_id, until_id.as_ref(), offset, length, max_ranges) {
-        Ok(c) => Ok(ChangesResult::Changes(ChangesOut {
-            since: since.to_string(),
-            until: until.map(String::from),
-            ranges: c
-                .ranges
-                .iter()
-                .map(|r| RangeOut {
-                    offset: r.offset,
-                    length: r.length,
-                })
-                .collect(),
-            processed_length: c.processed_length,
-        })),
-        Err(VdiskError::Tracking(e)) => Ok(ChangesResult::TrackingError(e)),
-        Err(e) => Err(e),
-    }
+/// The tracking error an RCT error is, as `rct --json` prints it.
+pub fn error_of(e: &rct::RctError) -> api::TrackingError {
+    tracking_error(e)
 }

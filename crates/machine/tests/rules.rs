@@ -115,7 +115,7 @@ fn held_disks_are_parked_and_reopened_on_the_new_files() {
     st.with_disk(&m, "disk0", |d| Ok(d.read(0, &mut buf)?))
         .unwrap();
     assert_eq!(buf, [2; 4096], "with_disk uses the held handle");
-    let mut frozen = st.open_checkpoint_disk(&cp, "disk0").unwrap();
+    let frozen = st.open_checkpoint_disk(&cp, "disk0").unwrap();
     frozen.read(0, &mut buf).unwrap();
     assert_eq!(
         buf, [1; 4096],

@@ -15,7 +15,6 @@
 //!        ├─ report.rs         info / map / check as text or JSON
 //!        ├─ tracking.rs       rct / disk write on local files and machine disks
 //!        ├─ machines.rs       the state directory's store, and its daemon if one runs
-//!        ├─ daemon_client.rs  the daemon's API as the CLI calls it
 //!        ├─ demo.rs           `refpoint demo run`
 //!        ├─ progress.rs       progress bars (hidden off a terminal and with --json)
 //!        └─ units.rs          sizes with K/M/G/T suffixes, and back
@@ -25,7 +24,6 @@
 
 pub mod compare;
 pub mod convert;
-pub mod daemon_client;
 pub mod demo;
 pub mod image;
 pub mod machines;

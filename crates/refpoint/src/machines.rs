@@ -1,6 +1,8 @@
-//! The state directory's machine store and, when it runs, its daemon.
+//! The state directory's machines: through its daemon when one runs (it
+//! holds the disks), else over the local store. Either way the commands
+//! see one [`api::Machines`], so each is written once.
 
-use crate::daemon_client::Daemon;
+use api::{Client, Machines};
 use machine::home::state_dir;
 use machine::Store;
 
@@ -9,10 +11,17 @@ pub fn store() -> Store {
     Store::local(&state_dir())
 }
 
-/// The daemon of the state directory, if one runs: commands that touch
-/// the disks it holds go through its API.
-pub fn daemon() -> Option<Daemon> {
-    Daemon::find(&state_dir())
+/// The daemon of the state directory, if one answers.
+pub fn daemon() -> Option<Client> {
+    Client::find(&state_dir())
+}
+
+/// The machines: the running daemon's, or the local store's.
+pub fn machines() -> Box<dyn Machines> {
+    match daemon() {
+        Some(c) => Box::new(c),
+        None => Box::new(daemon::Service::local(store())),
+    }
 }
 
 /// Parses `--disk [NAME=]PATH`.

@@ -23,6 +23,23 @@ pub enum BackupKind {
     Mixed,
 }
 
+impl BackupKind {
+    /// The wire name: `full`, `incremental` or `mixed`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupKind::Full => "full",
+            BackupKind::Incremental => "incremental",
+            BackupKind::Mixed => "mixed",
+        }
+    }
+}
+
+impl std::fmt::Display for BackupKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What a backup did (the result of a finished backup job; `refpoint
 /// backup --json` prints the same).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]

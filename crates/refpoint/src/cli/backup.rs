@@ -1,6 +1,7 @@
 //! `refpoint backup`, `backup list|consolidate`, `restore`, `verify`.
 
 use super::*;
+use api::BackupRequest;
 
 #[derive(Args)]
 pub(crate) struct BackupArgs {
@@ -39,11 +40,7 @@ pub(crate) fn run(b: BackupArgs) -> Result<ExitCode> {
             let repo = ::backup::Repo::new(&LocalFs, &dir);
             let points = repo.points()?;
             if json {
-                let rows: Vec<_> = points
-                    .iter()
-                    .map(|p| serde_json::json!({"point": p.point, "kind": p.kind, "created": p.created, "machine": p.machine,
-                        "disks": p.disks.iter().map(|d| serde_json::json!({"name": d.name, "file": d.file, "bytes_written": d.bytes_written})).collect::<Vec<_>>()}))
-                    .collect();
+                let rows: Vec<_> = points.iter().map(PointRow::of).collect();
                 print_json(&rows)?;
             } else {
                 for p in &points {
@@ -72,35 +69,18 @@ pub(crate) fn run(b: BackupArgs) -> Result<ExitCode> {
                 b.machine.expect("clap requires MACHINE"),
                 b.to.expect("clap requires --to"),
             );
-            let st = refpoint::machines::store();
             let pb = bar(0, "backup", b.json);
-            let s: serde_json::Value = match refpoint::machines::daemon() {
-                Some(d) => {
-                    // The daemon holds the disks: it runs the backup as a job.
-                    let to = vhdx::paths::absolute(&to);
-                    let job = d.post(
-                        &format!("/v1/machines/{machine}/backups"),
-                        serde_json::json!({"to": to}),
-                    )?;
-                    d.wait_job(&job, &mut |disk, done, total| {
-                        pb.set_message(disk.to_string());
-                        pb.set_length(total);
-                        pb.set_position(done);
-                    })?
-                }
-                None => serde_json::to_value(::backup::backup(
-                    &st,
-                    &machine,
-                    &to,
-                    &mut |disk, n, total| {
-                        pb.set_message(disk.to_string());
-                        pb.set_length(total);
-                        pb.inc(n);
-                    },
-                )?)?,
+            let r = BackupRequest {
+                to: vhdx::paths::absolute(&to),
             };
+            let s =
+                refpoint::machines::machines().backup(&machine, &r, &mut |disk, done, total| {
+                    pb.set_message(disk.to_string());
+                    pb.set_length(total);
+                    pb.set_position(done);
+                });
             pb.finish_and_clear();
-            let s: ::backup::Summary = serde_json::from_value(s)?;
+            let s = s?;
             if b.json {
                 print_json(&s)?;
             } else {
@@ -224,4 +204,41 @@ pub(crate) fn verify(a: VerifyArgs) -> Result<ExitCode> {
     } else {
         ExitCode::from(2)
     })
+}
+
+/// A row of `backup list --json`.
+#[derive(serde::Serialize)]
+struct PointRow<'a> {
+    point: u32,
+    kind: &'a str,
+    created: u64,
+    machine: &'a str,
+    disks: Vec<PointDiskRow<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct PointDiskRow<'a> {
+    name: &'a str,
+    file: &'a str,
+    bytes_written: u64,
+}
+
+impl<'a> PointRow<'a> {
+    fn of(p: &'a ::backup::Manifest) -> Self {
+        PointRow {
+            point: p.point,
+            kind: &p.kind,
+            created: p.created,
+            machine: &p.machine,
+            disks: p
+                .disks
+                .iter()
+                .map(|d| PointDiskRow {
+                    name: &d.name,
+                    file: &d.file,
+                    bytes_written: d.bytes_written,
+                })
+                .collect(),
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! `refpoint checkpoint create|list|apply|delete|convert`.
 
 use super::*;
+use api::{CheckpointKind, CheckpointRequest, Consistency};
 
 #[derive(Clone, Copy, ValueEnum)]
 pub(crate) enum KindArg {
@@ -39,35 +40,24 @@ pub(crate) enum CheckpointCmd {
 }
 
 pub(crate) fn run(c: CheckpointCmd) -> Result<ExitCode> {
-    use ::machine::{CheckpointKind, Consistency};
-    let st = refpoint::machines::store();
+    let ms = refpoint::machines::machines();
     match c {
         CheckpointCmd::Create {
             machine,
             kind,
             consistency,
         } => {
-            let kind = match kind {
-                KindArg::Standard => CheckpointKind::Standard,
-                KindArg::Recovery => CheckpointKind::Recovery,
+            let r = CheckpointRequest {
+                kind: Some(match kind {
+                    KindArg::Standard => CheckpointKind::Standard,
+                    KindArg::Recovery => CheckpointKind::Recovery,
+                }),
+                consistency: consistency.map(|c| match c {
+                    ConsistencyArg::Application => Consistency::Application,
+                    ConsistencyArg::Crash => Consistency::Crash,
+                }),
             };
-            let has_hooks = st.load(&machine)?.freeze.is_some();
-            let consistency = match consistency {
-                Some(ConsistencyArg::Application) => Consistency::Application,
-                Some(ConsistencyArg::Crash) => Consistency::Crash,
-                None if has_hooks => Consistency::Application,
-                None => Consistency::Crash,
-            };
-            let cp: ::machine::Checkpoint = match refpoint::machines::daemon() {
-                Some(d) => serde_json::from_value(d.post(
-                    &format!("/v1/machines/{machine}/checkpoints"),
-                    serde_json::json!({
-                        "kind": if kind == CheckpointKind::Recovery { "recovery" } else { "standard" },
-                        "consistency": if consistency == Consistency::Application { "application" } else { "crash" },
-                    }),
-                )?)?,
-                None => st.create_checkpoint(&machine, kind, consistency)?,
-            };
+            let cp = ms.create_checkpoint(&machine, &r)?;
             println!("checkpoint {} of {machine} created", cp.id);
             for d in &cp.disks {
                 println!(
@@ -82,7 +72,7 @@ pub(crate) fn run(c: CheckpointCmd) -> Result<ExitCode> {
             }
         }
         CheckpointCmd::List { machine, json } => {
-            let m = st.load(&machine)?;
+            let m = ms.machine(&machine)?;
             if json {
                 print_json(&m.checkpoints)?;
             } else {
@@ -101,42 +91,21 @@ pub(crate) fn run(c: CheckpointCmd) -> Result<ExitCode> {
             machine,
             checkpoint,
         } => {
-            match refpoint::machines::daemon() {
-                Some(d) => {
-                    d.post(
-                        &format!("/v1/machines/{machine}/checkpoints/{checkpoint}/apply"),
-                        serde_json::json!({}),
-                    )?;
-                }
-                None => st.apply_checkpoint(&machine, checkpoint)?,
-            }
+            ms.apply_checkpoint(&machine, checkpoint)?;
             println!("{machine} reverted to checkpoint {checkpoint}");
         }
         CheckpointCmd::Delete {
             machine,
             checkpoint,
         } => {
-            match refpoint::machines::daemon() {
-                Some(d) => {
-                    d.delete(&format!("/v1/machines/{machine}/checkpoints/{checkpoint}"))?;
-                }
-                None => {
-                    st.delete_checkpoint(&machine, checkpoint)?;
-                }
-            }
+            ms.delete_checkpoint(&machine, checkpoint)?;
             println!("checkpoint {checkpoint} of {machine} merged back and deleted");
         }
         CheckpointCmd::Convert {
             machine,
             checkpoint,
         } => {
-            let r: ::machine::ReferencePoint = match refpoint::machines::daemon() {
-                Some(d) => serde_json::from_value(d.post(
-                    &format!("/v1/machines/{machine}/checkpoints/{checkpoint}/convert"),
-                    serde_json::json!({}),
-                )?)?,
-                None => st.convert_checkpoint(&machine, checkpoint)?,
-            };
+            let r = ms.convert_checkpoint(&machine, checkpoint)?;
             println!(
                 "checkpoint {checkpoint} of {machine} is now reference point {}",
                 r.id

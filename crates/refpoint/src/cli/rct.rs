@@ -1,6 +1,8 @@
 //! `refpoint rct enable|disable|status|seal|release|changes`.
 
 use super::*;
+use ::machine::Target;
+use api::{ApiError, Changes, ChangesQuery, EnableTrackingRequest, Machines, TrackingStatus};
 
 #[derive(Subcommand)]
 pub(crate) enum Rct {
@@ -51,7 +53,7 @@ When --max-ranges stops early, continue with --offset <offset + processed_length
     },
 }
 
-pub(crate) fn print_status(s: &refpoint::tracking::Status, json: bool) -> Result<()> {
+fn print_status(s: &TrackingStatus, json: bool) -> Result<()> {
     if json {
         return print_json(s);
     }
@@ -75,7 +77,7 @@ pub(crate) fn print_status(s: &refpoint::tracking::Status, json: bool) -> Result
     Ok(())
 }
 
-pub(crate) fn print_changes(c: &refpoint::tracking::ChangesOut, json: bool) -> Result<()> {
+fn print_changes(c: &Changes, json: bool) -> Result<()> {
     if json {
         return print_json(c);
     }
@@ -93,7 +95,7 @@ pub(crate) fn print_changes(c: &refpoint::tracking::ChangesOut, json: bool) -> R
 }
 
 /// The disk argument of an `rct` command.
-pub(crate) fn rct_disk(cmd: &Rct) -> &std::path::Path {
+fn rct_disk(cmd: &Rct) -> &std::path::Path {
     match cmd {
         Rct::Enable { disk, .. }
         | Rct::Disable { disk }
@@ -104,49 +106,55 @@ pub(crate) fn rct_disk(cmd: &Rct) -> &std::path::Path {
     }
 }
 
-/// `rct` on a disk the daemon holds: through its API.
-pub(crate) fn rct_remote(
-    daemon: refpoint::daemon_client::Daemon,
-    machine: &str,
-    name: &str,
-    cmd: Rct,
-) -> Result<ExitCode> {
-    use refpoint::tracking::ErrorOut;
-    let base = format!("/v1/machines/{machine}/disks/{name}");
-    let r = match cmd {
-        Rct::Enable { granularity, .. } => daemon
-            .post(
-                &format!("{base}/tracking/enable"),
-                serde_json::json!({"granularity": granularity}),
-            )
-            .map(|_| {
-                println!(
-                    "change tracking enabled on {machine}/{name} ({} granularity)",
-                    human(granularity)
-                )
-            }),
-        Rct::Disable { .. } => daemon
-            .post(&format!("{base}/tracking/disable"), serde_json::json!({}))
-            .map(|_| println!("change tracking disabled on {machine}/{name}")),
-        Rct::Status { json, .. } => {
-            let v = daemon.get(&format!("{base}/tracking"))?;
-            print_status(&serde_json::from_value(v)?, json)?;
-            Ok(())
+/// The query of `rct changes`.
+fn changes_query(
+    since: String,
+    until: Option<String>,
+    offset: u64,
+    length: Option<u64>,
+    max_ranges: usize,
+) -> ChangesQuery {
+    ChangesQuery {
+        since,
+        until,
+        offset,
+        length,
+        max_ranges: (max_ranges != usize::MAX).then_some(max_ranges as u64),
+    }
+}
+
+/// `rct` on a machine disk, through the machines (the daemon's when it
+/// runs): the same code with or without it.
+fn on_machine(ms: &dyn Machines, machine: &str, disk: &str, cmd: Rct) -> Result<(), ApiError> {
+    let name = format!("{machine}/{disk}");
+    match cmd {
+        Rct::Enable { granularity, .. } => {
+            let r = EnableTrackingRequest {
+                granularity: Some(granularity),
+            };
+            ms.enable_tracking(machine, disk, &r)?;
+            println!(
+                "change tracking enabled on {name} ({} granularity)",
+                human(granularity)
+            );
         }
-        Rct::Seal { .. } => daemon
-            .post(&format!("{base}/tracking/seal"), serde_json::json!({}))
-            .map(|v| {
-                println!(
-                    "sealed {machine}/{name}; changes since this point can be asked for with:"
-                );
-                println!("{}", v["id"].as_str().unwrap_or_default());
-            }),
-        Rct::Release { id, .. } => daemon
-            .post(
-                &format!("{base}/tracking/release"),
-                serde_json::json!({"id": id}),
-            )
-            .map(|_| println!("released {id}")),
+        Rct::Disable { .. } => {
+            ms.disable_tracking(machine, disk)?;
+            println!("change tracking disabled on {name}");
+        }
+        Rct::Status { json, .. } => {
+            let s = ms.tracking_status(machine, disk)?;
+            print_status(&s, json).map_err(|e| internal(&e))?;
+        }
+        Rct::Seal { .. } => {
+            let s = ms.seal(machine, disk)?;
+            println!("sealed {name}; changes since this point can be asked for with:");
+            println!("{}", s.id);
+        }
+        Rct::Release { id, .. } => {
+            let r = ms.release(machine, disk, &id)?;
+            println!("released {}", r.released);
+        }
         Rct::Changes {
             since,
             until,
@@ -156,112 +164,103 @@ pub(crate) fn rct_remote(
             json,
             ..
         } => {
-            let mut q =
-                format!("{base}/changes?since={since}&offset={offset}&max_ranges={max_ranges}");
-            if let Some(u) = until {
-                q.push_str(&format!("&until={u}"));
-            }
-            if let Some(l) = length {
-                q.push_str(&format!("&length={l}"));
-            }
-            match daemon.get(&q) {
-                Ok(v) => {
-                    print_changes(&serde_json::from_value(v)?, json)?;
-                    Ok(())
-                }
-                Err(e) if e.is_tracking() => {
-                    if json {
-                        if let refpoint::daemon_client::DaemonError::Api { message, .. } = &e {
-                            if let Ok(out) = serde_json::from_str::<ErrorOut>(message) {
-                                print_json(&out)?;
-                            }
-                        }
-                    }
-                    Err(e)
-                }
-                Err(e) => Err(e),
-            }
+            let q = changes_query(since, until, offset, length, max_ranges);
+            let c = ms.changes(machine, disk, &q)?;
+            print_changes(&c, json).map_err(|e| internal(&e))?;
         }
-    };
-    match r {
-        Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(e) if e.is_tracking() => {
-            let msg = match &e {
-                refpoint::daemon_client::DaemonError::Api { kind, message, .. } => {
-                    let m = serde_json::from_str::<ErrorOut>(message)
-                        .map(|o| o.message)
-                        .unwrap_or(message.clone());
-                    format!("error ({kind}): {m}")
-                }
-                e => e.to_string(),
-            };
-            eprintln!("{msg}");
-            Ok(ExitCode::from(EXIT_TRACKING))
-        }
-        Err(e) => Err(e.into()),
     }
+    Ok(())
 }
 
-pub(crate) fn run(cmd: Rct) -> Result<ExitCode> {
-    use refpoint::tracking::{self as t, ChangesResult, ErrorOut};
-    if let Some((m, d)) = t::machine_disk(rct_disk(&cmd))? {
-        if let Some(daemon) = refpoint::machines::daemon() {
-            return rct_remote(daemon, &m, &d, cmd);
-        }
-    }
+fn internal(e: &anyhow::Error) -> ApiError {
+    ApiError::Setup(format!("{e:#}"))
+}
+
+/// `rct` on a disk file that is no machine's.
+fn on_file(path: &std::path::Path, cmd: Rct) -> Result<(), ApiError> {
+    use refpoint::tracking as t;
+    let open = |writable| t::open(path, writable).map_err(|e| internal(&e));
+    let disk = daemon::convert::disk_error;
     match cmd {
-        Rct::Enable { disk, granularity } => {
-            let mut d = t::open(&disk, true)?;
-            d.enable_tracking(granularity)?;
-            d.close()?;
+        Rct::Enable { granularity, .. } => {
+            let mut d = open(true)?;
+            d.enable_tracking(granularity).map_err(disk)?;
+            d.close().map_err(disk)?;
             println!(
                 "change tracking enabled on {} ({} granularity)",
-                disk.display(),
+                path.display(),
                 human(granularity)
             );
         }
-        Rct::Disable { disk } => {
-            let mut d = t::open(&disk, true)?;
-            d.disable_tracking()?;
-            d.close()?;
-            println!("change tracking disabled on {}", disk.display());
+        Rct::Disable { .. } => {
+            let mut d = open(true)?;
+            d.disable_tracking().map_err(disk)?;
+            d.close().map_err(disk)?;
+            println!("change tracking disabled on {}", path.display());
         }
-        Rct::Status { disk, json } => print_status(&t::status(&disk)?, json)?,
-        Rct::Seal { disk } => {
-            let mut d = t::open(&disk, true)?;
-            let id = d.seal()?;
-            d.close()?;
+        Rct::Status { json, .. } => {
+            let mut d = open(false)?;
+            let s = t::status_of(&mut d, path.display().to_string())?;
+            print_status(&s, json).map_err(|e| internal(&e))?;
+        }
+        Rct::Seal { .. } => {
+            let mut d = open(true)?;
+            let id = d.seal().map_err(disk)?;
+            d.close().map_err(disk)?;
             println!(
                 "sealed {}; changes since this point can be asked for with:",
-                disk.display()
+                path.display()
             );
             println!("{id}");
         }
-        Rct::Release { disk, id } => {
-            let id: ::rct::RctId = id.parse()?;
-            let mut d = t::open(&disk, true)?;
-            d.release(&id)?;
-            d.close()?;
-            println!("released {id}");
+        Rct::Release { id, .. } => {
+            let rid: ::rct::RctId = id
+                .parse()
+                .map_err(|e| daemon::convert::tracking_refusal(&e))?;
+            let mut d = open(true)?;
+            d.release(&rid).map_err(disk)?;
+            d.close().map_err(disk)?;
+            println!("released {rid}");
         }
         Rct::Changes {
-            disk,
             since,
             until,
             offset,
             length,
             max_ranges,
             json,
-        } => match t::changes(&disk, &since, until.as_deref(), offset, length, max_ranges)? {
-            ChangesResult::Changes(c) => print_changes(&c, json)?,
-            ChangesResult::TrackingError(e) => {
-                if json {
-                    print_json(&ErrorOut::new(&e))?;
+            ..
+        } => {
+            let q = changes_query(since, until, offset, length, max_ranges);
+            let mut d = open(false)?;
+            let c = t::changes_of(&mut d, &q)?;
+            print_changes(&c, json).map_err(|e| internal(&e))?;
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn run(cmd: Rct) -> Result<ExitCode> {
+    let json_refusal = matches!(cmd, Rct::Changes { json: true, .. });
+    let target = refpoint::machines::store().resolve(rct_disk(&cmd))?;
+    let r = match target {
+        Target::Machine { machine, disk } => {
+            on_machine(&*refpoint::machines::machines(), &machine, &disk, cmd)
+        }
+        Target::File(p) => on_file(&p, cmd),
+    };
+    match r {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) => match e.tracking() {
+            // Tracking cannot prove the answer: the caller takes a full backup.
+            Some(t) => {
+                if json_refusal {
+                    print_json(t)?;
                 }
-                eprintln!("error ({}): {e}", e.kind());
-                return Ok(ExitCode::from(EXIT_TRACKING));
+                eprintln!("error ({}): {}", t.error, t.message);
+                Ok(ExitCode::from(EXIT_TRACKING))
             }
+            None => Err(e.into()),
         },
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -21,10 +21,10 @@ pub(crate) enum ReferenceCmd {
 }
 
 pub(crate) fn run(c: ReferenceCmd) -> Result<ExitCode> {
-    let st = refpoint::machines::store();
+    let ms = refpoint::machines::machines();
     match c {
         ReferenceCmd::List { machine, json } => {
-            let m = st.load(&machine)?;
+            let m = ms.machine(&machine)?;
             if json {
                 print_json(&m.reference_points)?;
             } else {
@@ -39,19 +39,16 @@ pub(crate) fn run(c: ReferenceCmd) -> Result<ExitCode> {
             }
         }
         ReferenceCmd::Show { machine, id } => {
-            let m = st.load(&machine)?;
+            let m = ms.machine(&machine)?;
             let r = m
-                .reference_point(id)
+                .reference_points
+                .iter()
+                .find(|r| r.id == id)
                 .with_context(|| format!("{machine} has no reference point {id}"))?;
             print_json(r)?;
         }
         ReferenceCmd::Destroy { machine, id } => {
-            match refpoint::machines::daemon() {
-                Some(d) => {
-                    d.delete(&format!("/v1/machines/{machine}/reference-points/{id}"))?;
-                }
-                None => st.destroy_reference_point(&machine, id)?,
-            }
+            ms.destroy_reference_point(&machine, id)?;
             println!("reference point {id} of {machine} destroyed; its RCT IDs are released");
         }
     }

@@ -41,7 +41,7 @@ pub(crate) fn run(a: ServeArgs) -> Result<ExitCode> {
         let Some(d) = refpoint::machines::daemon() else {
             anyhow::bail!("no refpoint daemon answers on {}", api_socket.display());
         };
-        d.post("/v1/shutdown", serde_json::json!({}))?;
+        d.shutdown()?;
         while api_socket.exists() {
             std::thread::sleep(std::time::Duration::from_millis(100));
         }

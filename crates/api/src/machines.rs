@@ -1,0 +1,119 @@
+//! The machines as every front end sees them: one trait, implemented by
+//! [`Client`] (through a running daemon) and by the daemon's service over
+//! a local store, so a command is written once and behaves the same with
+//! or without a daemon.
+
+use crate::types::*;
+use crate::{ApiError, Client};
+
+/// Progress of a long operation: what is being worked on, bytes done of
+/// the bytes it will take.
+pub type Progress<'a> = &'a mut dyn FnMut(&str, u64, u64);
+
+pub trait Machines {
+    fn machines(&self) -> Result<Vec<Machine>, ApiError>;
+    fn machine(&self, name: &str) -> Result<Machine, ApiError>;
+
+    /// `request.consistency` unset: application-consistent when the machine
+    /// has freeze/thaw hooks, else crash-consistent.
+    fn create_checkpoint(
+        &self,
+        machine: &str,
+        request: &CheckpointRequest,
+    ) -> Result<Checkpoint, ApiError>;
+    /// Merges the newest checkpoint back; returns it.
+    fn delete_checkpoint(&self, machine: &str, id: u64) -> Result<Checkpoint, ApiError>;
+    fn apply_checkpoint(&self, machine: &str, id: u64) -> Result<Applied, ApiError>;
+    fn convert_checkpoint(&self, machine: &str, id: u64) -> Result<ReferencePoint, ApiError>;
+    fn destroy_reference_point(&self, machine: &str, id: u64) -> Result<Destroyed, ApiError>;
+
+    fn tracking_status(&self, machine: &str, disk: &str) -> Result<TrackingStatus, ApiError>;
+    fn enable_tracking(
+        &self,
+        machine: &str,
+        disk: &str,
+        request: &EnableTrackingRequest,
+    ) -> Result<TrackingSwitched, ApiError>;
+    fn disable_tracking(&self, machine: &str, disk: &str) -> Result<TrackingSwitched, ApiError>;
+    fn seal(&self, machine: &str, disk: &str) -> Result<Sealed, ApiError>;
+    fn release(&self, machine: &str, disk: &str, id: &str) -> Result<Released, ApiError>;
+    /// A tracking refusal is an [`ApiError`] whose [`ApiError::tracking`]
+    /// says why.
+    fn changes(&self, machine: &str, disk: &str, query: &ChangesQuery)
+        -> Result<Changes, ApiError>;
+
+    /// Backs `machine` up into `request.to`; `progress` sees each disk's
+    /// bytes done of its total.
+    fn backup(
+        &self,
+        machine: &str,
+        request: &BackupRequest,
+        progress: Progress<'_>,
+    ) -> Result<BackupSummary, ApiError>;
+}
+
+impl Machines for Client {
+    fn machines(&self) -> Result<Vec<Machine>, ApiError> {
+        Client::machines(self)
+    }
+    fn machine(&self, name: &str) -> Result<Machine, ApiError> {
+        Client::machine(self, name)
+    }
+    fn create_checkpoint(
+        &self,
+        machine: &str,
+        request: &CheckpointRequest,
+    ) -> Result<Checkpoint, ApiError> {
+        Client::create_checkpoint(self, machine, request)
+    }
+    fn delete_checkpoint(&self, machine: &str, id: u64) -> Result<Checkpoint, ApiError> {
+        Client::delete_checkpoint(self, machine, id)
+    }
+    fn apply_checkpoint(&self, machine: &str, id: u64) -> Result<Applied, ApiError> {
+        Client::apply_checkpoint(self, machine, id)
+    }
+    fn convert_checkpoint(&self, machine: &str, id: u64) -> Result<ReferencePoint, ApiError> {
+        Client::convert_checkpoint(self, machine, id)
+    }
+    fn destroy_reference_point(&self, machine: &str, id: u64) -> Result<Destroyed, ApiError> {
+        Client::destroy_reference_point(self, machine, id)
+    }
+    fn tracking_status(&self, machine: &str, disk: &str) -> Result<TrackingStatus, ApiError> {
+        Client::tracking_status(self, machine, disk)
+    }
+    fn enable_tracking(
+        &self,
+        machine: &str,
+        disk: &str,
+        request: &EnableTrackingRequest,
+    ) -> Result<TrackingSwitched, ApiError> {
+        Client::enable_tracking(self, machine, disk, request)
+    }
+    fn disable_tracking(&self, machine: &str, disk: &str) -> Result<TrackingSwitched, ApiError> {
+        Client::disable_tracking(self, machine, disk)
+    }
+    fn seal(&self, machine: &str, disk: &str) -> Result<Sealed, ApiError> {
+        Client::seal(self, machine, disk)
+    }
+    fn release(&self, machine: &str, disk: &str, id: &str) -> Result<Released, ApiError> {
+        Client::release(self, machine, disk, id)
+    }
+    fn changes(
+        &self,
+        machine: &str,
+        disk: &str,
+        query: &ChangesQuery,
+    ) -> Result<Changes, ApiError> {
+        Client::changes(self, machine, disk, query)
+    }
+    fn backup(
+        &self,
+        machine: &str,
+        request: &BackupRequest,
+        progress: Progress<'_>,
+    ) -> Result<BackupSummary, ApiError> {
+        self.run_backup(machine, request, &mut |job: &Job| {
+            progress(&job.item, job.done, job.total)
+        })
+    }
+}

@@ -1,0 +1,252 @@
+//! The machines as the API offers them, over a machine store: the one
+//! implementation of [`api::Machines`] besides the client. The daemon's
+//! HTTP handlers call it with disks held in the store's pool; the command
+//! line calls it directly, with no daemon running, and then each call
+//! opens the disk it needs and closes it again. Either way the same code
+//! runs, so a command behaves the same with or without the daemon.
+
+use crate::convert::{self, machine_error};
+use crate::tracking::{changes_of, status_of};
+use api::*;
+use machine::Store;
+use vdisk::Disk;
+
+#[derive(Clone)]
+pub struct Service {
+    store: Store,
+    /// Keep disks open in the pool between calls (the daemon).
+    hold: bool,
+}
+
+impl Service {
+    /// For a process that holds the machines' disks (the daemon).
+    pub fn holding(store: Store) -> Self {
+        Self { store, hold: true }
+    }
+
+    /// For a one-off command: disks are opened per call.
+    pub fn local(store: Store) -> Self {
+        Self { store, hold: false }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    fn load(&self, name: &str) -> Result<machine::Machine, ApiError> {
+        self.store.load(name).map_err(machine_error)
+    }
+
+    /// Runs `f` on a machine disk: the held one, or one opened for the
+    /// call (writable when `f` changes it) and closed after.
+    fn on_disk<T>(
+        &self,
+        machine: &str,
+        disk: &str,
+        writable: bool,
+        f: impl FnOnce(&mut Disk, String) -> Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let m = self.load(machine)?;
+        let name = format!("{machine}/{disk}");
+        if m.disk(disk).is_none() {
+            return Err(machine_error(machine::MachineError::NoDisk {
+                machine: machine.into(),
+                disk: disk.into(),
+            }));
+        }
+        if self.hold {
+            let mut out = None;
+            self.store
+                .with_held(machine, disk, |d| {
+                    out = Some(f(d, name));
+                    Ok(())
+                })
+                .map_err(machine_error)?;
+            return out.expect("ran");
+        }
+        let mut d = self
+            .store
+            .open_disk(&m, disk, writable)
+            .map_err(machine_error)?;
+        let r = f(&mut d, name);
+        let closed = d.close().map_err(convert::disk_error);
+        let v = r?;
+        closed?;
+        Ok(v)
+    }
+
+    /// Restores a backup point (a repository operation, not a machine's).
+    pub fn restore(
+        &self,
+        r: &RestoreRequest,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<RestoreResult, ApiError> {
+        let format = match r.format.unwrap_or(RestoreFormat::Vhdx) {
+            RestoreFormat::Vhdx => backup::RestoreFormat::Vhdx,
+            RestoreFormat::Raw => backup::RestoreFormat::Raw,
+        };
+        let files = backup::restore(
+            &**self.store.fs(),
+            &r.repository,
+            r.point,
+            r.disk.as_deref(),
+            &r.to,
+            format,
+            progress,
+        )
+        .map_err(convert::backup_error)?;
+        Ok(RestoreResult { files })
+    }
+
+    /// Re-hashes a repository's points against their manifests.
+    pub fn verify(
+        &self,
+        r: &VerifyRequest,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> Result<VerifyReport, ApiError> {
+        let report = backup::verify(&**self.store.fs(), &r.repository, r.point, progress)
+            .map_err(convert::backup_error)?;
+        Ok(convert::verify_report(report))
+    }
+}
+
+impl Machines for Service {
+    fn machines(&self) -> Result<Vec<Machine>, ApiError> {
+        let ms = self.store.list().map_err(machine_error)?;
+        Ok(ms.into_iter().map(convert::machine).collect())
+    }
+
+    fn machine(&self, name: &str) -> Result<Machine, ApiError> {
+        self.load(name).map(convert::machine)
+    }
+
+    fn create_checkpoint(
+        &self,
+        machine: &str,
+        r: &CheckpointRequest,
+    ) -> Result<Checkpoint, ApiError> {
+        let _lock = self.store.lock_machine(machine);
+        let m = self.load(machine)?;
+        let kind = convert::checkpoint_kind_in(r.kind.unwrap_or(CheckpointKind::Standard));
+        let consistency = r
+            .consistency
+            .map(convert::consistency_in)
+            .unwrap_or_else(|| Store::default_consistency(&m));
+        let cp = self
+            .store
+            .create_checkpoint(machine, kind, consistency)
+            .map_err(machine_error)?;
+        Ok(convert::checkpoint(cp))
+    }
+
+    fn delete_checkpoint(&self, machine: &str, id: u64) -> Result<Checkpoint, ApiError> {
+        let _lock = self.store.lock_machine(machine);
+        let cp = self
+            .store
+            .delete_checkpoint(machine, id)
+            .map_err(machine_error)?;
+        Ok(convert::checkpoint(cp))
+    }
+
+    fn apply_checkpoint(&self, machine: &str, id: u64) -> Result<Applied, ApiError> {
+        let _lock = self.store.lock_machine(machine);
+        self.store
+            .apply_checkpoint(machine, id)
+            .map_err(machine_error)?;
+        Ok(Applied { applied: id })
+    }
+
+    fn convert_checkpoint(&self, machine: &str, id: u64) -> Result<ReferencePoint, ApiError> {
+        let _lock = self.store.lock_machine(machine);
+        let rp = self
+            .store
+            .convert_checkpoint(machine, id)
+            .map_err(machine_error)?;
+        Ok(convert::reference_point(rp))
+    }
+
+    fn destroy_reference_point(&self, machine: &str, id: u64) -> Result<Destroyed, ApiError> {
+        let _lock = self.store.lock_machine(machine);
+        self.store
+            .destroy_reference_point(machine, id)
+            .map_err(machine_error)?;
+        Ok(Destroyed { destroyed: id })
+    }
+
+    fn tracking_status(&self, machine: &str, disk: &str) -> Result<TrackingStatus, ApiError> {
+        self.on_disk(machine, disk, false, status_of)
+    }
+
+    fn enable_tracking(
+        &self,
+        machine: &str,
+        disk: &str,
+        r: &EnableTrackingRequest,
+    ) -> Result<TrackingSwitched, ApiError> {
+        let g = r.granularity.unwrap_or(rct::DEFAULT_GRANULARITY);
+        self.on_disk(machine, disk, true, |d, _| {
+            d.enable_tracking(g).map_err(convert::disk_error)?;
+            d.flush().map_err(convert::disk_error)?;
+            Ok(TrackingSwitched {
+                enabled: true,
+                granularity: Some(g),
+            })
+        })
+    }
+
+    fn disable_tracking(&self, machine: &str, disk: &str) -> Result<TrackingSwitched, ApiError> {
+        self.on_disk(machine, disk, true, |d, _| {
+            d.disable_tracking().map_err(convert::disk_error)?;
+            d.flush().map_err(convert::disk_error)?;
+            Ok(TrackingSwitched {
+                enabled: false,
+                granularity: None,
+            })
+        })
+    }
+
+    fn seal(&self, machine: &str, disk: &str) -> Result<Sealed, ApiError> {
+        self.on_disk(machine, disk, true, |d, _| {
+            let id = d.seal().map_err(convert::disk_error)?;
+            Ok(Sealed { id: id.to_string() })
+        })
+    }
+
+    fn release(&self, machine: &str, disk: &str, id: &str) -> Result<Released, ApiError> {
+        let rid: rct::RctId = id.parse().map_err(|e| convert::tracking_refusal(&e))?;
+        self.on_disk(machine, disk, true, |d, _| {
+            d.release(&rid).map_err(convert::disk_error)?;
+            Ok(Released {
+                released: rid.to_string(),
+            })
+        })
+    }
+
+    fn changes(&self, machine: &str, disk: &str, q: &ChangesQuery) -> Result<Changes, ApiError> {
+        self.on_disk(machine, disk, false, |d, _| changes_of(d, q))
+    }
+
+    fn backup(
+        &self,
+        machine: &str,
+        r: &BackupRequest,
+        progress: Progress<'_>,
+    ) -> Result<BackupSummary, ApiError> {
+        let _lock = self.store.lock_machine(machine);
+        self.load(machine)?;
+        let to = vhdx::paths::absolute(&r.to);
+        // The backup reports increments per disk; progress is totals.
+        let (mut disk, mut done) = (String::new(), 0u64);
+        let mut tick = |d: &str, n: u64, total: u64| {
+            if d != disk {
+                disk = d.to_string();
+                done = 0;
+            }
+            done += n;
+            progress(d, done, total);
+        };
+        let s =
+            backup::backup(&self.store, machine, &to, &mut tick).map_err(convert::backup_error)?;
+        Ok(convert::backup_summary(s))
+    }
+}
