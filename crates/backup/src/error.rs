@@ -6,6 +6,8 @@ pub enum BackupError {
     Disk(#[from] vdisk::VdiskError),
     #[error(transparent)]
     Vhdx(#[from] vhdx::Error),
+    #[error(transparent)]
+    Copy(#[from] vdisk::copy::CopyError),
     #[error("backup repository: {0}")]
     Repository(String),
     #[error("{path}: I/O error while {op}: {source}")]

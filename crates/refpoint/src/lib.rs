@@ -8,7 +8,7 @@
 //! refpoint rct enable|disable|status|seal|release|changes · disk write
 //!        │
 //!        ├─ image.rs    one readable disk: raw file or VHDX chain
-//!        ├─ convert.rs  image → VHDX (fixed/dynamic) or raw, skipping zeros
+//!        ├─ convert.rs  image → VHDX (fixed/dynamic) or raw, by vdisk::copy
 //!        ├─ compare.rs  first differing byte of two images
 //!        ├─ report.rs   info / map / check as text or JSON
 //!        ├─ tracking.rs change tracking through `vdisk`
