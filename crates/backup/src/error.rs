@@ -8,6 +8,8 @@ pub enum BackupError {
     Machine(#[from] machine::MachineError),
     #[error(transparent)]
     Vhdx(#[from] vhdx::Error),
+    #[error(transparent)]
+    Copy(#[from] vdisk::copy::CopyError),
     #[error("backup repository: {0}")]
     Repository(String),
     #[error("{path}: I/O error while {op}: {source}")]

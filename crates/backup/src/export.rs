@@ -1,16 +1,18 @@
 //! Exporting the content of a disk (a frozen checkpoint chain) as a VHDX:
 //! in full, or as a differencing file holding only changed ranges on top of
-//! the previous point's file. Both hash the content per [`HASH_BLOCK`], and
-//! keep the chaining values of its 64 KiB pieces (see [`crate::cv`]) so a
-//! differential reads only the pieces that changed.
+//! the previous point's file. Both copy through `vdisk`'s copy engine
+//! ([`vdisk::copy`]), whose observer hashes the content per [`HASH_BLOCK`]
+//! as it passes, keeping the chaining values of its 64 KiB pieces (see
+//! [`crate::cv`]) so a differential reads only the pieces that changed.
 
 use crate::cv::{self, block_hash, Cv, PIECE, PIECES};
 use crate::error::{BackupError, Result};
 use crate::manifest::HASH_BLOCK;
 use std::path::Path;
 use storage::Fs;
+use vdisk::copy::{copy_into, CopyOptions, Output, Piece};
 use vdisk::is_zero;
-use vhdx::{create, create_child, Chain, CreateOptions, DiskType};
+use vhdx::{Chain, CreateOptions, DiskType};
 
 /// Block size of full exports.
 pub const FULL_BLOCK_SIZE: u32 = 32 << 20;
@@ -47,60 +49,24 @@ pub fn export_full(
         logical_sector_size: src.logical_sector_size(),
         physical_sector_size: src.top().physical_sector_size(),
     };
-    let mut out = create(fs, dst, &opts)?;
-    let mut e = Exported {
-        cvs: vec![[0; 32]; cv::count(size)],
-        ..Default::default()
-    };
-    let zero_hash = hash(&vec![0u8; HASH_BLOCK as usize]);
-    let zero_cvs = cv::zero_block();
-    let chunk = 8 * HASH_BLOCK;
-    let mut buf = vec![0u8; chunk as usize];
-    let mut pos = 0;
-    while pos < size {
-        let len = chunk.min(size - pos);
-        let b = &mut buf[..len as usize];
-        let data = src.map(pos, len)?.iter().any(|x| x.2.is_some());
-        if data {
-            src.read(pos, b)?;
-            e.bytes_read += len;
-        } else {
-            b.fill(0);
-        }
-        for piece in b.chunks(HASH_BLOCK as usize) {
-            let off = pos + (piece.as_ptr() as usize - b.as_ptr() as usize) as u64;
-            let whole = piece.len() as u64 == HASH_BLOCK;
-            let c = (off / HASH_BLOCK) as usize * PIECES;
-            if !data || is_zero(piece) {
-                if whole {
-                    e.hashes.push(zero_hash.clone());
-                    e.cvs[c..c + PIECES].copy_from_slice(&zero_cvs);
-                } else {
-                    e.hashes.push(hash(piece));
-                }
-            } else {
-                if whole {
-                    let cvs = &mut e.cvs[c..c + PIECES];
-                    cv::pieces(piece, cvs);
-                    e.hashes.push(block_hash(cvs).to_hex().to_string());
-                } else {
-                    e.hashes.push(hash(piece));
-                }
-                out.write(off, piece)?;
-                e.bytes_written += piece.len() as u64;
-            }
-        }
-        pos += len;
-        progress(len);
-    }
-    out.close()?;
-    Ok(e)
+    let out = Output::vhdx(fs, dst, &opts)?;
+    let blocks = size.div_ceil(HASH_BLOCK) as usize;
+    let hasher = BlockHasher::new(
+        size,
+        vec![String::new(); blocks],
+        vec![[0; 32]; cv::count(size)],
+    );
+    export(src, out, None, vec![], hasher, progress)
 }
 
 /// Writes the `ranges` of `src` into a new differencing VHDX at `dst` whose
 /// parent is `parent` (the previous point's file); `prev_hashes` are the
 /// previous point's hashes, updated where ranges changed, and `prev_cvs`
 /// its pieces' chaining values if it kept them.
+///
+/// Each hash block the ranges touch is rehashed: from the pieces they
+/// touch, read alone, when the block's chaining values hash to its
+/// previous hash; else from the whole block.
 #[allow(clippy::too_many_arguments)]
 pub fn export_diff(
     fs: &dyn Fs,
@@ -120,99 +86,260 @@ pub fn export_diff(
             prev_hashes.len()
         )));
     }
-    let mut out = create_child(fs, dst, parent, Some(DIFF_BLOCK_SIZE))?;
     let n = cv::count(size);
-    let mut e = Exported {
-        hashes: prev_hashes.to_vec(),
-        // Unknown chaining values are zeros, which no block hashes to.
-        cvs: prev_cvs
-            .filter(|c| c.len() == n)
-            .unwrap_or_else(|| vec![[0; 32]; n]),
-        ..Default::default()
-    };
-    let mut buf = vec![0u8; HASH_BLOCK as usize];
-    copy_ranges(&mut out, src, ranges, &mut e, &mut buf, size, progress)?;
-    out.close()?;
-    Ok(e)
+    // Unknown chaining values are zeros, which no block hashes to.
+    let cvs = prev_cvs
+        .filter(|c| c.len() == n)
+        .unwrap_or_else(|| vec![[0; 32]; n]);
+    let hasher = BlockHasher::new(size, prev_hashes.to_vec(), cvs);
+    let context = hasher.context(ranges);
+    let out = Output::vhdx_child(fs, dst, parent, Some(DIFF_BLOCK_SIZE))?;
+    export(src, out, Some(ranges.to_vec()), context, hasher, progress)
 }
 
-/// Copies `ranges` (sorted) from `src` to `out` and rehashes each hash
-/// block they touch: from the pieces they touch, read alone, when the
-/// block's chaining values hash to its previous hash; else read whole.
-fn copy_ranges(
-    out: &mut vhdx::Vhdx,
+/// Copies `ranges` (everything if `None`) and `context` of `src` into
+/// `out` through the copy engine, `hasher` watching.
+fn export(
     src: &Chain,
-    ranges: &[(u64, u64)],
-    e: &mut Exported,
-    buf: &mut [u8],
-    size: u64,
+    out: Output<'_>,
+    ranges: Option<Vec<(u64, u64)>>,
+    context: Vec<(u64, u64)>,
+    mut hasher: BlockHasher,
     progress: &mut dyn FnMut(u64),
-) -> Result<()> {
-    // The ranges cut at block boundaries, so each part lies in one block.
-    let mut parts = Vec::with_capacity(ranges.len());
-    for &(mut o, l) in ranges {
-        let end = o + l;
-        while o < end {
-            let n = (end - o).min(HASH_BLOCK - o % HASH_BLOCK);
-            parts.push((o, n));
-            o += n;
+) -> Result<Exported> {
+    let mut last = 0;
+    let mut observer = |p: Piece<'_>| hasher.see(p);
+    let opts = CopyOptions {
+        ranges,
+        context,
+        observer: Some(&mut observer),
+    };
+    let s = copy_into(src, out, opts, &mut |done, _| {
+        progress(done - last);
+        last = done;
+    })?;
+    let (hashes, cvs) = hasher.finish();
+    Ok(Exported {
+        bytes_read: s.bytes_read,
+        bytes_written: s.bytes_written,
+        hashes,
+        cvs,
+    })
+}
+
+/// Rehashes the hash blocks a copy shows it (see [`vdisk::copy::Piece`]):
+/// a whole block from the chaining values of its 64 KiB pieces (those not
+/// shown keep their values), the partial last block from its bytes, which
+/// it is shown whole. Pieces arrive in order, each whole piece
+/// contiguously; known zeros are not hashed (their values are known).
+struct BlockHasher {
+    size: u64,
+    hashes: Vec<String>,
+    cvs: Vec<Cv>,
+    zero_cvs: Vec<Cv>,
+    /// The block being shown, whose hash is due once the pieces move on.
+    block: Option<u64>,
+    /// Bytes of a piece shown in parts (or of the partial last block).
+    part: Vec<u8>,
+}
+
+impl BlockHasher {
+    fn new(size: u64, hashes: Vec<String>, cvs: Vec<Cv>) -> Self {
+        Self {
+            size,
+            hashes,
+            cvs,
+            zero_cvs: cv::zero_block(),
+            block: None,
+            part: Vec::new(),
         }
     }
-    let mut rest = &parts[..];
-    while let Some(&(first, _)) = rest.first() {
-        let block = first / HASH_BLOCK;
-        let n = rest
-            .iter()
-            .take_while(|p| p.0 / HASH_BLOCK == block)
-            .count();
-        let (group, tail) = rest.split_at(n);
-        rest = tail;
-        let start = block * HASH_BLOCK;
-        let len = HASH_BLOCK.min(size - start);
-        let b = &mut buf[..len as usize];
+
+    /// What must be read besides `ranges` to rehash the blocks they touch:
+    /// the touched pieces of a block whose chaining values are known (they
+    /// hash to its previous hash), else the whole block.
+    fn context(&self, ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
+        let mut touched: Vec<(u64, u64)> = Vec::new();
+        for &(o, l) in ranges.iter().filter(|r| r.1 > 0) {
+            let (first, last) = (o / PIECE, (o + l - 1) / PIECE);
+            touched.push((first * PIECE, (last - first + 1) * PIECE));
+        }
+        touched.sort_unstable();
+        let mut out = Vec::new();
+        for (o, l) in touched {
+            let mut p = o;
+            while p < o + l {
+                let block = p / HASH_BLOCK;
+                let start = block * HASH_BLOCK;
+                let len = HASH_BLOCK.min(self.size - start);
+                let end = (o + l).min(start + HASH_BLOCK);
+                if self.known(block) {
+                    out.push((p, end - p));
+                } else {
+                    out.push((start, len));
+                }
+                p = end;
+            }
+        }
+        out
+    }
+
+    /// Whether `block` is whole and its chaining values hash to its hash.
+    fn known(&self, block: u64) -> bool {
         let c = block as usize * PIECES;
-        let bi = block as usize;
-        let known = len == HASH_BLOCK
-            && c + PIECES <= e.cvs.len()
-            && block_hash(&e.cvs[c..c + PIECES]).to_hex().as_str() == e.hashes[bi];
-        if known {
-            let mut touched = [false; PIECES];
-            for &(o, l) in group {
-                let (a, z) = ((o - start) / PIECE, (o + l - 1 - start) / PIECE);
-                touched[a as usize..=z as usize].fill(true);
+        let start = block * HASH_BLOCK;
+        HASH_BLOCK.min(self.size - start) == HASH_BLOCK
+            && c + PIECES <= self.cvs.len()
+            && block_hash(&self.cvs[c..c + PIECES]).to_hex().as_str() == self.hashes[block as usize]
+    }
+
+    fn see(&mut self, p: Piece<'_>) {
+        let (mut off, end) = (p.offset(), p.offset() + p.len());
+        while off < end {
+            let block = off / HASH_BLOCK;
+            if self.block != Some(block) {
+                self.finish_block();
+                self.block = Some(block);
             }
-            let mut p = 0;
-            while p < PIECES {
-                if !touched[p] {
-                    p += 1;
-                    continue;
-                }
-                let q = p + touched[p..].iter().take_while(|&&t| t).count();
-                let (a, z) = (p * PIECE as usize, q * PIECE as usize);
-                src.read(start + a as u64, &mut b[a..z])?;
-                e.bytes_read += (z - a) as u64;
-                for (i, d) in (p..q).zip(b[a..z].chunks(PIECE as usize)) {
-                    e.cvs[c + i] = cv::piece(d, i);
-                }
-                p = q;
-            }
-            e.hashes[bi] = block_hash(&e.cvs[c..c + PIECES]).to_hex().to_string();
-        } else {
-            src.read(start, b)?;
-            e.bytes_read += len;
-            e.hashes[bi] = if len == HASH_BLOCK {
-                let cvs = &mut e.cvs[c..c + PIECES];
-                cv::pieces(b, cvs);
-                block_hash(cvs).to_hex().to_string()
+            let start = block * HASH_BLOCK;
+            let whole = HASH_BLOCK.min(self.size - start) == HASH_BLOCK;
+            let (lo, hi) = if whole {
+                let piece = start + (off - start) / PIECE * PIECE;
+                (piece, piece + PIECE)
             } else {
-                hash(b)
+                (start, self.size)
             };
-        }
-        for &(o, l) in group {
-            out.write(o, &b[(o - start) as usize..(o + l - start) as usize])?;
-            e.bytes_written += l;
-            progress(l);
+            let n = end.min(hi) - off;
+            let bytes = match p {
+                Piece::Data { offset, data } => {
+                    Some(&data[(off - offset) as usize..(off - offset + n) as usize])
+                }
+                Piece::Zeros { .. } => None,
+            };
+            let index = ((lo - start) / PIECE) as usize;
+            if whole && off == lo && n == PIECE {
+                // A whole piece at once: no copy.
+                let cv = match bytes {
+                    Some(b) if !is_zero(b) => cv::piece(b, index),
+                    _ => self.zero_cvs[index],
+                };
+                self.cvs[block as usize * PIECES + index] = cv;
+            } else {
+                // Assembled; the piece (or last block) is shown in order.
+                debug_assert_eq!(self.part.len() as u64, off - lo);
+                match bytes {
+                    Some(b) => self.part.extend_from_slice(b),
+                    None => self.part.resize(self.part.len() + n as usize, 0),
+                }
+                if whole && self.part.len() as u64 == PIECE {
+                    self.cvs[block as usize * PIECES + index] = cv::piece(&self.part, index);
+                    self.part.clear();
+                }
+            }
+            off += n;
         }
     }
-    Ok(())
+
+    /// Hashes the block being shown.
+    fn finish_block(&mut self) {
+        let Some(block) = self.block.take() else {
+            return;
+        };
+        let start = block * HASH_BLOCK;
+        self.hashes[block as usize] = if HASH_BLOCK.min(self.size - start) == HASH_BLOCK {
+            let c = block as usize * PIECES;
+            block_hash(&self.cvs[c..c + PIECES]).to_hex().to_string()
+        } else {
+            hash(&self.part)
+        };
+        self.part.clear();
+    }
+
+    fn finish(mut self) -> (Vec<String>, Vec<Cv>) {
+        self.finish_block();
+        (self.hashes, self.cvs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    /// Shows `content[o..o+l]` for each `(o, l)`, cut at `cuts` (offsets)
+    /// and with the all-zero cuts shown as known zeros.
+    fn show(h: &mut BlockHasher, content: &[u8], ranges: &[(u64, u64)], cuts: &[u64]) {
+        for &(o, l) in ranges {
+            let mut at = o;
+            for &c in cuts
+                .iter()
+                .filter(|&&c| c > o && c < o + l)
+                .chain([&(o + l)])
+            {
+                let data = &content[at as usize..c as usize];
+                if is_zero(data) {
+                    h.see(Piece::Zeros {
+                        offset: at,
+                        len: c - at,
+                    });
+                } else {
+                    h.see(Piece::Data { offset: at, data });
+                }
+                at = c;
+            }
+        }
+    }
+
+    fn hashes_of(content: &[u8]) -> Vec<String> {
+        content.chunks(HASH_BLOCK as usize).map(hash).collect()
+    }
+
+    #[test]
+    fn the_hasher_hashes_what_it_is_shown_however_it_is_cut() {
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(3);
+        let size = 3 * HASH_BLOCK + 5000;
+        let mut content: Vec<u8> = (0..size).map(|_| rng.gen()).collect();
+        content[HASH_BLOCK as usize..2 * HASH_BLOCK as usize].fill(0);
+        content[5 * PIECE as usize..6 * PIECE as usize].fill(0);
+        let blocks = size.div_ceil(HASH_BLOCK) as usize;
+        let cuts: Vec<u64> = (0..40).map(|_| rng.gen_range(0..size)).collect();
+        let mut cuts = cuts;
+        cuts.sort_unstable();
+        let mut h = BlockHasher::new(
+            size,
+            vec![String::new(); blocks],
+            vec![[0; 32]; cv::count(size)],
+        );
+        show(&mut h, &content, &[(0, size)], &cuts);
+        let (hashes, cvs) = h.finish();
+        assert_eq!(hashes, hashes_of(&content));
+
+        // An incremental over these: known values, so only the touched
+        // pieces are shown; an unknown block (its values zeroed) whole;
+        // the partial last block whole.
+        let mut cvs = cvs;
+        let c = 2 * PIECES;
+        cvs[c..c + PIECES].fill([0; 32]);
+        let mut h = BlockHasher::new(size, hashes, cvs);
+        let changes = [
+            (PIECE + 10, 100),
+            (2 * HASH_BLOCK + 3 * PIECE, PIECE),
+            (size - 10, 4),
+        ];
+        let ctx = h.context(&changes);
+        assert_eq!(
+            ctx,
+            vec![
+                (PIECE, PIECE),
+                (2 * HASH_BLOCK, HASH_BLOCK),
+                (3 * HASH_BLOCK, 5000)
+            ]
+        );
+        for &(o, l) in &changes {
+            rng.fill(&mut content[o as usize..(o + l) as usize]);
+        }
+        show(&mut h, &content, &ctx, &cuts);
+        let (hashes, _) = h.finish();
+        assert_eq!(hashes, hashes_of(&content));
+    }
 }

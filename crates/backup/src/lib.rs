@@ -14,6 +14,14 @@
 //! The repository is itself a VHDX chain per disk (each differential's
 //! parent locator points at the previous point's file), so any VHDX reader
 //! that understands differencing files can open a point directly.
+//!
+//! Every image this crate writes — a full or differential export, a
+//! restore's flat image, a consolidation's synthetic full — is copied by
+//! `vdisk`'s one engine ([`vdisk::copy`]): pipelined, zero-skipping, and
+//! under its final name only once complete. Exports hash the blocks as
+//! they pass (its observer); a differential copies only the changed ranges
+//! (its ranges), reading the rest of each hash block it needs (its
+//! context).
 
 #![forbid(unsafe_code)]
 
@@ -28,5 +36,8 @@ pub mod run;
 pub use error::{BackupError, Result};
 pub use manifest::{DiskManifest, Manifest};
 pub use repo::Repo;
-pub use restore::{consolidate, flatten, restore, verify, BadBlock, RestoreFormat, VerifyReport};
+pub use restore::{consolidate, flatten, restore, verify, BadBlock, VerifyReport};
 pub use run::{backup, Summary};
+/// The output format of a restore: `vdisk`'s copy engine's.
+pub use vdisk::copy::Format;
+/// [`Format`] under its older name.

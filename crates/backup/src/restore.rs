@@ -10,96 +10,29 @@ use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use storage::Fs;
-use vhdx::{create, locator, Chain, CreateOptions, DiskType, Vhdx};
+use vdisk::copy::{copy_into, CopyOptions, Format, Output};
+use vhdx::{locator, Chain, CreateOptions, DiskType, Vhdx};
 
-/// Output format of a restore.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RestoreFormat {
-    Vhdx,
-    Raw,
-}
-
-/// Writes the content of `chain` as a flat image at `dst`.
+/// Writes the content of `chain` as a flat image at `dst` (a dynamic VHDX
+/// with the sectors of the chain, or a raw file) through the copy engine:
+/// the image appears under its name only once complete and durable, and a
+/// failed copy leaves nothing behind. Returns the bytes written.
 pub fn flatten(
     fs: &dyn Fs,
     chain: &Chain,
     dst: &Path,
-    format: RestoreFormat,
+    format: Format,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<u64> {
-    let looked_up = fs.exists(dst).map_err(|source| BackupError::Io {
-        path: dst.display().to_string(),
-        op: "looking up",
-        source,
-    })?;
-    if looked_up {
-        return Err(BackupError::Repository(format!(
-            "{} already exists; choose another destination",
-            dst.display()
-        )));
-    }
-    let size = chain.virtual_size();
-    let io = |op| {
-        let p = dst.display().to_string();
-        move |source| BackupError::Io {
-            path: p,
-            op,
-            source,
-        }
+    let opts = CreateOptions {
+        virtual_size: chain.virtual_size(),
+        disk_type: DiskType::Dynamic,
+        block_size: crate::export::FULL_BLOCK_SIZE,
+        logical_sector_size: chain.logical_sector_size(),
+        physical_sector_size: chain.top().physical_sector_size(),
     };
-    enum Out {
-        V(Box<Vhdx>),
-        R(std::sync::Arc<dyn storage::Storage>),
-    }
-    let mut out = match format {
-        RestoreFormat::Vhdx => Out::V(Box::new(create(
-            fs,
-            dst,
-            &CreateOptions {
-                virtual_size: size,
-                disk_type: DiskType::Dynamic,
-                block_size: crate::export::FULL_BLOCK_SIZE,
-                logical_sector_size: chain.logical_sector_size(),
-                physical_sector_size: chain.top().physical_sector_size(),
-            },
-        )?)),
-        RestoreFormat::Raw => {
-            let f = fs.create(dst).map_err(io("creating"))?;
-            f.set_len(size).map_err(io("sizing"))?;
-            Out::R(f)
-        }
-    };
-    let chunk = 8 << 20;
-    let mut buf = vec![0u8; chunk as usize];
-    let mut written = 0;
-    let mut pos = 0;
-    while pos < size {
-        let len = chunk.min(size - pos);
-        for (o, l, layer) in chain.map(pos, len)? {
-            if layer.is_none() {
-                continue;
-            }
-            let b = &mut buf[..l as usize];
-            chain.read(o, b)?;
-            match &mut out {
-                Out::V(v) => v.write(o, b)?,
-                Out::R(f) => f.write_at(o, b).map_err(io("writing"))?,
-            }
-            written += l;
-        }
-        pos += len;
-        progress(pos, size);
-    }
-    match out {
-        // A new VHDX's name was made durable when it was created.
-        Out::V(v) => v.close()?,
-        Out::R(f) => {
-            f.flush().map_err(io("flushing"))?;
-            fs.sync_parent(dst)
-                .map_err(io("syncing the directory of"))?;
-        }
-    }
-    Ok(written)
+    let out = Output::create(fs, dst, format, &opts)?;
+    Ok(copy_into(chain, out, CopyOptions::default(), progress)?.bytes_written)
 }
 
 /// Restores `disk` (or every disk, into directory `to`) of a point.
@@ -109,17 +42,13 @@ pub fn restore(
     point: Option<u32>,
     disk: Option<&str>,
     to: &Path,
-    format: RestoreFormat,
+    format: Format,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Vec<PathBuf>> {
     let repo = Repo::new(fs, dir);
     let n = repo.resolve_point(point)?;
     let m = repo.manifest(n)?;
-    let ext = if format == RestoreFormat::Vhdx {
-        "vhdx"
-    } else {
-        "img"
-    };
+    let ext = format.extension();
     let targets: Vec<(String, PathBuf)> = match disk {
         Some(d) => vec![(d.to_string(), to.to_path_buf())],
         None if m.disks.len() == 1 => vec![(m.disks[0].name.clone(), to.to_path_buf())],
@@ -491,16 +420,16 @@ fn consolidate_into(
         let full = kdir.join(&full_name);
         let old = kdir.join(&d.file);
         if !repo.exists(&full)? {
-            let tmp = kdir.join(format!(".{full_name}.consolidating"));
-            if repo.exists(&tmp)? {
-                fs.remove(&tmp).map_err(repo.io(&tmp, "removing"))?;
+            // The full gets its name only once complete, and durably so,
+            // before the next point is re-pointed at it (see `flatten`).
+            // Earlier versions wrote the full as `.<name>.consolidating`;
+            // one of their runs cut short may have left it.
+            let legacy = kdir.join(format!(".{full_name}.consolidating"));
+            if repo.exists(&legacy)? {
+                fs.remove(&legacy).map_err(repo.io(&legacy, "removing"))?;
             }
             let chain = Chain::open(fs, &old, false)?;
-            flatten(fs, &chain, &tmp, RestoreFormat::Vhdx, progress)?;
-            drop(chain);
-            // Durable before the next point is re-pointed at it.
-            fs.rename_durable(&tmp, &full)
-                .map_err(repo.io(&full, "renaming"))?;
+            flatten(fs, &chain, &full, Format::Vhdx, progress)?;
         }
         let guid = Vhdx::open(fs, &full, false)?.data_write_guid();
         (d.file_size, d.file_hashes) = repo.hash_file(&full)?;

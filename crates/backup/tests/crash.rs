@@ -12,7 +12,7 @@
 //!
 //! Sometimes the recovering backup is itself cut first.
 
-use backup::{backup, consolidate, restore, verify, Repo, RestoreFormat};
+use backup::{backup, consolidate, restore, verify, Format, Repo};
 use machine::{CheckpointKind, Consistency, Store};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -129,7 +129,7 @@ impl World {
                 Some(point),
                 Some(name),
                 &out,
-                RestoreFormat::Raw,
+                Format::Raw,
                 &mut |_, _| {},
             )
             .unwrap_or_else(|e| panic!("{ctx}: restoring point {point} disk {name}: {e}"));

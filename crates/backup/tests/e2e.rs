@@ -2,7 +2,7 @@
 //! (one with 4096-byte sectors), a full backup, five rounds of writes and
 //! incremental backups; every point restores bit-exact.
 
-use backup::{backup, restore, verify, Repo, RestoreFormat};
+use backup::{backup, restore, verify, Format, Repo};
 use machine::Store;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -120,7 +120,7 @@ fn full_then_five_incrementals_restore_bit_exact() {
                 Some(point),
                 Some(name),
                 &out,
-                RestoreFormat::Raw,
+                Format::Raw,
                 &mut |_, _| {},
             )
             .unwrap();

@@ -4,7 +4,7 @@
 //! the previous point never rehashed. Every point still verifies and
 //! restores bit-exact.
 
-use backup::{backup, restore, verify, RestoreFormat};
+use backup::{backup, restore, verify, Format};
 use machine::Store;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -78,7 +78,7 @@ impl T {
             Some(point),
             None,
             &out,
-            RestoreFormat::Raw,
+            Format::Raw,
             &mut |_, _| {},
         )
         .unwrap();

@@ -5,7 +5,7 @@
 //! is restarted by that backup, so the one after is incremental again;
 //! tracking disabled on purpose stays off. Every point restores bit-exact.
 
-use backup::{backup, restore, verify, RestoreFormat, Summary};
+use backup::{backup, restore, verify, Format, Summary};
 use machine::Store;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -96,7 +96,7 @@ impl Setup {
                 Some(s.point),
                 Some(name),
                 &out,
-                RestoreFormat::Raw,
+                Format::Raw,
                 &mut |_, _| {},
             )
             .unwrap();

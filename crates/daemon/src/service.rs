@@ -82,8 +82,8 @@ impl Service {
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<RestoreResult, ApiError> {
         let format = match r.format.unwrap_or(RestoreFormat::Vhdx) {
-            RestoreFormat::Vhdx => backup::RestoreFormat::Vhdx,
-            RestoreFormat::Raw => backup::RestoreFormat::Raw,
+            RestoreFormat::Vhdx => vdisk::copy::Format::Vhdx,
+            RestoreFormat::Raw => vdisk::copy::Format::Raw,
         };
         let files = backup::restore(
             &**self.store.fs(),

@@ -184,7 +184,7 @@ fn backup_tour(dir: &Path) -> Result<()> {
         Some(2),
         Some("disk0"),
         &out,
-        backup::RestoreFormat::Vhdx,
+        Format::Vhdx,
         &mut |_, _| {},
     )?;
     let m = store.load("vm1")?;

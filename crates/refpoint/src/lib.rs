@@ -10,7 +10,7 @@
 //!            cli/reference.rs  cli/backup.rs (backup, restore, verify)  cli/serve.rs
 //!        │
 //!        ├─ image.rs          one readable disk: raw file or VHDX chain
-//!        ├─ convert.rs        image → VHDX (fixed/dynamic) or raw, skipping zeros
+//!        ├─ convert.rs        image → VHDX (fixed/dynamic) or raw, by vdisk::copy
 //!        ├─ compare.rs        first differing byte of two images
 //!        ├─ report.rs         info / map / check as text or JSON
 //!        ├─ tracking.rs       rct / disk write on local files and machine disks

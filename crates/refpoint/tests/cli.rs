@@ -70,6 +70,23 @@ fn convert_round_trip_is_accepted_by_qemu() {
 }
 
 #[test]
+fn convert_refuses_an_existing_destination_and_leaves_it_alone() {
+    let d = tempfile::tempdir().unwrap();
+    let raw = d.path().join("src.img");
+    write_pattern(&raw, 4 << 20);
+    for name in ["mine.vhdx", "mine.img"] {
+        let dst = d.path().join(name);
+        std::fs::write(&dst, b"precious").unwrap();
+        let o = refpoint(&["vhd", "convert", s(&raw), s(&dst)]);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("already exists"));
+        assert_eq!(std::fs::read(&dst).unwrap(), b"precious");
+    }
+    // Nothing but the source and those two is left behind.
+    assert_eq!(std::fs::read_dir(d.path()).unwrap().count(), 3);
+}
+
+#[test]
 fn compare_names_the_first_difference_and_exit_status() {
     let d = tempfile::tempdir().unwrap();
     let a = d.path().join("a.img");

@@ -58,9 +58,19 @@
 //! close, so a write by another tool — or by a refpoint process that died
 //! before closing — makes tracking refuse with
 //! [`RctError::ModifiedWhileUntracked`] instead of answering without it.
+//!
+//! ## Copying images ([`copy`])
+//!
+//! The one engine every image copy goes through (`vhd convert`, restore,
+//! export, consolidation): a [`copy::Source`] (an [`Image`] or a chain)
+//! into a [`copy::Sink`] (a new VHDX, differencing child or raw file, an
+//! [`copy::Output`] that gets its name only once complete), with a reader
+//! and a writer thread, zero-skipping, write-behind flushes, optional
+//! ranges and an observer that sees every piece as it passes.
 
 #![forbid(unsafe_code)]
 
+pub mod copy;
 mod disk;
 mod error;
 mod image;

@@ -37,7 +37,7 @@
 //! `--reproduce` replaces by this run's.
 
 use backup::manifest::HASH_BLOCK;
-use backup::{restore, verify, Manifest, RestoreFormat};
+use backup::{restore, verify, Format, Manifest};
 use clap::Parser;
 use rand::rngs::SmallRng;
 use rand::Rng;
@@ -407,7 +407,7 @@ fn steps(r: &Repository, seed: &Seed, k: Option<u64>, cov: &mut Coverage) -> Res
                     Some(p),
                     Some(name),
                     to,
-                    RestoreFormat::Raw,
+                    Format::Raw,
                     &mut |_, _| {},
                 )
             })?;

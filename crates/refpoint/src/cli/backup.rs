@@ -145,8 +145,8 @@ pub(crate) fn restore(a: RestoreArgs) -> Result<ExitCode> {
         )
     };
     let fmt = match a.format {
-        FormatArg::Vhdx => ::backup::RestoreFormat::Vhdx,
-        FormatArg::Raw => ::backup::RestoreFormat::Raw,
+        FormatArg::Vhdx => vdisk::copy::Format::Vhdx,
+        FormatArg::Raw => vdisk::copy::Format::Raw,
     };
     let pb = bar(0, "restore", false);
     let out = ::backup::restore(

@@ -236,16 +236,8 @@ pub(crate) fn run(cmd: Vhd) -> Result<ExitCode> {
                 pb.set_position(done);
             });
             pb.finish_and_clear();
-            let s = match result {
-                Ok(s) => s,
-                Err(e) => {
-                    // Never leave a half-written output behind.
-                    if dst.exists() && !src.eq(&dst) {
-                        let _ = std::fs::remove_file(&dst);
-                    }
-                    return Err(e);
-                }
-            };
+            // A failed conversion has removed what it wrote.
+            let s = result?;
             if json {
                 print_json(&serde_json::json!({
                     "source": src, "destination": dst, "virtual_size": s.virtual_size,
