@@ -40,4 +40,3 @@ pub use restore::{consolidate, flatten, restore, verify, BadBlock, VerifyReport}
 pub use run::{backup, Summary};
 /// The output format of a restore: `vdisk`'s copy engine's.
 pub use vdisk::copy::Format;
-/// [`Format`] under its older name.
