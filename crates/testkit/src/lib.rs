@@ -24,12 +24,18 @@
 //! The NBD client encodes options and requests with the `nbd` crate's own
 //! encoders (`nbd::option`, `nbd::request`), so what the tests send is
 //! what the server's parsers are tested to read back.
+//!
+//! `nbd_client` and `pki` are the features `nbd` and `pki` (both default):
+//! they bring tokio, rustls and rcgen, which the tests of the format and
+//! storage crates do without (`default-features = false`).
 
 #![forbid(unsafe_code)]
 
 pub mod compare;
+#[cfg(feature = "nbd")]
 pub mod nbd_client;
 pub mod pattern;
+#[cfg(feature = "pki")]
 pub mod pki;
 pub mod ranges;
 pub mod tools;
