@@ -3,6 +3,9 @@
 //! open after its input ended, or break a parser oracle; and the mutants
 //! must reach the whole protocol, not only fail early.
 
+use nbd::option::{encode_option, InfoRequest};
+use nbd::proto::*;
+use nbd::request::Request;
 use std::process::Command;
 
 /// The counters of the fuzzer's `reached:` line, by name.
@@ -62,20 +65,21 @@ fn a_saved_input_reproduces() {
     // Client flags, then NBD_OPT_GO for "disk" with no information
     // requests, then a read of 512 bytes and NBD_CMD_DISC.
     let mut s = Vec::new();
-    s.extend(3u32.to_be_bytes());
-    s.extend(0x4948_4156_454F_5054u64.to_be_bytes());
-    s.extend(7u32.to_be_bytes());
-    s.extend(10u32.to_be_bytes());
-    s.extend(4u32.to_be_bytes());
-    s.extend(b"disk");
-    s.extend(0u16.to_be_bytes());
-    for (kind, len) in [(0u16, 512u32), (2, 0)] {
-        s.extend(0x2560_9513u32.to_be_bytes());
-        s.extend(0u16.to_be_bytes());
-        s.extend(kind.to_be_bytes());
-        s.extend(1u64.to_be_bytes());
-        s.extend(0u64.to_be_bytes());
-        s.extend(len.to_be_bytes());
+    s.extend((NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES).to_be_bytes());
+    let go = InfoRequest {
+        name: "disk".into(),
+        requests: vec![],
+    };
+    s.extend(encode_option(NBD_OPT_GO, &go.encode()));
+    for (kind, length) in [(NBD_CMD_READ, 512), (NBD_CMD_DISC, 0)] {
+        let r = Request {
+            flags: 0,
+            kind,
+            cookie: 1,
+            offset: 0,
+            length,
+        };
+        s.extend(r.encode());
     }
     let path = dir.join("input-structured-00000000.nbd");
     std::fs::write(&path, &s).unwrap();

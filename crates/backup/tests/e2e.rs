@@ -8,7 +8,9 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 use storage::LocalFs;
+use testkit::tools;
 use vhdx::{create, CreateOptions, DiskType};
 
 const SIZE: u64 = 64 << 20;
@@ -136,11 +138,11 @@ fn full_then_five_incrementals_restore_bit_exact() {
     // qemu-img accepts the full export of the 512-byte disk.
     let full = Repo::new(&LocalFs, &repo).disk_file(1, "disk0").unwrap();
     let raw1 = tmp.path().join("r1-disk0.img");
-    let q = std::process::Command::new("qemu-img")
-        .args(["compare", "-f", "vhdx", "-F", "raw"])
-        .arg(&full)
-        .arg(&raw1)
-        .output()
-        .unwrap();
-    assert!(q.status.success(), "{}", String::from_utf8_lossy(&q.stdout));
+    tools::run_ok(
+        std::process::Command::new("qemu-img")
+            .args(["compare", "-f", "vhdx", "-F", "raw"])
+            .arg(&full)
+            .arg(&raw1),
+        Duration::from_secs(120),
+    );
 }

@@ -10,9 +10,10 @@ use machine::Store;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 use storage::LocalFs;
+use testkit::tools;
 use vhdx::{create, CreateOptions, DiskType};
 
 const SIZE: u64 = 8 << 20;
@@ -172,13 +173,11 @@ fn disk_written_by_another_tool() {
         // qemu-io changes the DataWriteGuid on its first write, as the
         // VHDX specification asks; the write itself is not tracked.
         let (off, len) = (3 << 20, 256 << 10);
-        let o = Command::new("qemu-io")
-            .args(["-f", "vhdx", "-c"])
-            .arg(format!("write -P 0xa5 {off} {len}"))
-            .arg(&s.files[0])
-            .output()
-            .expect("qemu-io is needed for this test");
-        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let cmd = format!("write -P 0xa5 {off} {len}");
+        tools::run_ok(
+            &mut tools::qemu_io(&["-f", "vhdx"], &[cmd], &s.files[0]),
+            Duration::from_secs(120),
+        );
         s.models[0][off..off + len].fill(0xa5);
     });
 }

@@ -1,5 +1,6 @@
 //! Option payloads of the handshake phase (§ "Option types"): parsed from
-//! untrusted bytes into typed requests, never panicking.
+//! untrusted bytes into typed requests, never panicking; and encoded again
+//! (what a client sends), so that `parse(encode(x)) == x`.
 
 use crate::proto::*;
 
@@ -15,6 +16,28 @@ pub enum OptionError {
     TooLong { what: &'static str, len: u32 },
     #[error("{0} is not valid UTF-8")]
     NotUtf8(&'static str),
+}
+
+/// An option as the client sends it (§ "Option haggling"): `IHAVEOPT`,
+/// the option, the payload's length, the payload. The server reads these
+/// fields one at a time from the stream (the length decides how much more
+/// to read), so there is no `parse` for the whole message.
+pub fn encode_option(option: u32, data: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(data.len()).expect("an option payload is under 4 GiB");
+    let mut b = Vec::with_capacity(16 + data.len());
+    b.extend(IHAVEOPT.to_be_bytes());
+    b.extend(option.to_be_bytes());
+    b.extend(len.to_be_bytes());
+    b.extend(data);
+    b
+}
+
+/// Appends a string as the protocol writes it: 32-bit length, then the
+/// bytes (no terminator).
+fn put_string(b: &mut Vec<u8>, s: &str) {
+    let len = u32::try_from(s.len()).expect("a string is under 4 GiB");
+    b.extend(len.to_be_bytes());
+    b.extend(s.as_bytes());
 }
 
 /// A cursor over an option payload.
@@ -72,6 +95,19 @@ impl InfoRequest {
         f.end()?;
         Ok(InfoRequest { name, requests })
     }
+
+    /// The payload [`Self::parse`] reads. Panics on more than 65535
+    /// information requests, which the 16-bit count cannot say.
+    pub fn encode(&self) -> Vec<u8> {
+        let n = u16::try_from(self.requests.len()).expect("at most 65535 information requests");
+        let mut b = Vec::with_capacity(4 + self.name.len() + 2 + 2 * self.requests.len());
+        put_string(&mut b, &self.name);
+        b.extend(n.to_be_bytes());
+        for r in &self.requests {
+            b.extend(r.to_be_bytes());
+        }
+        b
+    }
 }
 
 /// NBD_OPT_LIST_META_CONTEXT / NBD_OPT_SET_META_CONTEXT.
@@ -97,6 +133,18 @@ impl MetaRequest {
         f.end()?;
         Ok(MetaRequest { export, queries })
     }
+
+    /// The payload [`Self::parse`] reads.
+    pub fn encode(&self) -> Vec<u8> {
+        let n = u32::try_from(self.queries.len()).expect("fewer than 2^32 queries");
+        let mut b = Vec::new();
+        put_string(&mut b, &self.export);
+        b.extend(n.to_be_bytes());
+        for q in &self.queries {
+            put_string(&mut b, q);
+        }
+        b
+    }
 }
 
 /// The export name of NBD_OPT_EXPORT_NAME (the whole payload).
@@ -113,6 +161,44 @@ pub fn export_name(data: &[u8]) -> Result<String, OptionError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// Names and queries the parser accepts: UTF-8 (multi-byte characters
+    /// too), short or right at the `MAX_STRING`-byte limit.
+    fn string() -> impl Strategy<Value = String> {
+        prop_oneof![".{0,40}", "[a-z:]{4090,4096}"]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn info_request_parses_what_it_encodes(
+            name in string(),
+            requests in proptest::collection::vec(any::<u16>(), 0..20),
+        ) {
+            let r = InfoRequest { name, requests };
+            prop_assert_eq!(InfoRequest::parse(&r.encode()), Ok(r));
+        }
+
+        #[test]
+        fn meta_request_parses_what_it_encodes(
+            export in string(),
+            queries in proptest::collection::vec(string(), 0..8),
+        ) {
+            let r = MetaRequest { export, queries };
+            prop_assert_eq!(MetaRequest::parse(&r.encode()), Ok(r));
+        }
+    }
+
+    #[test]
+    fn option_framing() {
+        let b = encode_option(NBD_OPT_GO, b"xyz");
+        assert_eq!(&b[..8], &IHAVEOPT.to_be_bytes());
+        assert_eq!(&b[8..12], &NBD_OPT_GO.to_be_bytes());
+        assert_eq!(&b[12..16], &3u32.to_be_bytes());
+        assert_eq!(&b[16..], b"xyz");
+    }
 
     #[test]
     fn info_request_round_trip_and_errors() {
@@ -125,6 +211,7 @@ mod tests {
         let r = InfoRequest::parse(&d).unwrap();
         assert_eq!(r.name, "vm1");
         assert_eq!(r.requests, vec![NBD_INFO_BLOCK_SIZE, NBD_INFO_NAME]);
+        assert_eq!(r.encode(), d);
         assert_eq!(
             InfoRequest::parse(&d[..d.len() - 1]),
             Err(OptionError::Truncated("information request"))
@@ -150,6 +237,7 @@ mod tests {
         d.extend(b"base:");
         let r = MetaRequest::parse(&d).unwrap();
         assert_eq!(r.queries, vec!["base:".to_string()]);
+        assert_eq!(r.encode(), d);
     }
 
     #[test]

@@ -100,6 +100,28 @@ impl Request {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Every header encodes and parses back; and every 28 bytes that
+        /// start with the magic parse and encode back to themselves.
+        #[test]
+        fn parse_and_encode_are_inverse(
+            flags in any::<u16>(),
+            kind in any::<u16>(),
+            cookie in any::<u64>(),
+            offset in any::<u64>(),
+            length in any::<u32>(),
+            tail in any::<[u8; REQUEST_LEN - 4]>(),
+        ) {
+            let r = Request { flags, kind, cookie, offset, length };
+            prop_assert_eq!(Request::parse(&r.encode()), Ok(r));
+            let mut b = [0u8; REQUEST_LEN];
+            b[..4].copy_from_slice(&NBD_REQUEST_MAGIC.to_be_bytes());
+            b[4..].copy_from_slice(&tail);
+            prop_assert_eq!(Request::parse(&b).map(|r| r.encode()), Ok(b));
+        }
+    }
 
     fn req(kind: u16, flags: u16, offset: u64, length: u32) -> Request {
         Request {

@@ -2,19 +2,22 @@
 //! with the protocol's errors where the protocol has one, closes only the
 //! connection that broke the framing, and keeps serving everyone else.
 //!
-//! The raw client and the server's setup live in `common`. After every
-//! abuse a well-behaved client ([`Fixture::healthy`]) must still write and
-//! read back through the same server.
+//! The server's setup lives in `common`, the raw client in `testkit`.
+//! After every abuse a well-behaved client ([`Fixture::healthy`]) must
+//! still write and read back through the same server.
 
 mod common;
 
-use common::*;
+use common::TestServer;
 use nbd::mem::{MemDevice, StaticExports};
+use nbd::option::encode_option;
 use nbd::proto::*;
 use nbd::request::Request;
 use nbd::{BlockDevice, MAX_IN_FLIGHT};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use testkit::nbd_client::{info_payload, meta_payload, Client, OptReply, Reply};
+use testkit::pattern;
 
 const MIB: u64 = 1 << 20;
 const SIZE: u64 = 16 * MIB;
@@ -62,7 +65,7 @@ impl Fixture {
         let (size, _) = c.start("disk", structured, contexts);
         assert_eq!(size, SIZE);
         let offset = 8 * MIB + (round % 64) * 4096;
-        let data = pattern(4096, round as u8);
+        let data = pattern::bytes(4096, round);
         check(c.write(offset, &data), 0);
         let r = c.read(offset, 4096);
         assert_eq!(r.error, 0);
@@ -77,12 +80,6 @@ impl Fixture {
         }
         c.disconnect();
     }
-}
-
-fn pattern(len: usize, salt: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(29).wrapping_add(salt) | 0x80)
-        .collect()
 }
 
 // ---------------------------------------------------------------------------
@@ -120,7 +117,7 @@ fn unknown_client_flags_close_the_connection() {
 fn truncated_handshakes_end_the_connection() {
     let f = Fixture::new();
     let mut go = Vec::new();
-    go.extend(option_bytes(NBD_OPT_GO, &go_payload("disk", &[])));
+    go.extend(encode_option(NBD_OPT_GO, &info_payload("disk", &[])));
     let flags = (NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES).to_be_bytes();
     let cases: Vec<(&str, Vec<u8>)> = vec![
         ("nothing", vec![]),
@@ -150,7 +147,7 @@ fn bad_option_magic_closes_the_connection() {
     let f = Fixture::new();
     let (mut c, task) = f.srv.pair(false);
     c.handshake();
-    let mut opt = option_bytes(NBD_OPT_LIST, &[]);
+    let mut opt = encode_option(NBD_OPT_LIST, &[]);
     opt[7] ^= 1;
     c.send(&opt);
     f.srv.closed(c, task, "bad option magic");
@@ -179,8 +176,8 @@ fn malformed_option_payloads_are_invalid() {
     let f = Fixture::new();
     let mut c = f.srv.connect();
     c.handshake();
-    let good = go_payload("disk", &[NBD_INFO_BLOCK_SIZE]);
-    let mut bad_utf8 = go_payload("disk", &[]);
+    let good = info_payload("disk", &[NBD_INFO_BLOCK_SIZE]);
+    let mut bad_utf8 = info_payload("disk", &[]);
     bad_utf8[4] = 0xff;
     let mut too_long = Vec::new();
     too_long.extend(5000u32.to_be_bytes());
@@ -246,7 +243,7 @@ fn unknown_exports_are_refused() {
         refused(
             &mut c,
             opt,
-            &go_payload("nope", &[]),
+            &info_payload("nope", &[]),
             NBD_REP_ERR_UNKNOWN,
             "unknown export",
         );
@@ -256,7 +253,7 @@ fn unknown_exports_are_refused() {
         refused(&mut c, opt, &meta, NBD_REP_ERR_UNKNOWN, "unknown export");
     }
     // NBD_OPT_INFO on a real export answers and stays in negotiation.
-    let r = c.option(NBD_OPT_INFO, &go_payload("ro", &[NBD_INFO_NAME]));
+    let r = c.option(NBD_OPT_INFO, &info_payload("ro", &[NBD_INFO_NAME]));
     assert_eq!(r.kind, NBD_REP_INFO);
     assert_eq!(
         u64::from_be_bytes(r.data[2..10].try_into().unwrap()),
@@ -282,7 +279,7 @@ fn unknown_exports_are_refused() {
     // NBD_OPT_EXPORT_NAME has no error reply: the server closes.
     let (mut c, task) = f.srv.pair(false);
     c.handshake();
-    c.send(&option_bytes(NBD_OPT_EXPORT_NAME, b"nope"));
+    c.send(&encode_option(NBD_OPT_EXPORT_NAME, b"nope"));
     f.srv.closed(c, task, "EXPORT_NAME of an unknown export");
     f.healthy();
 }
@@ -294,7 +291,7 @@ fn oversized_options_are_too_big_and_the_stream_stays_in_sync() {
     c.handshake();
     // Payloads that look like options themselves: a server that lost
     // track would answer them.
-    let fake = option_bytes(NBD_OPT_LIST, &[]).repeat(4000);
+    let fake = encode_option(NBD_OPT_LIST, &[]).repeat(4000);
     for (opt, len) in [
         (NBD_OPT_GO, MAX_OPTION_LEN as usize + 1),
         (99, 1 << 20),
@@ -313,7 +310,7 @@ fn oversized_options_are_too_big_and_the_stream_stays_in_sync() {
     // An export name too long to hold closes the connection.
     let (mut c, task) = f.srv.pair(false);
     c.handshake();
-    let mut opt = option_bytes(NBD_OPT_EXPORT_NAME, &[]);
+    let mut opt = encode_option(NBD_OPT_EXPORT_NAME, &[]);
     opt[12..16].copy_from_slice(&(MAX_OPTION_LEN + 1).to_be_bytes());
     c.send(&opt);
     f.srv.closed(c, task, "oversized EXPORT_NAME");
@@ -354,8 +351,8 @@ fn tls_required_without_tls_refuses_everything() {
     c.handshake();
     for (opt, data) in [
         (NBD_OPT_LIST, vec![]),
-        (NBD_OPT_GO, go_payload("disk", &[])),
-        (NBD_OPT_INFO, go_payload("disk", &[])),
+        (NBD_OPT_GO, info_payload("disk", &[])),
+        (NBD_OPT_INFO, info_payload("disk", &[])),
         (NBD_OPT_STRUCTURED_REPLY, vec![]),
         (99, vec![]),
     ] {
@@ -364,7 +361,7 @@ fn tls_required_without_tls_refuses_everything() {
     // This server has no certificate: STARTTLS is refused by policy.
     let r = c.option(NBD_OPT_STARTTLS, &[]);
     assert_eq!(r.kind, NBD_REP_ERR_POLICY);
-    c.send(&option_bytes(NBD_OPT_EXPORT_NAME, b"disk"));
+    c.send(&encode_option(NBD_OPT_EXPORT_NAME, b"disk"));
     f.srv.closed(c, task, "EXPORT_NAME before TLS");
 
     // NBD_OPT_ABORT is always allowed.

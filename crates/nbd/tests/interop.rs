@@ -7,7 +7,8 @@
 //! and `ro` (4 MiB, read-only). The clients run as child processes; what
 //! they wrote is checked on the devices themselves, what they read against
 //! the bytes the devices hold. The TLS tests make a CA, server and client
-//! certificates with rcgen and run the TCP listener with TLS required.
+//! certificates ([`testkit::pki`]) and run the TCP listener with TLS
+//! required.
 
 mod common;
 
@@ -15,11 +16,13 @@ use common::TestServer;
 use nbd::mem::{MemDevice, StaticExports};
 use nbd::proto::{NBD_STATE_HOLE, NBD_STATE_ZERO};
 use nbd::{BlockDevice, Extent};
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use testkit::compare::assert_same;
+use testkit::pattern;
+use testkit::tools::{self, parse_nbdinfo_map};
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -54,7 +57,8 @@ impl Fixture {
         // The read-only export's content: 0x3c in the first MiB, a pattern
         // in the third, holes elsewhere.
         ro.write(0, &vec![0x3c; MIB as usize], false).unwrap();
-        ro.write(2 * MIB, &pattern(MIB as usize, 9), false).unwrap();
+        ro.write(2 * MIB, &pattern::bytes(MIB as usize, 9), false)
+            .unwrap();
         let exports = StaticExports::default()
             .with("disk", disk.clone())
             .with("disk2", disk2.clone())
@@ -83,55 +87,26 @@ impl Fixture {
 // ---------------------------------------------------------------------------
 // Running clients
 
-/// Runs a client to completion (killing it after [`CLIENT_TIMEOUT`]).
-fn run(prog: &str, args: &[&str]) -> Output {
-    let mut child = Command::new(prog)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run the NBD client {prog:?}: {e}; these tests need qemu-img, qemu-io, \
-                 qemu-nbd (package qemu-utils), nbdinfo and nbdcopy (package libnbd-bin)"
-            )
-        });
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            v
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
-    let deadline = Instant::now() + CLIENT_TIMEOUT;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{prog} {args:?} still running after {CLIENT_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
+/// `prog args…`, to run as a client.
+fn client(prog: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(prog);
+    c.args(args);
+    c
 }
 
-fn describe(prog: &str, args: &[&str], o: &Output) -> String {
-    format!(
-        "{prog} {args:?}: {}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+/// Runs a client to completion (killing it after [`CLIENT_TIMEOUT`]).
+fn run(prog: &str, args: &[&str]) -> Output {
+    tools::run(&mut client(prog, args), CLIENT_TIMEOUT)
+}
+
+/// Runs a client that must succeed; returns its standard output.
+fn ok(prog: &str, args: &[&str]) -> String {
+    tools::ok(&mut client(prog, args), CLIENT_TIMEOUT)
+}
+
+/// Runs a client that must fail; returns its output and error output.
+fn fails(prog: &str, args: &[&str]) -> String {
+    tools::fails(&mut client(prog, args), CLIENT_TIMEOUT)
 }
 
 /// The arguments of `qemu-io -f raw [-r] -c CMD… URI`: `cmds` run in
@@ -148,54 +123,19 @@ fn qemu_io<'a>(read_only: bool, cmds: &[&'a str], uri: &'a str) -> Vec<&'a str> 
     args
 }
 
-/// Runs a client that must succeed; returns its standard output.
-fn ok(prog: &str, args: &[&str]) -> String {
-    let o = run(prog, args);
-    assert!(o.status.success(), "{}", describe(prog, args, &o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Runs a client that must fail; returns its output and error output.
-fn fails(prog: &str, args: &[&str]) -> String {
-    let o = run(prog, args);
-    assert!(!o.status.success(), "{}", describe(prog, args, &o));
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
 // ---------------------------------------------------------------------------
 // Data
 
-fn pattern(len: usize, salt: u8) -> Vec<u8> {
-    (0..len)
-        .map(|i| ((i / 7) as u8).wrapping_mul(13) ^ (i as u8).wrapping_add(salt) | 1)
-        .collect()
-}
-
 /// A 16 MiB raw image: data at the start, in the middle (unaligned), at
 /// the end; zeros elsewhere.
-fn source_image(salt: u8) -> Vec<u8> {
+fn source_image(salt: u64) -> Vec<u8> {
     let mut v = vec![0u8; DISK_SIZE as usize];
-    v[..MIB as usize].copy_from_slice(&pattern(MIB as usize, salt));
+    pattern::fill(&mut v[..MIB as usize], salt);
     let mid = (5 * MIB + 1000) as usize;
-    v[mid..mid + 70_000].copy_from_slice(&pattern(70_000, salt ^ 0x55));
+    pattern::fill(&mut v[mid..mid + 70_000], salt ^ 0x55);
     let end = v.len() - 512;
-    v[end..].copy_from_slice(&pattern(512, salt ^ 0xaa));
+    pattern::fill(&mut v[end..], salt ^ 0xaa);
     v
-}
-
-/// Asserts two images are equal, naming the first difference.
-fn same(what: &str, got: &[u8], want: &[u8]) {
-    assert_eq!(got.len(), want.len(), "{what}: sizes differ");
-    if let Some(i) = got.iter().zip(want).position(|(a, b)| a != b) {
-        panic!(
-            "{what}: first difference at byte {i}: {:#04x}, expected {:#04x}",
-            got[i], want[i]
-        );
-    }
 }
 
 /// Runs of pages as `(offset, length, allocated)`, from the device's own
@@ -228,23 +168,6 @@ fn data_pages(image: &[u8]) -> Vec<(u64, u64, bool)> {
     runs
 }
 
-/// `nbdinfo --map` output as `(offset, length, type, description)`.
-fn parse_map(out: &str) -> Vec<(u64, u64, u32, String)> {
-    out.lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            assert!(f.len() >= 4, "unexpected nbdinfo --map line {l:?}");
-            (
-                f[0].parse().unwrap(),
-                f[1].parse().unwrap(),
-                f[2].parse().unwrap(),
-                f[3..].join(" "),
-            )
-        })
-        .collect()
-}
-
 // ---------------------------------------------------------------------------
 // qemu-img
 
@@ -260,7 +183,7 @@ fn qemu_img_round_trip(f: &Fixture, uri: &str) {
         "qemu-img",
         &["convert", "-n", "-f", "raw", "-O", "raw", src_s, uri],
     );
-    same("export after qemu-img convert", &f.disk.contents(), &src);
+    assert_same("export after qemu-img convert", &f.disk.contents(), &src);
     let out = ok(
         "qemu-img",
         &["compare", "-f", "raw", "-F", "raw", src_s, uri],
@@ -274,7 +197,12 @@ fn qemu_img_round_trip(f: &Fixture, uri: &str) {
         "qemu-img",
         &["compare", "-f", "raw", "-F", "raw", src_s, uri],
     );
-    assert_eq!(o.status.code(), Some(1), "{}", describe("compare", &[], &o));
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "{}",
+        tools::describe("compare", &o)
+    );
     // (qemu-img names the 512-byte sector.)
     let msg = String::from_utf8_lossy(&o.stdout);
     assert!(
@@ -296,7 +224,7 @@ fn qemu_img_round_trip(f: &Fixture, uri: &str) {
             out_path.to_str().unwrap(),
         ],
     );
-    same(
+    assert_same(
         "qemu-img convert from the export",
         &std::fs::read(&out_path).unwrap(),
         &f.disk.contents(),
@@ -345,7 +273,7 @@ fn qemu_io_writes_patterns_that_read_back() {
     want[3146240..3146240 + 1536].fill(0x5a);
     want[8 << 20..9 << 20].fill(0x77);
     want[end as usize..].fill(0x11);
-    same("export after qemu-io writes", &f.disk.contents(), &want);
+    assert_same("export after qemu-io writes", &f.disk.contents(), &want);
 
     // Read back over a new connection, through TCP this time.
     let reads = format!("read -P 0x11 {end} 4k");
@@ -400,7 +328,7 @@ fn qemu_io_write_zeroes_and_discard() {
     ] {
         want[o as usize..(o + l) as usize].fill(0);
     }
-    same(
+    assert_same(
         "export after write -z and discard",
         &f.disk.contents(),
         &want,
@@ -451,18 +379,14 @@ fn read_only_export_refuses_writes() {
         );
         // Forcing the write through a read-only open does not work either.
         let out = run("qemu-io", &qemu_io(true, &["write -P 0xee 0 4k"], &uri));
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = tools::text(&out);
         assert!(!text.contains("wrote "), "{text}");
         // libnbd refuses too.
         let src = f.path("four-k.raw");
         std::fs::write(&src, [0xee; 4096]).unwrap();
         fails("nbdcopy", &[src.to_str().unwrap(), &uri]);
     }
-    same("read-only export", &f.ro.contents(), &before);
+    assert_same("read-only export", &f.ro.contents(), &before);
     // Reads work and see the content.
     let out = ok(
         "qemu-io",
@@ -506,20 +430,24 @@ fn nbdinfo_map_shows_holes_and_data() {
         (DISK_SIZE - PAGE, PAGE, 0, "data".to_string()),
     ];
     for uri in [f.unix("disk"), f.tcp("disk")] {
-        assert_eq!(parse_map(&ok("nbdinfo", &["--map", &uri])), want, "{uri}");
+        assert_eq!(
+            parse_nbdinfo_map(&ok("nbdinfo", &["--map", &uri])),
+            want,
+            "{uri}"
+        );
     }
     // Then a qemu-io write fills one of the holes.
     ok(
         "qemu-io",
         &qemu_io(false, &["write -P 9 8M 8k"], &f.unix("disk")),
     );
-    let map = parse_map(&ok("nbdinfo", &["--map", &f.unix("disk")]));
+    let map = parse_nbdinfo_map(&ok("nbdinfo", &["--map", &f.unix("disk")]));
     assert!(
         map.contains(&(8 * MIB, 8 * KIB, 0, "data".into())),
         "{map:?}"
     );
     // The read-only export: data in the first and third MiB.
-    let map = parse_map(&ok("nbdinfo", &["--map", &f.unix("ro")]));
+    let map = parse_nbdinfo_map(&ok("nbdinfo", &["--map", &f.unix("ro")]));
     let kinds: Vec<(u64, u64, u32)> = map.iter().map(|m| (m.0, m.1, m.2)).collect();
     let z = NBD_STATE_HOLE | NBD_STATE_ZERO;
     assert_eq!(
@@ -553,7 +481,7 @@ fn nbdinfo_map_of_the_dirty_bitmap() {
             "write -z 8M 8k",
         ],
     );
-    let map = parse_map(&ok(
+    let map = parse_nbdinfo_map(&ok(
         "nbdinfo",
         &["--map=qemu:dirty-bitmap:mem", &f.unix("disk")],
     ));
@@ -574,7 +502,7 @@ fn nbdinfo_map_of_the_dirty_bitmap() {
         "{map:?}"
     );
     // The data written before the bitmap was cleared is still data.
-    let base = parse_map(&ok("nbdinfo", &["--map", &f.unix("disk")]));
+    let base = parse_nbdinfo_map(&ok("nbdinfo", &["--map", &f.unix("disk")]));
     assert_eq!(base[0], (0, 8192, 0, "data".into()));
 }
 
@@ -693,12 +621,12 @@ fn nbdcopy_both_directions() {
 
     // File → export (over TCP).
     ok("nbdcopy", &[src_path.to_str().unwrap(), &f.tcp("disk")]);
-    same("export after nbdcopy", &f.disk.contents(), &src);
+    assert_same("export after nbdcopy", &f.disk.contents(), &src);
 
     // Export → export: the zeros of the source leave holes.
     f.disk2.write(10 * MIB, &[0xdd; 65536], false).unwrap();
     ok("nbdcopy", &[&f.unix("disk"), &f.unix("disk2")]);
-    same("disk2 after nbdcopy", &f.disk2.contents(), &src);
+    assert_same("disk2 after nbdcopy", &f.disk2.contents(), &src);
     // nbdcopy sends runs of zeros as zero requests: the device keeps
     // exactly the pages that hold data.
     assert_eq!(allocation(&f.disk), data_pages(&src));
@@ -710,7 +638,7 @@ fn nbdcopy_both_directions() {
         .unwrap();
     let out = f.path("out.raw");
     ok("nbdcopy", &[&f.unix("disk"), out.to_str().unwrap()]);
-    same(
+    assert_same(
         "file after nbdcopy",
         &std::fs::read(&out).unwrap(),
         &f.disk.contents(),
@@ -726,86 +654,7 @@ fn nbdcopy_both_directions() {
 
 mod tls {
     use super::*;
-    use rcgen::KeyUsagePurpose as Ku;
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-        IsCa, KeyPair,
-    };
-
-    /// A CA, a server certificate for localhost/127.0.0.1 and a client
-    /// certificate, as PEM files in the layouts the clients expect:
-    /// `ca-cert.pem` and optionally `client-cert.pem` + `client-key.pem`
-    /// in a directory (libnbd's `tls-certificates=`, qemu's
-    /// `tls-creds-x509,dir=`).
-    struct Pki {
-        _root: tempfile::TempDir,
-        server_cert: PathBuf,
-        server_key: PathBuf,
-        /// ca-cert.pem, client-cert.pem, client-key.pem.
-        with_client: PathBuf,
-        /// ca-cert.pem only.
-        ca_only: PathBuf,
-        /// A CA that signed nothing the server has.
-        other_ca: PathBuf,
-        ca_file: PathBuf,
-    }
-
-    /// A certificate and its key, which can sign others.
-    type Ca = CertifiedIssuer<'static, KeyPair>;
-
-    /// A certificate named `cn` for `names`, with its key: signed by `by`
-    /// for that use, or without `by` a self-signed CA.
-    fn cert(cn: &str, names: &[&str], by: Option<(&Ca, ExtendedKeyUsagePurpose)>) -> Ca {
-        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        let mut p = CertificateParams::new(names).unwrap();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        let key = KeyPair::generate().unwrap();
-        let Some((ca, usage)) = by else {
-            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-            p.key_usages = vec![Ku::KeyCertSign, Ku::CrlSign, Ku::DigitalSignature];
-            return CertifiedIssuer::self_signed(p, key).unwrap();
-        };
-        p.key_usages = vec![Ku::DigitalSignature, Ku::KeyEncipherment];
-        p.extended_key_usages = vec![usage];
-        p.use_authority_key_identifier_extension = true;
-        CertifiedIssuer::signed_by(p, key, ca).unwrap()
-    }
-
-    fn make() -> Pki {
-        use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
-        let root = tempfile::tempdir().unwrap();
-        let ca = cert("nbd test CA", &[], None);
-        let server = cert(
-            "localhost",
-            &["localhost", "127.0.0.1"],
-            Some((&ca, ServerAuth)),
-        );
-        let client = cert("nbd test client", &[], Some((&ca, ClientAuth)));
-        for (file, pem) in [
-            ("server/server-cert.pem", server.pem()),
-            ("server/server-key.pem", server.key().serialize_pem()),
-            ("server/ca-cert.pem", ca.pem()),
-            ("with-client/ca-cert.pem", ca.pem()),
-            ("with-client/client-cert.pem", client.pem()),
-            ("with-client/client-key.pem", client.key().serialize_pem()),
-            ("ca-only/ca-cert.pem", ca.pem()),
-            ("other-ca/ca-cert.pem", cert("another CA", &[], None).pem()),
-        ] {
-            let path = root.path().join(file);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, pem).unwrap();
-        }
-        let at = |file: &str| root.path().join(file);
-        Pki {
-            server_cert: at("server/server-cert.pem"),
-            server_key: at("server/server-key.pem"),
-            ca_file: at("server/ca-cert.pem"),
-            with_client: at("with-client"),
-            ca_only: at("ca-only"),
-            other_ca: at("other-ca"),
-            _root: root,
-        }
-    }
+    use testkit::pki::Pki;
 
     fn nbds(f: &Fixture, export: &str, dir: &Path) -> String {
         format!(
@@ -817,11 +666,11 @@ mod tls {
 
     /// A TLS-only server, and its PKI.
     fn server(client_auth: bool) -> (Fixture, Pki) {
-        let pki = make();
+        let pki = Pki::new();
         let config = nbd::tls::server_config(
             &pki.server_cert,
             &pki.server_key,
-            client_auth.then_some(pki.ca_file.as_path()),
+            client_auth.then_some(pki.ca.as_path()),
         )
         .unwrap();
         (Fixture::start(Some(config)), pki)
@@ -830,7 +679,7 @@ mod tls {
     #[test]
     fn libnbd_clients_over_tls() {
         let (f, pki) = server(false);
-        f.disk.write(MIB, &pattern(65536, 4), false).unwrap();
+        f.disk.write(MIB, &pattern::bytes(65536, 4), false).unwrap();
         let uri = nbds(&f, "disk", &pki.ca_only);
         let out = ok("nbdinfo", &[&uri]);
         assert!(out.contains("with TLS"), "{out}");
@@ -839,7 +688,7 @@ mod tls {
         // Data both ways over TLS.
         let out_path = f.path("tls-out.raw");
         ok("nbdcopy", &[&uri, out_path.to_str().unwrap()]);
-        same(
+        assert_same(
             "nbdcopy over TLS",
             &std::fs::read(&out_path).unwrap(),
             &f.disk.contents(),
@@ -851,8 +700,8 @@ mod tls {
             "nbdcopy",
             &[src_path.to_str().unwrap(), &nbds(&f, "disk2", &pki.ca_only)],
         );
-        same("export written over TLS", &f.disk2.contents(), &src);
-        let map = parse_map(&ok("nbdinfo", &["--map", &uri]));
+        assert_same("export written over TLS", &f.disk2.contents(), &src);
+        let map = parse_nbdinfo_map(&ok("nbdinfo", &["--map", &uri]));
         assert_eq!(map[1], (MIB, 64 * KIB, 0, "data".into()), "{map:?}");
         // With a client certificate on offer (the server does not ask).
         ok("nbdinfo", &[&nbds(&f, "disk", &pki.with_client)]);
@@ -912,7 +761,7 @@ mod tls {
         assert!(!out.contains("Pattern verification failed"), "{out}");
         let mut want = vec![0u8; DISK_SIZE as usize];
         want[MIB as usize..(MIB + 64 * KIB) as usize].fill(0x6b);
-        same(
+        assert_same(
             "export written by qemu-io over TLS",
             &f.disk.contents(),
             &want,
@@ -932,7 +781,7 @@ mod tls {
                 out_path.to_str().unwrap(),
             ],
         );
-        same(
+        assert_same(
             "qemu-img convert over TLS",
             &std::fs::read(&out_path).unwrap(),
             &f.ro.contents(),

@@ -4,25 +4,25 @@ mod common;
 
 use common::{ok, refpoint, s};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
+use std::time::Duration;
+use testkit::{pattern, tools};
 
-fn qemu(args: &[&str]) -> Output {
-    Command::new("qemu-img")
-        .args(args)
-        .output()
-        .expect("qemu-img is needed for these tests")
+/// Runs `qemu-img`, which must succeed.
+fn qemu_img(args: &[&str]) {
+    tools::run_ok(
+        Command::new("qemu-img").args(args),
+        Duration::from_secs(120),
+    );
 }
 
+/// A raw image of `size` bytes: a pattern in the first 300000 bytes of
+/// every third MiB, zeros elsewhere.
 fn write_pattern(path: &Path, size: usize) -> Vec<u8> {
     let mut data = vec![0u8; size];
-    let mut x = 0x1234_5678u32;
-    for chunk in data.chunks_mut(1 << 20).step_by(3) {
-        for b in chunk.iter_mut().take(300_000) {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            *b = x as u8;
-        }
+    for (i, chunk) in data.chunks_mut(1 << 20).step_by(3).enumerate() {
+        let n = chunk.len().min(300_000);
+        pattern::fill(&mut chunk[..n], i as u64);
     }
     std::fs::write(path, &data).unwrap();
     data
@@ -49,18 +49,8 @@ fn convert_round_trip_is_accepted_by_qemu() {
         // qemu-img refuses 4096-byte logical sectors ("Operation not
         // supported"), so those are verified by our own reader only.
         if name != "4k.vhdx" {
-            let c = qemu(&["check", "-f", "vhdx", s(&vhdx)]);
-            assert!(
-                c.status.success(),
-                "qemu-img check {name}: {}",
-                String::from_utf8_lossy(&c.stdout)
-            );
-            let c = qemu(&["compare", "-f", "vhdx", "-F", "raw", s(&vhdx), s(&raw)]);
-            assert!(
-                c.status.success(),
-                "qemu-img compare {name}: {}",
-                String::from_utf8_lossy(&c.stdout)
-            );
+            qemu_img(&["check", "-f", "vhdx", s(&vhdx)]);
+            qemu_img(&["compare", "-f", "vhdx", "-F", "raw", s(&vhdx), s(&raw)]);
         }
         let back = d.path().join(format!("{name}.img"));
         ok(&["vhd", "convert", s(&vhdx), s(&back)]);
@@ -138,7 +128,7 @@ fn chain_info_map_merge_and_flatten() {
         serde_json::from_str(&ok(&["vhd", "merge", s(&child), "--json"])).unwrap();
     assert_eq!(m["child_removed"], true);
     assert!(!child.exists());
-    assert!(qemu(&["check", s(&base)]).status.success());
+    qemu_img(&["check", s(&base)]);
 }
 
 #[test]

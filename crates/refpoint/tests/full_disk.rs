@@ -13,15 +13,16 @@
 mod common;
 
 use common::{s, Env};
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
+use nbd::proto::{NBD_EIO, NBD_ENOSPC};
 use serde_json::Value;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Output, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+use testkit::nbd_client::Disk;
+use testkit::pattern;
+use testkit::ranges::covered;
+use testkit::tools;
 
 const MIB: u64 = 1 << 20;
 /// The virtual disk: 256 MiB of 1 MiB blocks, far more than the tmpfs
@@ -108,75 +109,10 @@ fn is_root() -> bool {
 }
 
 // ---------------------------------------------------------------------------
-// Tools with a time limit
+// NBD error values
 // ---------------------------------------------------------------------------
 
-/// Runs `cmd` (its output in files in `dir`), killing it after `limit`.
-fn run_limited(cmd: &mut Command, dir: &Path, limit: Duration) -> Output {
-    let n = std::fs::read_dir(dir).unwrap().count();
-    let (out, err) = (
-        dir.join(format!("tool-{n}.out")),
-        dir.join(format!("tool-{n}.err")),
-    );
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&out).unwrap())
-        .stderr(std::fs::File::create(&err).unwrap())
-        .spawn()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    let t = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if t.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{cmd:?} did not finish within {limit:?}: {}{}",
-                std::fs::read_to_string(&out).unwrap_or_default(),
-                std::fs::read_to_string(&err).unwrap_or_default()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    Output {
-        status,
-        stdout: std::fs::read(&out).unwrap_or_default(),
-        stderr: std::fs::read(&err).unwrap_or_default(),
-    }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-// ---------------------------------------------------------------------------
-// A small NBD client (fixed newstyle, NBD_OPT_GO, simple replies)
-// ---------------------------------------------------------------------------
-
-const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
-const IHAVEOPT: u64 = 0x4948_4156_454F_5054;
-const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-const FLAG_FIXED_NEWSTYLE: u16 = 1;
-const FLAG_NO_ZEROES: u16 = 2;
-const OPT_GO: u32 = 7;
-const REP_ACK: u32 = 1;
-const REP_INFO: u32 = 3;
-const INFO_EXPORT: u16 = 0;
-const REQUEST_MAGIC: u32 = 0x2560_9513;
-const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
-const CMD_READ: u16 = 0;
-const CMD_WRITE: u16 = 1;
-const CMD_DISC: u16 = 2;
-const CMD_FLUSH: u16 = 3;
-const NBD_EIO: u32 = 5;
-const NBD_ENOSPC: u32 = 28;
-
+/// The name of an NBD error value, for messages.
 fn errno_name(e: u32) -> &'static str {
     match e {
         1 => "EPERM",
@@ -188,162 +124,6 @@ fn errno_name(e: u32) -> &'static str {
         95 => "ENOTSUP",
         108 => "ESHUTDOWN",
         _ => "unknown",
-    }
-}
-
-#[derive(Debug)]
-enum NbdError {
-    #[allow(dead_code)] // shown by Debug
-    Io(std::io::Error),
-    /// The server refused the option (reply type, message).
-    #[allow(dead_code)] // shown by Debug
-    Refused(u32, String),
-    /// A request failed with this NBD error number.
-    Errno(u32),
-}
-
-impl From<std::io::Error> for NbdError {
-    fn from(e: std::io::Error) -> Self {
-        NbdError::Io(e)
-    }
-}
-
-impl NbdError {
-    /// The NBD error number; anything else (a broken connection, a
-    /// refusal) fails the test.
-    fn errno(self, what: &str) -> u32 {
-        match self {
-            NbdError::Errno(e) => e,
-            other => panic!("{what}: not an NBD error reply: {other:?}"),
-        }
-    }
-}
-
-struct Nbd {
-    s: UnixStream,
-    size: u64,
-    cookie: u64,
-}
-
-fn get_u16(s: &mut impl Read) -> std::io::Result<u16> {
-    let mut b = [0; 2];
-    s.read_exact(&mut b)?;
-    Ok(u16::from_be_bytes(b))
-}
-fn get_u32(s: &mut impl Read) -> std::io::Result<u32> {
-    let mut b = [0; 4];
-    s.read_exact(&mut b)?;
-    Ok(u32::from_be_bytes(b))
-}
-fn get_u64(s: &mut impl Read) -> std::io::Result<u64> {
-    let mut b = [0; 8];
-    s.read_exact(&mut b)?;
-    Ok(u64::from_be_bytes(b))
-}
-
-impl Nbd {
-    fn connect(socket: &Path, export: &str) -> Result<Nbd, NbdError> {
-        let mut s = UnixStream::connect(socket)?;
-        s.set_read_timeout(Some(TOOL_LIMIT))?;
-        s.set_write_timeout(Some(TOOL_LIMIT))?;
-        assert_eq!(get_u64(&mut s)?, NBDMAGIC);
-        assert_eq!(get_u64(&mut s)?, IHAVEOPT);
-        let hflags = get_u16(&mut s)?;
-        assert!(hflags & FLAG_FIXED_NEWSTYLE != 0, "not fixed newstyle");
-        let cflags = u32::from(FLAG_FIXED_NEWSTYLE | (hflags & FLAG_NO_ZEROES));
-        s.write_all(&cflags.to_be_bytes())?;
-        // NBD_OPT_GO: the name and no information requests.
-        let mut data = (export.len() as u32).to_be_bytes().to_vec();
-        data.extend_from_slice(export.as_bytes());
-        data.extend_from_slice(&0u16.to_be_bytes());
-        let mut opt = IHAVEOPT.to_be_bytes().to_vec();
-        opt.extend_from_slice(&OPT_GO.to_be_bytes());
-        opt.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        opt.extend_from_slice(&data);
-        s.write_all(&opt)?;
-        let mut size = None;
-        loop {
-            assert_eq!(get_u64(&mut s)?, REPLY_MAGIC);
-            assert_eq!(get_u32(&mut s)?, OPT_GO);
-            let ty = get_u32(&mut s)?;
-            let len = get_u32(&mut s)?;
-            let mut payload = vec![0; len as usize];
-            s.read_exact(&mut payload)?;
-            match ty {
-                REP_ACK => break,
-                REP_INFO if u16::from_be_bytes([payload[0], payload[1]]) == INFO_EXPORT => {
-                    size = Some(u64::from_be_bytes(payload[2..10].try_into().unwrap()));
-                }
-                t if t & (1 << 31) != 0 => {
-                    return Err(NbdError::Refused(
-                        t,
-                        String::from_utf8_lossy(&payload).into_owned(),
-                    ))
-                }
-                _ => {}
-            }
-        }
-        Ok(Nbd {
-            s,
-            size: size.expect("NBD_INFO_EXPORT before NBD_REP_ACK"),
-            cookie: 0,
-        })
-    }
-
-    fn request(
-        &mut self,
-        ty: u16,
-        offset: u64,
-        len: u32,
-        data: &[u8],
-    ) -> Result<Vec<u8>, NbdError> {
-        self.cookie += 1;
-        let mut h = Vec::with_capacity(28 + data.len());
-        h.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
-        h.extend_from_slice(&0u16.to_be_bytes());
-        h.extend_from_slice(&ty.to_be_bytes());
-        h.extend_from_slice(&self.cookie.to_be_bytes());
-        h.extend_from_slice(&offset.to_be_bytes());
-        h.extend_from_slice(&len.to_be_bytes());
-        h.extend_from_slice(data);
-        self.s.write_all(&h)?;
-        if ty == CMD_DISC {
-            return Ok(Vec::new());
-        }
-        let magic = get_u32(&mut self.s)?;
-        assert_eq!(magic, SIMPLE_REPLY_MAGIC, "only simple replies expected");
-        let err = get_u32(&mut self.s)?;
-        assert_eq!(
-            get_u64(&mut self.s)?,
-            self.cookie,
-            "reply to another request"
-        );
-        if err != 0 {
-            return Err(NbdError::Errno(err));
-        }
-        let mut out = Vec::new();
-        if ty == CMD_READ {
-            out.resize(len as usize, 0);
-            self.s.read_exact(&mut out)?;
-        }
-        Ok(out)
-    }
-
-    fn read(&mut self, offset: u64, len: u64) -> Result<Vec<u8>, NbdError> {
-        self.request(CMD_READ, offset, len as u32, &[])
-    }
-
-    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), NbdError> {
-        self.request(CMD_WRITE, offset, data.len() as u32, data)
-            .map(drop)
-    }
-
-    fn flush(&mut self) -> Result<(), NbdError> {
-        self.request(CMD_FLUSH, 0, 0, &[]).map(drop)
-    }
-
-    fn disconnect(mut self) {
-        let _ = self.request(CMD_DISC, 0, 0, &[]);
     }
 }
 
@@ -370,10 +150,8 @@ struct Written {
 
 /// Our client's content for its `i`-th write: distinct for every write.
 fn pattern(i: u64) -> Vec<u8> {
-    let mut rng = SmallRng::seed_from_u64(0xf011_d15c ^ i);
-    let mut buf = vec![0u8; MIB as usize];
-    rng.fill(&mut buf[..]);
-    // Never all zeros, and the first bytes name the write.
+    let mut buf = pattern::bytes(MIB as usize, 0xf011_d15c ^ i);
+    // The first bytes name the write.
     buf[..8].copy_from_slice(&(i + 1).to_be_bytes());
     buf
 }
@@ -443,29 +221,13 @@ fn check_content(
     data
 }
 
-/// Whether the union of `ranges` covers `[offset, offset + len)`.
-fn covered(ranges: &[(u64, u64)], offset: u64, len: u64) -> bool {
-    let mut r = ranges.to_vec();
-    r.sort();
-    let (mut pos, end) = (offset, offset + len);
-    for (o, l) in r {
-        if o <= pos && o + l > pos {
-            pos = o + l;
-        }
-        if pos >= end {
-            return true;
-        }
-    }
-    pos >= end
-}
-
 // ---------------------------------------------------------------------------
 // The CLI and the daemon on the tmpfs
 // ---------------------------------------------------------------------------
 
 impl Env {
-    fn nbd(&self) -> Nbd {
-        Nbd::connect(&self.nbd_socket(), "vm1/disk0")
+    fn nbd(&self) -> Disk {
+        Disk::connect(&self.nbd_socket(), "vm1/disk0", TOOL_LIMIT)
             .unwrap_or_else(|e| panic!("NBD connection to vm1/disk0: {e:?}"))
     }
 
@@ -474,15 +236,14 @@ impl Env {
     /// the disk failed earlier, so no change can be proven (the next backup
     /// goes full).
     fn changes_ok(&self, since: &str) -> Option<Vec<(u64, u64)>> {
-        let o = run_limited(
+        let o = tools::run(
             &mut self.cmd(&["rct", "changes", "vm1/disk0", "--since", since, "--json"]),
-            &self.dir,
             TOOL_LIMIT,
         );
-        if o.status.code() == Some(3) && text(&o).contains("unproven_after_io_error") {
+        if o.status.code() == Some(3) && tools::text(&o).contains("unproven_after_io_error") {
             println!(
                 "rct changes --since {since}: refused, typed: {}",
-                text(&o).trim()
+                tools::text(&o).trim()
             );
             return None;
         }
@@ -490,7 +251,7 @@ impl Env {
             o.status.success(),
             "rct changes --since {since} exited with {}: {}",
             o.status,
-            text(&o)
+            tools::text(&o)
         );
         let v: Value = serde_json::from_slice(&o.stdout).unwrap();
         assert_eq!(v["processed_length"], DISK_SIZE, "{v}");
@@ -507,15 +268,15 @@ impl Env {
     /// `refpoint serve --stop`, then the daemon's exit status and log; a
     /// daemon that could not flush a disk may exit with an error.
     fn stop_any(&self, mut d: common::Daemon) -> (ExitStatus, String) {
-        let o = run_limited(&mut self.cmd(&["serve", "--stop"]), &self.dir, TOOL_LIMIT);
-        assert!(o.status.success(), "serve --stop: {}", text(&o));
+        let o = tools::run(&mut self.cmd(&["serve", "--stop"]), TOOL_LIMIT);
+        assert!(o.status.success(), "serve --stop: {}", tools::text(&o));
         let st = d.wait(TOOL_LIMIT);
         (st, d.log_text())
     }
 }
 
 /// Reads the whole disk through NBD, 1 MiB at a time.
-fn read_disk(c: &mut Nbd) -> Vec<u8> {
+fn read_disk(c: &mut Disk) -> Vec<u8> {
     assert_eq!(c.size, DISK_SIZE);
     let mut out = Vec::with_capacity(DISK_SIZE as usize);
     for block in 0..DISK_SIZE / MIB {
@@ -591,12 +352,11 @@ fn a_full_disk_fails_flushes_and_keeps_what_was_acknowledged() {
 
     // --- 1. The disk, the machine, an RCT ID, the daemon -----------------
     let filler = tmpfs.dir.join("filler");
-    run_limited(
+    tools::run(
         Command::new("dd")
             .arg("if=/dev/zero")
             .arg(format!("of={}", s(&filler)))
             .args(["bs=1M", &format!("count={FILLER_MIB}"), "conv=fsync"]),
-        &env.dir,
         TOOL_LIMIT,
     );
     assert_eq!(std::fs::metadata(&filler).unwrap().len(), FILLER_MIB * MIB);
@@ -737,18 +497,18 @@ fn a_full_disk_fails_flushes_and_keeps_what_was_acknowledged() {
 
     // --- 3. The reported shape: six writes to new blocks, no flush, then
     // a flush, which must fail. First by qemu-io (writeback cache) ...
-    let mut io = Command::new("qemu-io");
-    io.args(["-f", "raw", "-t", "writeback", "-T", "nbd_*"]);
-    for k in 0..BURST {
-        let p = 0xa1 + k as u8;
-        io.arg("-c").arg(format!(
-            "write -P {p:#x} {} 1M",
-            (QEMU_IO_FIRST_MIB + k) * MIB
-        ));
-    }
-    io.arg("-c").arg("flush");
-    io.arg(env.uri("vm1/disk0"));
-    let o = run_limited(&mut io, &env.dir, TOOL_LIMIT);
+    let mut cmds: Vec<String> = (0..BURST)
+        .map(|k| {
+            let p = 0xa1 + k as u8;
+            format!("write -P {p:#x} {} 1M", (QEMU_IO_FIRST_MIB + k) * MIB)
+        })
+        .collect();
+    cmds.push("flush".into());
+    let opts = ["-f", "raw", "-t", "writeback", "-T", "nbd_*"];
+    let o = tools::run(
+        &mut tools::qemu_io(&opts, &cmds, env.uri("vm1/disk0")),
+        TOOL_LIMIT,
+    );
     let out = String::from_utf8_lossy(&o.stdout).to_string();
     let trace = String::from_utf8_lossy(&o.stderr).to_string();
     // qemu-io prints one line per write: "wrote …" or "write failed: …".
@@ -977,28 +737,26 @@ fn a_full_disk_fails_flushes_and_keeps_what_was_acknowledged() {
     env.stop(d, TOOL_LIMIT);
 
     // --- The files, without the daemon ------------------------------------
-    let o = run_limited(
+    let o = tools::run(
         &mut env.cmd(&["vhd", "check", s(&disk), "--json"]),
-        &env.dir,
         TOOL_LIMIT,
     );
     let v: Value = serde_json::from_slice(&o.stdout)
-        .unwrap_or_else(|e| panic!("vhd check --json: not JSON ({e}): {}", text(&o)));
+        .unwrap_or_else(|e| panic!("vhd check --json: not JSON ({e}): {}", tools::text(&o)));
     assert!(
         o.status.success() && v["valid"] == true,
         "vhd check ({}): {v}",
         o.status
     );
-    let o = run_limited(
+    let o = tools::run(
         Command::new("qemu-img").args(["check", "-f", "vhdx", s(&disk)]),
-        &env.dir,
         TOOL_LIMIT,
     );
     assert!(
         o.status.success(),
         "qemu-img check ({}): {}",
         o.status,
-        text(&o)
+        tools::text(&o)
     );
     // Converted to raw (outside the tmpfs) by refpoint and by qemu-img:
     // what the daemon served.
@@ -1011,12 +769,11 @@ fn a_full_disk_fails_flushes_and_keeps_what_was_acknowledged() {
     );
     std::fs::remove_file(&raw).unwrap();
     let qraw = env.dir.join("qemu-converted.raw");
-    let o = run_limited(
+    let o = tools::run(
         Command::new("qemu-img").args(["convert", "-f", "vhdx", "-O", "raw", s(&disk), s(&qraw)]),
-        &env.dir,
         TOOL_LIMIT,
     );
-    assert!(o.status.success(), "qemu-img convert: {}", text(&o));
+    assert!(o.status.success(), "qemu-img convert: {}", tools::text(&o));
     let got = std::fs::read(&qraw).unwrap();
     assert!(
         got == content,

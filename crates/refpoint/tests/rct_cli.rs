@@ -3,7 +3,8 @@
 mod common;
 
 use common::{ok, refpoint, s};
-use std::process::Command;
+use std::time::Duration;
+use testkit::tools;
 
 fn json(args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&ok(args)).unwrap()
@@ -152,11 +153,10 @@ fn foreign_writes_and_missing_files_force_a_full_backup() {
         .last()
         .unwrap()
         .to_string();
-    let q = Command::new("qemu-io")
-        .args(["-c", "write -P 9 0 4k", s(&disk)])
-        .output()
-        .expect("qemu-io");
-    assert!(q.status.success());
+    tools::run_ok(
+        &mut tools::qemu_io(&[], &["write -P 9 0 4k"], &disk),
+        Duration::from_secs(120),
+    );
     let o = refpoint(&["rct", "changes", s(&disk), "--since", &id]);
     assert_eq!(o.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&o.stderr).contains("modified_while_untracked"));

@@ -9,29 +9,36 @@
 mod common;
 
 use common::{s, Env};
+use nbd::proto::{NBD_EPERM, NBD_FLAG_READ_ONLY};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use testkit::compare::{assert_same, first_difference};
+use testkit::nbd_client::{Disk, NbdError};
+use testkit::ranges::covered;
+use testkit::tools;
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
 /// The tracking's default granularity.
 const GRANULARITY: u64 = 64 * KIB;
+/// How long one peer tool may run.
+const TOOL_LIMIT: Duration = Duration::from_secs(120);
 
 // ---------------------------------------------------------------------------
 // The CLI (the daemon is common::Env::serve)
 // ---------------------------------------------------------------------------
 
 impl Env {
-    fn nbd(&self, export: &str) -> Nbd {
-        Nbd::connect(&self.nbd_socket(), export)
+    fn nbd(&self, export: &str) -> Disk {
+        Disk::connect(&self.nbd_socket(), export, Duration::from_secs(60))
             .unwrap_or_else(|e| panic!("NBD connection to {export}: {e:?}"))
     }
 
@@ -54,205 +61,8 @@ impl Env {
 }
 
 // ---------------------------------------------------------------------------
-// A small NBD client (fixed newstyle, NBD_OPT_GO, simple replies)
-// ---------------------------------------------------------------------------
-
-const NBDMAGIC: u64 = 0x4e42_444d_4147_4943;
-const IHAVEOPT: u64 = 0x4948_4156_454F_5054;
-const REPLY_MAGIC: u64 = 0x0003_e889_0455_65a9;
-const FLAG_FIXED_NEWSTYLE: u16 = 1;
-const FLAG_NO_ZEROES: u16 = 2;
-const OPT_GO: u32 = 7;
-const REP_ACK: u32 = 1;
-const REP_INFO: u32 = 3;
-const INFO_EXPORT: u16 = 0;
-const REQUEST_MAGIC: u32 = 0x2560_9513;
-const SIMPLE_REPLY_MAGIC: u32 = 0x6744_6698;
-const CMD_READ: u16 = 0;
-const CMD_WRITE: u16 = 1;
-const CMD_DISC: u16 = 2;
-const CMD_FLUSH: u16 = 3;
-const TFLAG_READ_ONLY: u16 = 1 << 1;
-const EPERM: u32 = 1;
-
-#[derive(Debug)]
-enum NbdError {
-    #[allow(dead_code)] // shown by Debug
-    Io(std::io::Error),
-    /// The server refused the option (reply type, message).
-    #[allow(dead_code)] // shown by Debug
-    Refused(u32, String),
-    /// A request failed with this NBD error number.
-    Errno(u32),
-}
-
-impl From<std::io::Error> for NbdError {
-    fn from(e: std::io::Error) -> Self {
-        NbdError::Io(e)
-    }
-}
-
-struct Nbd {
-    s: UnixStream,
-    size: u64,
-    flags: u16,
-    cookie: u64,
-}
-
-fn get_u16(s: &mut impl Read) -> std::io::Result<u16> {
-    let mut b = [0; 2];
-    s.read_exact(&mut b)?;
-    Ok(u16::from_be_bytes(b))
-}
-fn get_u32(s: &mut impl Read) -> std::io::Result<u32> {
-    let mut b = [0; 4];
-    s.read_exact(&mut b)?;
-    Ok(u32::from_be_bytes(b))
-}
-fn get_u64(s: &mut impl Read) -> std::io::Result<u64> {
-    let mut b = [0; 8];
-    s.read_exact(&mut b)?;
-    Ok(u64::from_be_bytes(b))
-}
-
-impl Nbd {
-    fn connect(socket: &Path, export: &str) -> Result<Nbd, NbdError> {
-        let mut s = UnixStream::connect(socket)?;
-        s.set_read_timeout(Some(Duration::from_secs(60)))?;
-        assert_eq!(get_u64(&mut s)?, NBDMAGIC);
-        assert_eq!(get_u64(&mut s)?, IHAVEOPT);
-        let hflags = get_u16(&mut s)?;
-        assert!(hflags & FLAG_FIXED_NEWSTYLE != 0, "not fixed newstyle");
-        let cflags = u32::from(FLAG_FIXED_NEWSTYLE | (hflags & FLAG_NO_ZEROES));
-        s.write_all(&cflags.to_be_bytes())?;
-        // NBD_OPT_GO: the name and no information requests.
-        let mut data = (export.len() as u32).to_be_bytes().to_vec();
-        data.extend_from_slice(export.as_bytes());
-        data.extend_from_slice(&0u16.to_be_bytes());
-        let mut opt = IHAVEOPT.to_be_bytes().to_vec();
-        opt.extend_from_slice(&OPT_GO.to_be_bytes());
-        opt.extend_from_slice(&(data.len() as u32).to_be_bytes());
-        opt.extend_from_slice(&data);
-        s.write_all(&opt)?;
-        let (mut size, mut flags) = (None, 0);
-        loop {
-            assert_eq!(get_u64(&mut s)?, REPLY_MAGIC);
-            assert_eq!(get_u32(&mut s)?, OPT_GO);
-            let ty = get_u32(&mut s)?;
-            let len = get_u32(&mut s)?;
-            let mut payload = vec![0; len as usize];
-            s.read_exact(&mut payload)?;
-            match ty {
-                REP_ACK => break,
-                REP_INFO if u16::from_be_bytes([payload[0], payload[1]]) == INFO_EXPORT => {
-                    size = Some(u64::from_be_bytes(payload[2..10].try_into().unwrap()));
-                    flags = u16::from_be_bytes([payload[10], payload[11]]);
-                }
-                t if t & (1 << 31) != 0 => {
-                    return Err(NbdError::Refused(
-                        t,
-                        String::from_utf8_lossy(&payload).into_owned(),
-                    ))
-                }
-                _ => {}
-            }
-        }
-        Ok(Nbd {
-            s,
-            size: size.expect("NBD_INFO_EXPORT before NBD_REP_ACK"),
-            flags,
-            cookie: 0,
-        })
-    }
-
-    fn request(
-        &mut self,
-        ty: u16,
-        offset: u64,
-        len: u32,
-        data: &[u8],
-    ) -> Result<Vec<u8>, NbdError> {
-        self.cookie += 1;
-        let mut h = Vec::with_capacity(28 + data.len());
-        h.extend_from_slice(&REQUEST_MAGIC.to_be_bytes());
-        h.extend_from_slice(&0u16.to_be_bytes());
-        h.extend_from_slice(&ty.to_be_bytes());
-        h.extend_from_slice(&self.cookie.to_be_bytes());
-        h.extend_from_slice(&offset.to_be_bytes());
-        h.extend_from_slice(&len.to_be_bytes());
-        h.extend_from_slice(data);
-        self.s.write_all(&h)?;
-        if ty == CMD_DISC {
-            return Ok(Vec::new());
-        }
-        let magic = get_u32(&mut self.s)?;
-        assert_eq!(magic, SIMPLE_REPLY_MAGIC, "only simple replies expected");
-        let err = get_u32(&mut self.s)?;
-        assert_eq!(
-            get_u64(&mut self.s)?,
-            self.cookie,
-            "reply to another request"
-        );
-        if err != 0 {
-            return Err(NbdError::Errno(err));
-        }
-        let mut out = Vec::new();
-        if ty == CMD_READ {
-            out.resize(len as usize, 0);
-            self.s.read_exact(&mut out)?;
-        }
-        Ok(out)
-    }
-
-    fn read(&mut self, offset: u64, len: u64) -> Result<Vec<u8>, NbdError> {
-        self.request(CMD_READ, offset, len as u32, &[])
-    }
-
-    fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), NbdError> {
-        self.request(CMD_WRITE, offset, data.len() as u32, data)
-            .map(drop)
-    }
-
-    fn flush(&mut self) -> Result<(), NbdError> {
-        self.request(CMD_FLUSH, 0, 0, &[]).map(drop)
-    }
-
-    /// The whole export, read in pieces of 4 MiB.
-    fn read_all(&mut self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.size as usize);
-        let mut pos = 0;
-        while pos < self.size {
-            let n = (4 * MIB).min(self.size - pos);
-            out.extend(self.read(pos, n).unwrap());
-            pos += n;
-        }
-        out
-    }
-
-    fn disconnect(mut self) {
-        let _ = self.request(CMD_DISC, 0, 0, &[]);
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Ranges, extents and content
 // ---------------------------------------------------------------------------
-
-/// Whether the union of `ranges` covers `[offset, offset + len)`.
-fn covered(ranges: &[(u64, u64)], offset: u64, len: u64) -> bool {
-    let mut r = ranges.to_vec();
-    r.sort();
-    let (mut pos, end) = (offset, offset + len);
-    for (o, l) in r {
-        if o <= pos && o + l > pos {
-            pos = o + l;
-        }
-        if pos >= end {
-            return true;
-        }
-    }
-    pos >= end
-}
 
 /// The `unit`-sized chunks a set of ranges touches.
 fn chunks(ranges: &[(u64, u64)], unit: u64) -> std::collections::BTreeSet<u64> {
@@ -288,25 +98,11 @@ fn nbdinfo_map(uri: &str, context: Option<&str>) -> Vec<(u64, u64, u32)> {
         Some(c) => format!("--map={c}"),
         None => "--map".to_string(),
     };
-    let o = Command::new("nbdinfo").arg(&map).arg(uri).output().unwrap();
-    assert!(
-        o.status.success(),
-        "nbdinfo {map} {uri}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let text = String::from_utf8(o.stdout).unwrap();
-    let out: Vec<_> = text
-        .lines()
-        .map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (
-                f[0].parse().unwrap(),
-                f[1].parse().unwrap(),
-                f[2].parse().unwrap(),
-            )
-        })
-        .collect();
-    out
+    let out = tools::ok(Command::new("nbdinfo").arg(&map).arg(uri), TOOL_LIMIT);
+    tools::parse_nbdinfo_map(&out)
+        .into_iter()
+        .map(|(o, l, f, _)| (o, l, f))
+        .collect()
 }
 
 /// The ranges of a map whose flags have `bit` set (or clear).
@@ -317,37 +113,9 @@ fn with_flag(map: &[(u64, u64, u32)], bit: u32, set: bool) -> Vec<(u64, u64)> {
         .collect()
 }
 
-fn run_tool(cmd: &mut Command) -> Output {
-    let o = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(
-        o.status.success(),
-        "{cmd:?} failed ({}): {}{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    o
-}
-
-/// The first offset where two contents differ.
-fn first_difference(a: &[u8], b: &[u8]) -> Option<usize> {
-    assert_eq!(a.len(), b.len());
-    a.iter().zip(b).position(|(x, y)| x != y)
-}
-
-fn assert_same(what: &str, got: &[u8], want: &[u8]) {
-    if let Some(i) = first_difference(got, want) {
-        panic!(
-            "{what}: differs at {i:#x} (got {:#04x}, want {:#04x})",
-            got[i], want[i]
-        );
-    }
-}
-
 /// The ranges where two contents differ.
 fn differences(a: &[u8], b: &[u8]) -> Vec<(u64, u64)> {
+    assert_eq!(a.len(), b.len());
     let mut out = Vec::new();
     let mut i = 0;
     while let Some(d) = first_difference(&a[i..], &b[i..]) {
@@ -384,13 +152,17 @@ fn real_nbd_clients_read_write_and_see_changes() {
         (20 * MIB - 512, 1024, 0x11),
     ];
     let mut model = vec![0u8; size as usize];
-    let mut io = Command::new("qemu-io");
-    io.args(["-f", "raw"]);
     for &(o, l, p) in &writes {
-        io.arg("-c").arg(format!("write -P {p:#x} {o} {l}"));
         model[o as usize..(o + l) as usize].fill(p);
     }
-    let out = run_tool(io.arg(&live));
+    let cmds: Vec<String> = writes
+        .iter()
+        .map(|&(o, l, p)| format!("write -P {p:#x} {o} {l}"))
+        .collect();
+    let out = tools::run_ok(
+        &mut tools::qemu_io(&["-f", "raw"], &cmds, &live),
+        TOOL_LIMIT,
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout)
             .matches("wrote")
@@ -401,36 +173,34 @@ fn real_nbd_clients_read_write_and_see_changes() {
     );
     let written: Vec<(u64, u64)> = writes.iter().map(|w| (w.0, w.1)).collect();
     // qemu-io reads the patterns back (and zeros next to them).
-    let mut io = Command::new("qemu-io");
-    io.args(["-f", "raw", "-r"]);
-    for &(o, l, p) in &writes {
-        io.arg("-c").arg(format!("read -P {p:#x} {o} {l}"));
-    }
-    io.arg("-c")
-        .arg(format!("read -P 0 {} 512", 10 * MIB - 512));
-    let out = run_tool(io.arg(&live));
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let mut cmds: Vec<String> = writes
+        .iter()
+        .map(|&(o, l, p)| format!("read -P {p:#x} {o} {l}"))
+        .collect();
+    cmds.push(format!("read -P 0 {} 512", 10 * MIB - 512));
+    let out = tools::run_ok(
+        &mut tools::qemu_io(&["-f", "raw", "-r"], &cmds, &live),
+        TOOL_LIMIT,
+    );
+    let text = tools::text(&out);
     assert_eq!(text.matches("read ").count(), writes.len() + 1, "{text}");
     assert!(!text.contains("failed"), "{text}");
 
     // qemu-img convert of the live export is what was written.
     let conv = env.dir.join("convert.raw");
-    run_tool(Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "raw", &live, s(&conv)]));
+    tools::run_ok(
+        Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "raw", &live, s(&conv)]),
+        TOOL_LIMIT,
+    );
     assert_same("qemu-img convert", &std::fs::read(&conv).unwrap(), &model);
 
     // qemu-img compare against a local file: equal, then one byte off.
     let local = env.dir.join("model.raw");
     std::fs::write(&local, &model).unwrap();
-    run_tool(Command::new("qemu-img").args([
-        "compare",
-        "-f",
-        "raw",
-        "-F",
-        "raw",
-        s(&local),
-        &live,
-    ]));
+    tools::run_ok(
+        Command::new("qemu-img").args(["compare", "-f", "raw", "-F", "raw", s(&local), &live]),
+        TOOL_LIMIT,
+    );
     {
         use std::os::unix::fs::FileExt;
         let f = std::fs::OpenOptions::new()
@@ -439,10 +209,10 @@ fn real_nbd_clients_read_write_and_see_changes() {
             .unwrap();
         f.write_all_at(&[0x5b], 10 * MIB + 777).unwrap();
     }
-    let o = Command::new("qemu-img")
-        .args(["compare", "-f", "raw", "-F", "raw", s(&local), &live])
-        .output()
-        .unwrap();
+    let o = tools::run(
+        Command::new("qemu-img").args(["compare", "-f", "raw", "-F", "raw", s(&local), &live]),
+        TOOL_LIMIT,
+    );
     assert_eq!(
         o.status.code(),
         Some(1),
@@ -485,14 +255,14 @@ fn real_nbd_clients_read_write_and_see_changes() {
 
     // nbdcopy to a file.
     let copy = env.dir.join("nbdcopy.raw");
-    run_tool(Command::new("nbdcopy").arg(&live).arg(&copy));
+    tools::run_ok(Command::new("nbdcopy").arg(&live).arg(&copy), TOOL_LIMIT);
     assert_same("nbdcopy", &std::fs::read(&copy).unwrap(), &model);
 
     // A checkpoint: its export is read-only and keeps the content frozen
     // while the live export changes. Writes acknowledged before it (here
     // not flushed, on a connection that stays open across it) are in it.
     let mut lc = env.nbd("vm1/disk0");
-    assert!(lc.flags & TFLAG_READ_ONLY == 0);
+    assert!(lc.flags & NBD_FLAG_READ_ONLY == 0);
     assert_eq!(lc.size, size);
     let mut written = written;
     for (o, p) in [(30 * MIB + 12345, 0x61u8), (50 * MIB, 0x62)] {
@@ -505,7 +275,7 @@ fn real_nbd_clients_read_write_and_see_changes() {
     let frozen = env.uri("vm1/disk0@checkpoint-1");
     let mut fc = env.nbd("vm1/disk0@checkpoint-1");
     assert_eq!(fc.size, size);
-    assert!(fc.flags & TFLAG_READ_ONLY != 0, "flags {:#x}", fc.flags);
+    assert!(fc.flags & NBD_FLAG_READ_ONLY != 0, "flags {:#x}", fc.flags);
     let mut after = model.clone();
     let mut rng = SmallRng::seed_from_u64(1);
     let mut later = Vec::new();
@@ -522,13 +292,13 @@ fn real_nbd_clients_read_write_and_see_changes() {
     // A write to the checkpoint fails (our client and qemu-io) and
     // changes nothing.
     match fc.write(10 * MIB, &[0xff; 4096]) {
-        Err(NbdError::Errno(EPERM)) => {}
+        Err(NbdError::Errno(NBD_EPERM)) => {}
         r => panic!("write to a checkpoint export: {r:?}"),
     }
-    let o = Command::new("qemu-io")
-        .args(["-f", "raw", "-c", "write -P 0xff 0 64k", &frozen])
-        .output()
-        .unwrap();
+    let o = tools::run(
+        &mut tools::qemu_io(&["-f", "raw"], &["write -P 0xff 0 64k"], &frozen),
+        TOOL_LIMIT,
+    );
     assert!(
         !o.status.success()
             || String::from_utf8_lossy(&o.stdout).contains("failed")
@@ -539,15 +309,10 @@ fn real_nbd_clients_read_write_and_see_changes() {
     assert_same("checkpoint export (NBD)", &fc.read_all(), &model);
     assert_same("live export (NBD)", &lc.read_all(), &after);
     let conv = env.dir.join("frozen.raw");
-    run_tool(Command::new("qemu-img").args([
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "raw",
-        &frozen,
-        s(&conv),
-    ]));
+    tools::run_ok(
+        Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "raw", &frozen, s(&conv)]),
+        TOOL_LIMIT,
+    );
     assert_same(
         "checkpoint export (qemu-img)",
         &std::fs::read(&conv).unwrap(),
@@ -580,7 +345,7 @@ struct WriterResult {
 /// (the file `req`), finishes, flushes, records its model and acknowledges
 /// (`ack`), then waits for the thaw (`thawed`).
 fn writer(
-    mut c: Nbd,
+    mut c: Disk,
     hooks: PathBuf,
     stop: Arc<AtomicBool>,
     seed: u64,
@@ -719,7 +484,7 @@ fn backups_of_a_disk_being_written_restore_the_frozen_content() {
     assert!(o.status.success());
     // The points are also served, read-only.
     let mut b = env.nbd("vm1/disk0@backup-2");
-    assert!(b.flags & TFLAG_READ_ONLY != 0);
+    assert!(b.flags & NBD_FLAG_READ_ONLY != 0);
     assert_same("@backup-2", &b.read_all(), &r.frozen[1]);
     b.disconnect();
 }
@@ -1043,7 +808,7 @@ fn management_api_answers_over_http() {
 /// Random pieces written through `c` (not flushed) into `[lo, hi)` of the
 /// disk and of `model`.
 fn scribble(
-    c: &mut Nbd,
+    c: &mut Disk,
     model: &mut [u8],
     rng: &mut SmallRng,
     n: usize,

@@ -1,8 +1,8 @@
 //! `refpoint serve` on TCP: NBD with TLS required (`--listen`), the
 //! management API over HTTPS with a bearer token (`--api-listen`), client
 //! certificates (`--tls-client-ca`), and the CLI's refusals. Certificates
-//! come from rcgen; the clients are nbdinfo, nbdcopy (libnbd-bin), qemu-io
-//! (qemu-utils) and curl.
+//! come from [`testkit::pki`]; the clients are nbdinfo, nbdcopy
+//! (libnbd-bin), qemu-io (qemu-utils) and curl.
 //!
 //! Every test runs its own daemon in its own state directory on ports the
 //! kernel picks (`127.0.0.1:0`), read back from the daemon's log; the
@@ -11,17 +11,13 @@
 mod common;
 
 use common::{s, Daemon, Env};
-use rcgen::KeyUsagePurpose as Ku;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
-    KeyPair,
-};
 use serde_json::Value;
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, ExitStatus, Output};
+use std::time::Duration;
+use testkit::pki::Pki;
+use testkit::tools;
 
 const KIB: u64 = 1 << 10;
 const MIB: u64 = 1 << 20;
@@ -31,173 +27,22 @@ const LIMIT: Duration = Duration::from_secs(60);
 const CURL: &str = "/usr/bin/curl";
 
 // ---------------------------------------------------------------------------
-// Certificates
-// ---------------------------------------------------------------------------
-
-/// A CA, a server certificate for localhost/127.0.0.1 and a client
-/// certificate, as PEM files in the layouts the clients expect:
-/// `ca-cert.pem`, and `client-cert.pem` + `client-key.pem` next to it
-/// (libnbd's `tls-certificates=DIR`, qemu's `tls-creds-x509,dir=DIR`).
-struct Pki {
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    /// The CA certificate (also `ca-cert.pem` in both directories).
-    ca: PathBuf,
-    /// ca-cert.pem only.
-    ca_only: PathBuf,
-    /// ca-cert.pem, client-cert.pem, client-key.pem.
-    with_client: PathBuf,
-}
-
-/// A certificate and its key, which can sign others.
-type Ca = CertifiedIssuer<'static, KeyPair>;
-
-/// A certificate named `cn` for `names`, with its key: signed by `by` for
-/// that use, or without `by` a self-signed CA.
-fn cert(cn: &str, names: &[&str], by: Option<(&Ca, ExtendedKeyUsagePurpose)>) -> Ca {
-    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    let mut p = CertificateParams::new(names).unwrap();
-    p.distinguished_name.push(DnType::CommonName, cn);
-    let key = KeyPair::generate().unwrap();
-    let Some((ca, usage)) = by else {
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.key_usages = vec![Ku::KeyCertSign, Ku::CrlSign, Ku::DigitalSignature];
-        return CertifiedIssuer::self_signed(p, key).unwrap();
-    };
-    p.key_usages = vec![Ku::DigitalSignature, Ku::KeyEncipherment];
-    p.extended_key_usages = vec![usage];
-    p.use_authority_key_identifier_extension = true;
-    CertifiedIssuer::signed_by(p, key, ca).unwrap()
-}
-
-impl Pki {
-    fn new(root: &Path) -> Pki {
-        use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
-        let ca = cert("refpoint test CA", &[], None);
-        let server = cert(
-            "localhost",
-            &["localhost", "127.0.0.1"],
-            Some((&ca, ServerAuth)),
-        );
-        let client = cert("refpoint test client", &[], Some((&ca, ClientAuth)));
-        for (file, pem) in [
-            ("server/server-cert.pem", server.pem()),
-            ("server/server-key.pem", server.key().serialize_pem()),
-            ("server/ca-cert.pem", ca.pem()),
-            ("ca-only/ca-cert.pem", ca.pem()),
-            ("with-client/ca-cert.pem", ca.pem()),
-            ("with-client/client-cert.pem", client.pem()),
-            ("with-client/client-key.pem", client.key().serialize_pem()),
-        ] {
-            let path = root.join(file);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(path, pem).unwrap();
-        }
-        Pki {
-            server_cert: root.join("server/server-cert.pem"),
-            server_key: root.join("server/server-key.pem"),
-            ca: root.join("server/ca-cert.pem"),
-            ca_only: root.join("ca-only"),
-            with_client: root.join("with-client"),
-        }
-    }
-
-    /// `--tls-cert ... --tls-key ...`.
-    fn tls_args(&self) -> Vec<String> {
-        vec![
-            "--tls-cert".into(),
-            s(&self.server_cert).into(),
-            "--tls-key".into(),
-            s(&self.server_key).into(),
-        ]
-    }
-}
-
-// ---------------------------------------------------------------------------
 // Running programs
 // ---------------------------------------------------------------------------
 
 /// Runs a program to completion, killing it after [`LIMIT`].
 fn run(mut cmd: Command) -> Output {
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "cannot run {what}: {e}; these tests need nbdinfo, nbdcopy (package libnbd-bin), \
-                 qemu-io (package qemu-utils) and curl"
-            )
-        });
-    let drain = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            v
-        })
-    };
-    let out = drain(Box::new(child.stdout.take().unwrap()));
-    let err = drain(Box::new(child.stderr.take().unwrap()));
-    let t = Instant::now();
-    let status = loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            break st;
-        }
-        if t.elapsed() > LIMIT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("{what} still running after {LIMIT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    Output {
-        status,
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-    }
-}
-
-fn describe(what: &str, o: &Output) -> String {
-    format!(
-        "{what}: {}\nstdout:\n{}\nstderr:\n{}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn tool(prog: &str, args: &[&str]) -> Output {
-    let mut c = Command::new(prog);
-    c.args(args);
-    run(c)
+    tools::run(&mut cmd, LIMIT)
 }
 
 /// Runs a client that must succeed; returns its standard output.
 fn ok(prog: &str, args: &[&str]) -> String {
-    let o = tool(prog, args);
-    assert!(
-        o.status.success(),
-        "{}",
-        describe(&format!("{prog} {args:?}"), &o)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    tools::ok(Command::new(prog).args(args), LIMIT)
 }
 
 /// Runs a client that must fail; returns its output and error output.
 fn fails(prog: &str, args: &[&str]) -> String {
-    let o = tool(prog, args);
-    assert!(
-        !o.status.success(),
-        "{}",
-        describe(&format!("{prog} {args:?} (should have failed)"), &o)
-    );
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
+    tools::fails(Command::new(prog).args(args), LIMIT)
 }
 
 /// An HTTPS answer from curl.
@@ -242,11 +87,19 @@ fn curl(url: &str, extra: &[&str]) -> Http {
 // The daemon (common::Env::serve) on TCP
 // ---------------------------------------------------------------------------
 
-/// A state directory and certificates, inside a temporary directory.
+/// A state directory and certificates, in temporary directories.
 fn setup() -> (Env, Pki) {
-    let env = Env::new();
-    let pki = Pki::new(&env.dir.join("pki"));
-    (env, pki)
+    (Env::new(), Pki::new())
+}
+
+/// `--tls-cert ... --tls-key ...`.
+fn tls_args(pki: &Pki) -> Vec<String> {
+    vec![
+        "--tls-cert".into(),
+        s(&pki.server_cert).into(),
+        "--tls-key".into(),
+        s(&pki.server_key).into(),
+    ]
 }
 
 impl Daemon {
@@ -310,7 +163,7 @@ fn nbd_on_tcp_requires_tls_and_the_unix_socket_does_not() {
     env.machine(DISK_SIZE, "1M", None);
     let mut args = vec!["--listen".to_string(), "127.0.0.1:0".into()];
     args.extend(["--api-listen".to_string(), "127.0.0.1:0".into()]);
-    args.extend(pki.tls_args());
+    args.extend(tls_args(&pki));
     let d = env.serve(&args);
     assert!(d.nbd_addr().starts_with("127.0.0.1:"), "{}", d.nbd_addr());
     assert_ne!(d.nbd_addr(), "127.0.0.1:0");
@@ -397,7 +250,7 @@ fn client_certificates_with_tls_client_ca() {
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
     let mut args = vec!["--listen".to_string(), "127.0.0.1:0".into()];
     args.extend(["--api-listen".to_string(), "127.0.0.1:0".into()]);
-    args.extend(pki.tls_args());
+    args.extend(tls_args(&pki));
     args.extend(["--tls-client-ca".to_string(), s(&pki.ca).into()]);
     args.extend(["--token-file".to_string(), s(&token_file).into()]);
     let d = env.serve(&args);
@@ -423,9 +276,8 @@ fn client_certificates_with_tls_client_ca() {
         r.body,
         r.stderr
     );
-    let cert = s(&pki.with_client.join("client-cert.pem")).to_string();
-    let key = s(&pki.with_client.join("client-key.pem")).to_string();
-    let with_cert = ["--cacert", cacert, "--cert", &cert, "--key", &key];
+    let (cert, key) = (s(&pki.client_cert), s(&pki.client_key));
+    let with_cert = ["--cacert", cacert, "--cert", cert, "--key", key];
     let mut a = with_cert.to_vec();
     a.extend(["-H", &bearer]);
     let r = curl(&d.url("/v1/status"), &a);
@@ -447,7 +299,7 @@ fn api_over_https_requires_the_token() {
     let (env, pki) = setup();
     let token_path = env.home.join("api.token");
     let mut args = vec!["--api-listen".to_string(), "127.0.0.1:0".into()];
-    args.extend(pki.tls_args());
+    args.extend(tls_args(&pki));
     let d = env.serve(&args);
     assert!(d.address("NBD on ").is_none(), "no --listen, no NBD on TCP");
 
@@ -525,10 +377,10 @@ fn a_short_token_file_stops_the_daemon_from_starting() {
     let token_file = env.dir.join("short.token");
     std::fs::write(&token_file, "tooshort\n").unwrap();
     let mut c = env.cmd(&["serve", "--api-listen", "127.0.0.1:0", "--token-file"]);
-    c.arg(&token_file).args(pki.tls_args());
+    c.arg(&token_file).args(tls_args(&pki));
     let o = run(c);
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "{}", describe("serve", &o));
+    assert!(!o.status.success(), "{}", tools::describe("serve", &o));
     assert!(
         err.contains("shorter than 16 characters") && err.contains(s(&token_file)),
         "{err}"
@@ -561,7 +413,7 @@ fn tcp_listeners_without_tls_are_refused() {
         assert!(
             !o.status.success(),
             "{}",
-            describe(&format!("{args:?}"), &o)
+            tools::describe(&format!("{args:?}"), &o)
         );
         assert!(err.to_lowercase().contains("tls"), "{args:?}: {err}");
         assert!(!err.contains("NBD on"), "{args:?}: {err}");

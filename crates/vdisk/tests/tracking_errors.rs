@@ -12,10 +12,11 @@ use rct::record::{FileHeader, Record, HEADER_SIZE, RECORD_HEADER};
 use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 use storage::{Fs, LocalFs};
 use tempfile::TempDir;
+use testkit::tools;
 use vdisk::{
     ChangedRange, Changes, Disk, RctError, RctId, TrackingState, TrackingStatus, VdiskError,
 };
@@ -627,34 +628,15 @@ fn torn_last_record_is_not_an_error() {
 // Disk modified while not tracked
 // ---------------------------------------------------------------------------
 
-/// Whether qemu-io can be run. Absent, the test is skipped, except under CI.
-fn qemu_io_available() -> bool {
-    let ok = Command::new("qemu-io")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "qemu-io not found, and CI is set"
-        );
-        eprintln!("skipped: qemu-io not found");
-    }
-    ok
-}
-
+/// Runs qemu-io commands on a VHDX file, which must all succeed (qemu-io
+/// reports a failed command in its output and still exits with 0).
 fn qemu_io(path: &Path, cmd: &str) {
-    let out = Command::new("qemu-io")
-        .args(["-f", "vhdx", "-c", cmd])
-        .arg(path)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && !text.contains("failed"),
-        "qemu-io {cmd:?}: {text}"
+    let out = tools::run_ok(
+        &mut tools::qemu_io(&["-f", "vhdx"], &[cmd], path),
+        Duration::from_secs(120),
     );
+    let text = tools::text(&out);
+    assert!(!text.contains("failed"), "qemu-io {cmd:?}: {text}");
 }
 
 /// A tracked disk with one ID, closed cleanly.
@@ -703,7 +685,7 @@ fn assert_modified_while_untracked(f: &Fixture, id: &RctId, foreign: (u64, &[u8]
 
 #[test]
 fn qemu_io_write_is_modified_while_untracked() {
-    if !qemu_io_available() {
+    if !tools::available(&["qemu-io"]) {
         return;
     }
     let f = Fixture::new();
@@ -714,7 +696,7 @@ fn qemu_io_write_is_modified_while_untracked() {
 
 #[test]
 fn qemu_io_read_keeps_tracking_valid() {
-    if !qemu_io_available() {
+    if !tools::available(&["qemu-io"]) {
         return;
     }
     // QEMU opens the file read-write and rewrites its headers (a new

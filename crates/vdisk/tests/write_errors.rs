@@ -25,10 +25,9 @@ fn tracked_vhdx(fs: &CrashFs, path: &Path) {
     d.close().unwrap();
 }
 
-fn pattern(i: u8) -> Vec<u8> {
-    (0..100_000u32)
-        .map(|x| (x as u8).wrapping_mul(31) ^ i)
-        .collect()
+/// The data of write `i`.
+fn pattern(i: u64) -> Vec<u8> {
+    testkit::pattern::bytes(100_000, i)
 }
 
 /// Three queued writes to new blocks; the k-th file operation of the flush
@@ -46,7 +45,7 @@ fn a_failed_write_in_the_queue_is_never_forgotten() {
             let mut d = Disk::open(Arc::new(fs.clone()), path, true).unwrap();
             let at = |i: u64| i * 2 * BLOCK + 4096;
             for i in 0..3 {
-                d.write(at(i), &pattern(i as u8)).unwrap();
+                d.write(at(i), &pattern(i)).unwrap();
             }
             fs.inject_fault(k, fault);
             let first = d.flush();
@@ -61,7 +60,7 @@ fn a_failed_write_in_the_queue_is_never_forgotten() {
                         let mut b = vec![0u8; 100_000];
                         d.read(at(i), &mut b).unwrap();
                         assert!(
-                            b == pattern(i as u8),
+                            b == pattern(i),
                             "{fault:?} at op {k}: write {i} was acknowledged by a later flush but reads wrong"
                         );
                     }

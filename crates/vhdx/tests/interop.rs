@@ -28,7 +28,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 use storage::{Fs, LocalFs, OpenMode, Storage};
+use testkit::tools;
 use vhdx::{create, create_child, Chain, CreateOptions, DiskType, Vhdx};
 
 const MIB: u64 = 1 << 20;
@@ -38,35 +40,10 @@ const MIB: u64 = 1 << 20;
 // ---------------------------------------------------------------------------
 
 /// Whether qemu-img and qemu-io can be run. Absent tools skip the tests,
-/// except under CI, where they fail them.
+/// except under CI, where they fail them (asked once per run).
 fn qemu_available() -> bool {
     static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(|| {
-        let runs = |tool: &str| {
-            Command::new(tool)
-                .arg("--version")
-                .output()
-                .is_ok_and(|o| o.status.success())
-        };
-        let missing: Vec<&str> = ["qemu-img", "qemu-io"]
-            .into_iter()
-            .filter(|t| !runs(t))
-            .collect();
-        if missing.is_empty() {
-            return true;
-        }
-        if std::env::var_os("CI").is_some() {
-            panic!(
-                "{} not found, and CI is set: the interop tests must run in CI",
-                missing.join(" and ")
-            );
-        }
-        eprintln!(
-            "skipping the QEMU interop tests: {} not found",
-            missing.join(" and ")
-        );
-        false
-    })
+    *AVAILABLE.get_or_init(|| tools::available(&["qemu-img", "qemu-io"]))
 }
 
 macro_rules! require_qemu {
@@ -77,28 +54,20 @@ macro_rules! require_qemu {
     };
 }
 
+/// A QEMU tool still running after this long fails the test.
+const TOOL_LIMIT: Duration = Duration::from_secs(600);
+
 fn run(tool: &str, args: &[&str]) -> Output {
-    Command::new(tool)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {tool}: {e}"))
+    tools::run(Command::new(tool).args(args), TOOL_LIMIT)
 }
 
 fn describe(tool: &str, args: &[&str], out: &Output) -> String {
-    format!(
-        "{tool} {} exited with {}\nstdout:\n{}\nstderr:\n{}",
-        args.join(" "),
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    tools::describe(&format!("{tool} {}", args.join(" ")), out)
 }
 
 /// Runs a tool and fails the test unless it exits with 0.
 fn run_ok(tool: &str, args: &[&str]) -> Output {
-    let out = run(tool, args);
-    assert!(out.status.success(), "{}", describe(tool, args, &out));
-    out
+    tools::run_ok(Command::new(tool).args(args), TOOL_LIMIT)
 }
 
 fn s(p: &Path) -> &str {
@@ -531,8 +500,7 @@ fn qemu_image_with_a_dirty_log() {
         s(&path)
     );
     let out = run("qemu-io", &["-c", &torn.command(), &spec]);
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text = tools::text(&out);
     if !text.contains("Input/output error") {
         // The injection did not hit the BAT write: the image is clean and
         // this QEMU cannot make a dirty one this way.

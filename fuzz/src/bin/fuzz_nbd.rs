@@ -34,7 +34,7 @@
 
 use clap::Parser;
 use nbd::mem::{MemDevice, StaticExports, MEM_DIRTY_CONTEXT};
-use nbd::option::{export_name, InfoRequest, MetaRequest};
+use nbd::option::{encode_option as opt, export_name, InfoRequest, MetaRequest};
 use nbd::proto::*;
 use nbd::request::Request;
 use nbd::Server;
@@ -139,36 +139,20 @@ fn flags(f: u32) -> Vec<u8> {
     f.to_be_bytes().to_vec()
 }
 
-fn opt(o: u32, data: &[u8]) -> Vec<u8> {
-    let mut b = Vec::with_capacity(16 + data.len());
-    b.extend(IHAVEOPT.to_be_bytes());
-    b.extend(o.to_be_bytes());
-    b.extend((data.len() as u32).to_be_bytes());
-    b.extend(data);
-    b
-}
-
 fn info_payload(name: &str, infos: &[u16]) -> Vec<u8> {
-    let mut d = Vec::new();
-    d.extend((name.len() as u32).to_be_bytes());
-    d.extend(name.as_bytes());
-    d.extend((infos.len() as u16).to_be_bytes());
-    for i in infos {
-        d.extend(i.to_be_bytes());
+    InfoRequest {
+        name: name.into(),
+        requests: infos.to_vec(),
     }
-    d
+    .encode()
 }
 
 fn meta_payload(name: &str, queries: &[&str]) -> Vec<u8> {
-    let mut d = Vec::new();
-    d.extend((name.len() as u32).to_be_bytes());
-    d.extend(name.as_bytes());
-    d.extend((queries.len() as u32).to_be_bytes());
-    for q in queries {
-        d.extend((q.len() as u32).to_be_bytes());
-        d.extend(q.as_bytes());
+    MetaRequest {
+        export: name.into(),
+        queries: queries.iter().map(|q| q.to_string()).collect(),
     }
-    d
+    .encode()
 }
 
 fn req(flags: u16, kind: u16, offset: u64, length: u32) -> Vec<u8> {
@@ -634,20 +618,11 @@ fn scan(out: &[u8], cov: &mut Coverage) {
 // ---------------------------------------------------------------------------
 // The parsers
 
-fn encode_info(r: &InfoRequest) -> Vec<u8> {
-    info_payload(&r.name, &r.requests)
-}
-
-fn encode_meta(r: &MetaRequest) -> Vec<u8> {
-    let q: Vec<&str> = r.queries.iter().map(String::as_str).collect();
-    meta_payload(&r.export, &q)
-}
-
 /// Runs every parser on `data`; an `Err` names the broken oracle.
 fn parse_checks(data: &[u8], cov: &mut Coverage) -> Result<(), String> {
     if let Ok(r) = InfoRequest::parse(data) {
         cov.info_parsed += 1;
-        if encode_info(&r) != data {
+        if r.encode() != data {
             return Err(format!(
                 "InfoRequest::parse({data:02x?}) = {r:?} encodes differently"
             ));
@@ -655,7 +630,7 @@ fn parse_checks(data: &[u8], cov: &mut Coverage) -> Result<(), String> {
     }
     if let Ok(r) = MetaRequest::parse(data) {
         cov.meta_parsed += 1;
-        if encode_meta(&r) != data {
+        if r.encode() != data {
             return Err(format!(
                 "MetaRequest::parse({data:02x?}) = {r:?} encodes differently"
             ));

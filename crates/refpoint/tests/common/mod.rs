@@ -180,31 +180,12 @@ impl Env {
     /// `refpoint serve --stop`, which must return within `limit`; the
     /// daemon must then exit cleanly within `limit`.
     pub fn stop(&self, mut d: Daemon, limit: Duration) {
-        let mut stop = self
-            .cmd(&["serve", "--stop"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let t = Instant::now();
-        while stop.try_wait().unwrap().is_none() {
-            if t.elapsed() > limit {
-                let _ = stop.kill();
-                let _ = stop.wait();
-                panic!(
-                    "refpoint serve --stop did not return within {limit:?}: {}",
-                    d.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let o = stop.wait_with_output().unwrap();
+        // (If it does not return, the daemon's log is shown as `d` drops.)
+        let o = testkit::tools::run(&mut self.cmd(&["serve", "--stop"]), limit);
         assert!(
             o.status.success(),
-            "serve --stop: {}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
+            "serve --stop: {}",
+            testkit::tools::text(&o)
         );
         let st = d.wait(limit);
         assert!(

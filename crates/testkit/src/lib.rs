@@ -1,0 +1,41 @@
+//! # testkit — what refpoint's tests share
+//!
+//! What the integration tests of several crates have in common, kept here
+//! once instead of in every test file. Nothing in it is used outside
+//! tests.
+//!
+//! ```text
+//! pki         a CA, a server certificate for localhost/127.0.0.1 and a
+//!             client certificate as PEM files, in the directory layouts
+//!             libnbd and qemu read (tls-certificates=DIR, tls-creds-x509)
+//! nbd_client  a synchronous NBD client over any Read + Write stream:
+//!   Client      raw protocol steps for protocol tests (greeting, options,
+//!               requests, simple and structured replies); panics on what
+//!               the server must never do
+//!   Disk        an export used as a disk (read, write, flush) whose
+//!               errors are values, for tests that expect some to fail
+//! tools       running qemu-img, qemu-io, qemu-nbd, nbdinfo, nbdcopy, curl
+//!             (or any program) with a time limit; skipping when absent
+//! pattern     deterministic, never-zero byte patterns
+//! compare     content equality that names the first differing byte
+//! ranges      whether a set of (offset, length) ranges covers a range
+//! ```
+//!
+//! The NBD client encodes options and requests with the `nbd` crate's own
+//! encoders (`nbd::option`, `nbd::request`), so what the tests send is
+//! what the server's parsers are tested to read back.
+//!
+//! `nbd_client` and `pki` are the features `nbd` and `pki` (both default):
+//! they bring tokio, rustls and rcgen, which the tests of the format and
+//! storage crates do without (`default-features = false`).
+
+#![forbid(unsafe_code)]
+
+pub mod compare;
+#[cfg(feature = "nbd")]
+pub mod nbd_client;
+pub mod pattern;
+#[cfg(feature = "pki")]
+pub mod pki;
+pub mod ranges;
+pub mod tools;

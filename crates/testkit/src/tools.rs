@@ -1,0 +1,224 @@
+//! Running the peer tools the interoperability tests use (qemu-img,
+//! qemu-io, qemu-nbd, nbdinfo, nbdcopy, curl) and any other program.
+//!
+//! Every run has a time limit: a client that hangs on a server bug fails
+//! the test (with what it printed so far) instead of hanging it. Output
+//! goes to anonymous temporary files rather than pipes, so a program that
+//! leaves a child holding its output open cannot block the test either.
+//! A program that cannot be started fails the test naming the package
+//! that provides it; [`available`] is for tests that skip without it.
+
+use std::ffi::OsStr;
+use std::io::{Read, Seek};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The Debian/Ubuntu package of a peer tool, for the message when it is
+/// missing.
+fn package(program: &OsStr) -> Option<&'static str> {
+    let name = std::path::Path::new(program).file_name()?.to_str()?;
+    Some(match name {
+        "qemu-img" | "qemu-io" | "qemu-nbd" => "qemu-utils",
+        "nbdinfo" | "nbdcopy" => "libnbd-bin",
+        "curl" => "curl",
+        _ => return None,
+    })
+}
+
+/// Whether every one of `programs` runs (`PROGRAM --version`). A missing
+/// one skips the test (the caller returns), except when the `CI`
+/// environment variable is set: CI installs the tools, so a missing one
+/// there is a broken setup and fails the test.
+pub fn available(programs: &[&str]) -> bool {
+    let missing: Vec<&str> = programs
+        .iter()
+        .copied()
+        .filter(|p| {
+            !Command::new(p)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{} not found, and CI is set",
+        missing.join(" and ")
+    );
+    eprintln!("skipped: {} not found", missing.join(" and "));
+    false
+}
+
+/// Runs `cmd` to completion (stdin empty) and returns its status and
+/// output; kills it and fails the test after `limit`.
+pub fn run(cmd: &mut Command, limit: Duration) -> Output {
+    let (mut out, mut err) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(err.try_clone().unwrap())
+        .spawn()
+        .unwrap_or_else(|e| {
+            let hint = package(cmd.get_program())
+                .map(|p| format!(" (package {p})"))
+                .unwrap_or_default();
+            panic!("cannot run {cmd:?}: {e}{hint}")
+        });
+    let t = Instant::now();
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            timed_out = true;
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let read = |f: &mut std::fs::File| {
+        let mut v = Vec::new();
+        f.rewind().unwrap();
+        f.read_to_end(&mut v).unwrap();
+        v
+    };
+    let o = Output {
+        status,
+        stdout: read(&mut out),
+        stderr: read(&mut err),
+    };
+    if timed_out {
+        panic!(
+            "{}",
+            describe(&format!("{cmd:?} still running after {limit:?}"), &o)
+        );
+    }
+    o
+}
+
+/// Runs `cmd`, which must succeed; returns its output.
+pub fn run_ok(cmd: &mut Command, limit: Duration) -> Output {
+    let o = run(cmd, limit);
+    assert!(o.status.success(), "{}", describe(&format!("{cmd:?}"), &o));
+    o
+}
+
+/// Runs `cmd`, which must succeed; returns its standard output.
+pub fn ok(cmd: &mut Command, limit: Duration) -> String {
+    String::from_utf8_lossy(&run_ok(cmd, limit).stdout).into_owned()
+}
+
+/// Runs `cmd`, which must fail; returns its output and error output.
+pub fn fails(cmd: &mut Command, limit: Duration) -> String {
+    let o = run(cmd, limit);
+    assert!(
+        !o.status.success(),
+        "{}",
+        describe(&format!("{cmd:?} (should have failed)"), &o)
+    );
+    text(&o)
+}
+
+/// Standard output followed by error output.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `what`, the exit status and both outputs, for a failure message.
+pub fn describe(what: &str, o: &Output) -> String {
+    format!(
+        "{what}: {}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// `qemu-io OPTS -c CMD… TARGET`: `cmds` run in order on `target` (a file
+/// or an NBD URI); `opts` such as `-f raw`, `-r` (read-only).
+pub fn qemu_io(opts: &[&str], cmds: &[impl AsRef<str>], target: impl AsRef<OsStr>) -> Command {
+    let mut c = Command::new("qemu-io");
+    c.args(opts);
+    for cmd in cmds {
+        c.arg("-c").arg(cmd.as_ref());
+    }
+    c.arg(target);
+    c
+}
+
+/// Parses `nbdinfo --map` output: one `(offset, length, flags,
+/// description)` per line, the flags those of the context
+/// (`base:allocation`: 1 hole, 2 zero) and the description nbdinfo's words
+/// for them ("data", "hole,zero", "dirty"; empty for flags of a context it
+/// does not know).
+pub fn parse_nbdinfo_map(out: &str) -> Vec<(u64, u64, u32, String)> {
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            assert!(f.len() >= 3, "unexpected nbdinfo --map line {l:?}");
+            (
+                f[0].parse().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].parse().unwrap(),
+                f[3..].join(" "),
+            )
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_with_output_and_status() {
+        let out = ok(
+            Command::new("sh").args(["-c", "echo out; echo err >&2"]),
+            Duration::from_secs(30),
+        );
+        assert_eq!(out, "out\n");
+        let t = fails(
+            Command::new("sh").args(["-c", "echo no >&2; exit 3"]),
+            Duration::from_secs(30),
+        );
+        assert_eq!(t, "no\n");
+    }
+
+    #[test]
+    fn a_hanging_program_is_killed_at_the_limit() {
+        let t = Instant::now();
+        let r = std::panic::catch_unwind(|| {
+            run(
+                Command::new("sh").args(["-c", "echo started; sleep 30"]),
+                Duration::from_millis(200),
+            )
+        });
+        let msg = *r.unwrap_err().downcast::<String>().unwrap();
+        assert!(
+            msg.contains("still running") && msg.contains("started"),
+            "{msg}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(20));
+    }
+
+    #[test]
+    fn nbdinfo_map_lines() {
+        let m = parse_nbdinfo_map(
+            "         0    65536    0  data\n     65536  1048576    3  hole,zero\n   1114112  4096  1\n",
+        );
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[1], (65536, 1 << 20, 3, "hole,zero".into()));
+        assert_eq!(m[2], (1114112, 4096, 1, String::new()));
+    }
+}
