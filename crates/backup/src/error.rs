@@ -1,6 +1,7 @@
 //! Backup errors.
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BackupError {
     #[error(transparent)]
     Disk(#[from] vdisk::VdiskError),

@@ -7,6 +7,7 @@ use crate::proto::*;
 /// Why an option's payload was refused; answered with `NBD_REP_ERR_INVALID`
 /// (or `NBD_REP_ERR_TOO_BIG`) and the message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum OptionError {
     #[error("option payload is truncated: {0}")]
     Truncated(&'static str),

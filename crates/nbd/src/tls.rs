@@ -5,6 +5,7 @@ use std::sync::Arc;
 use tokio_rustls::rustls::{self, pki_types::CertificateDer, RootCertStore, ServerConfig};
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TlsError {
     #[error("reading {path}: {source}")]
     Read {

@@ -4,6 +4,7 @@
 use crate::id::RctId;
 
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum RctError {
     #[error("change tracking is disabled on {disk}; enable it with `refpoint rct enable` and take a full backup")]
     Disabled { disk: String },

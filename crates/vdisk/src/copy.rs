@@ -74,6 +74,7 @@ impl Format {
 /// Errors of a copy: each names the file, and where it applies the
 /// offset, that failed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CopyError {
     #[error("{file} already exists; remove it or choose another destination")]
     Exists { file: String },

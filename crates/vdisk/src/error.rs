@@ -1,6 +1,7 @@
 //! Errors of disk operations.
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum VdiskError {
     #[error(transparent)]
     Vhdx(#[from] vhdx::Error),

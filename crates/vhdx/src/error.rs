@@ -106,6 +106,7 @@ pub enum Corruption {
 
 /// What went wrong in a `vhdx` operation.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// Another process (or handle) has the file open for writing.
     #[error("{file} is open for writing elsewhere (a running `refpoint serve`, or another tool holds its lock); stop that writer, or go through the daemon")]
