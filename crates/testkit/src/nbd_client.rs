@@ -47,6 +47,8 @@ pub struct OptReply {
 pub struct Reply {
     pub cookie: u64,
     pub error: u32,
+    /// The message of a structured error chunk.
+    pub message: String,
     /// Read data, holes filled in with zeros.
     pub data: Vec<u8>,
     /// Block status: (context id, [(length, flags)]).
@@ -361,6 +363,7 @@ impl Client {
             Reply {
                 cookie: be64(&h[8..]),
                 error,
+                message: String::new(),
                 data,
                 status: Vec::new(),
             }
@@ -403,6 +406,7 @@ impl Client {
                     let n = be16(&body[4..]) as usize;
                     assert_eq!(body.len(), 6 + n, "error message length");
                     assert_ne!(r.error, 0);
+                    r.message = String::from_utf8_lossy(&body[6..]).into_owned();
                 }
                 k => panic!("unexpected chunk type {k}"),
             }
