@@ -94,6 +94,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if let Some(h) = cli::hints::hint(&e) {
+                eprintln!("hint: {h}");
+            }
             ExitCode::from(1)
         }
     }

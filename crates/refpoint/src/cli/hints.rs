@@ -1,0 +1,49 @@
+//! What to do about an error: the libraries state what failed, the
+//! command line adds the next step.
+
+use api::{ApiError, ErrorKind};
+use machine::MachineError;
+
+/// The hint for an error, if there is one worth giving.
+pub(crate) fn hint(e: &anyhow::Error) -> Option<&'static str> {
+    if let Some(m) = e.downcast_ref::<MachineError>() {
+        return machine_hint(m);
+    }
+    match e.downcast_ref::<ApiError>()? {
+        ApiError::Api { kind, message, .. } => match kind {
+            ErrorKind::NotFound if message.contains("no machine") => {
+                Some("see `refpoint machine list`")
+            }
+            ErrorKind::NotFound => Some("see `refpoint machine show MACHINE`"),
+            ErrorKind::Frozen => Some("write to the machine disk (MACHINE/DISK) instead"),
+            ErrorKind::Unavailable => Some("see the daemon's log (REFPOINT_LOG=debug for more)"),
+            ErrorKind::Invalid if message.contains("not the newest") => {
+                Some("delete or convert the newer checkpoints first")
+            }
+            _ => None,
+        },
+        ApiError::Transport { .. } => {
+            Some("is the daemon still running? start it with `refpoint serve`")
+        }
+        _ => None,
+    }
+}
+
+fn machine_hint(e: &MachineError) -> Option<&'static str> {
+    Some(match e {
+        MachineError::NoMachine { .. } => "see `refpoint machine list`",
+        MachineError::NoDisk { .. } | MachineError::NoCheckpoint { .. } => {
+            "see `refpoint machine show MACHINE`"
+        }
+        MachineError::NotNewest { .. } => "delete or convert the newer checkpoints first",
+        MachineError::HasCheckpoints { .. } => {
+            "delete them first (`refpoint checkpoint delete`) so every disk is one file again"
+        }
+        MachineError::Frozen { .. } => "write to the machine disk (MACHINE/DISK) instead",
+        MachineError::DiskInUse { .. } => "a disk file belongs to one machine",
+        MachineError::HookFailed { .. } => {
+            "fix the hook, or take a crash-consistent checkpoint (--consistency crash)"
+        }
+        _ => return None,
+    })
+}
