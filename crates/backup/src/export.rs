@@ -81,10 +81,10 @@ pub fn export_diff(
     let size = src.virtual_size();
     let blocks = size.div_ceil(HASH_BLOCK) as usize;
     if prev_hashes.len() != blocks {
-        return Err(BackupError::Repository(format!(
-            "the previous point has {} hashes for a disk of {blocks} blocks",
-            prev_hashes.len()
-        )));
+        return Err(BackupError::HashCount {
+            have: prev_hashes.len(),
+            blocks,
+        });
     }
     let n = cv::count(size);
     // Unknown chaining values are zeros, which no block hashes to.

@@ -76,14 +76,15 @@ impl<'a> Repo<'a> {
     pub fn manifest(&self, point: u32) -> Result<Manifest> {
         let p = point_dir(&self.dir, point).join(MANIFEST_NAME);
         if !self.exists(&p)? {
-            return Err(BackupError::Repository(format!(
-                "{} has no point {point} (see `refpoint backup list`)",
-                self.dir.display()
-            )));
+            return Err(BackupError::NoPoint {
+                dir: self.dir.clone(),
+                point,
+            });
         }
         let b = self.fs.read_file(&p).map_err(self.io(&p, "reading"))?;
-        let m: Manifest = serde_json::from_slice(&b).map_err(|e| {
-            BackupError::Repository(format!("{}: invalid manifest: {e}", p.display()))
+        let m: Manifest = serde_json::from_slice(&b).map_err(|e| BackupError::BadManifest {
+            path: p.clone(),
+            reason: e.to_string(),
         })?;
         // Names become paths inside the point's directory (and a restore's
         // destination): a manifest must not lead outside them.
@@ -91,12 +92,13 @@ impl<'a> Repo<'a> {
             !s.is_empty() && s != "." && s != ".." && !s.contains('/') && !s.contains('\0')
         };
         if let Some(d) = m.disks.iter().find(|d| !plain(&d.name) || !plain(&d.file)) {
-            return Err(BackupError::Repository(format!(
-                "{}: invalid manifest: disk {:?} with file {:?} is not a plain file name",
-                p.display(),
-                d.name,
-                d.file
-            )));
+            return Err(BackupError::BadManifest {
+                path: p,
+                reason: format!(
+                    "disk {:?} with file {:?} is not a plain file name",
+                    d.name, d.file
+                ),
+            });
         }
         Ok(m)
     }
@@ -201,12 +203,15 @@ impl<'a> Repo<'a> {
     /// The file of `disk` at `point`.
     pub fn disk_file(&self, point: u32, disk: &str) -> Result<PathBuf> {
         let m = self.manifest(point)?;
-        let d = m.disks.iter().find(|d| d.name == disk).ok_or_else(|| {
-            BackupError::Repository(format!(
-                "point {point} has no disk {disk:?}; it has {:?}",
-                m.disks.iter().map(|d| &d.name).collect::<Vec<_>>()
-            ))
-        })?;
+        let d = m
+            .disks
+            .iter()
+            .find(|d| d.name == disk)
+            .ok_or_else(|| BackupError::NoDisk {
+                point,
+                disk: disk.into(),
+                have: m.disks.iter().map(|d| d.name.clone()).collect(),
+            })?;
         Ok(point_dir(&self.dir, point).join(&d.file))
     }
 
@@ -215,13 +220,16 @@ impl<'a> Repo<'a> {
         let points = self.points()?;
         match point {
             Some(n) if points.iter().any(|m| m.point == n) => Ok(n),
-            Some(n) => Err(BackupError::Repository(format!(
-                "{} has no point {n}",
-                self.dir.display()
-            ))),
-            None => points.last().map(|m| m.point).ok_or_else(|| {
-                BackupError::Repository(format!("{} holds no backup", self.dir.display()))
+            Some(n) => Err(BackupError::NoPoint {
+                dir: self.dir.clone(),
+                point: n,
             }),
+            None => points
+                .last()
+                .map(|m| m.point)
+                .ok_or_else(|| BackupError::Empty {
+                    dir: self.dir.clone(),
+                }),
         }
     }
 }

@@ -198,10 +198,9 @@ pub fn verify(
         None => repo.points()?,
     };
     if points.is_empty() {
-        return Err(BackupError::Repository(format!(
-            "{} holds no backup",
-            repo.dir.display()
-        )));
+        return Err(BackupError::Empty {
+            dir: repo.dir.to_path_buf(),
+        });
     }
     let mut r = VerifyReport::default();
     let mut cache: HashMap<u32, Manifest> = points.iter().map(|m| (m.point, m.clone())).collect();
@@ -327,7 +326,7 @@ pub fn consolidate(
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Vec<u32>> {
     if keep == 0 {
-        return Err(BackupError::Repository("--keep must be at least 1".into()));
+        return Err(BackupError::KeepNone);
     }
     let repo = Repo::new(fs, dir);
     let (mut removed, _) = finish_interrupted(&repo, progress)?;
@@ -406,7 +405,10 @@ fn consolidate_into(
         .iter()
         .find(|p| p.point == k)
         .cloned()
-        .ok_or_else(|| BackupError::Repository(format!("no point {k} to consolidate into")))?;
+        .ok_or_else(|| BackupError::NoPoint {
+            dir: repo.dir.to_path_buf(),
+            point: k,
+        })?;
     let next = points.iter().find(|p| p.point > k).cloned();
     let mut next_manifest = next.clone();
     let kdir = point_dir(&repo.dir, k);

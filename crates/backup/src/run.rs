@@ -15,7 +15,7 @@
 //! ```
 
 use crate::cv;
-use crate::error::{BackupError, Result};
+use crate::error::Result;
 use crate::export::{export_diff, export_full, Exported};
 use crate::manifest::{DiskManifest, Manifest, HASH_BLOCK, MANIFEST_FORMAT};
 use crate::repo::{point_dir, Repo};
@@ -366,10 +366,4 @@ fn recover(store: &Store, machine: &str, repo: &Repo) -> Result<Vec<String>> {
         &mut |_, _| {},
     )?);
     Ok(notes)
-}
-
-impl From<String> for BackupError {
-    fn from(s: String) -> Self {
-        BackupError::Repository(s)
-    }
 }

@@ -198,6 +198,11 @@ pub fn backup_error(e: backup::BackupError) -> ApiError {
     match e {
         backup::BackupError::Machine(m) => machine_error(m),
         backup::BackupError::Disk(d) => disk_error(d),
+        e @ (backup::BackupError::NoPoint { .. }
+        | backup::BackupError::Empty { .. }
+        | backup::BackupError::NoDisk { .. }) => answer(ErrorKind::NotFound, e.to_string()),
+        e @ backup::BackupError::KeepNone => answer(ErrorKind::Invalid, e.to_string()),
+        e @ backup::BackupError::Io { .. } => answer(ErrorKind::Io, e.to_string()),
         e => answer(ErrorKind::Internal, e.to_string()),
     }
 }

@@ -9,6 +9,15 @@ pub(crate) fn hint(e: &anyhow::Error) -> Option<&'static str> {
     if let Some(m) = e.downcast_ref::<MachineError>() {
         return machine_hint(m);
     }
+    if let Some(b) = e.downcast_ref::<backup::BackupError>() {
+        return match b {
+            backup::BackupError::NoPoint { .. } | backup::BackupError::NoDisk { .. } => {
+                Some("see `refpoint backup list DIR`")
+            }
+            backup::BackupError::Machine(m) => machine_hint(m),
+            _ => None,
+        };
+    }
     match e.downcast_ref::<ApiError>()? {
         ApiError::Api { kind, message, .. } => match kind {
             ErrorKind::NotFound if message.contains("no machine") => {
