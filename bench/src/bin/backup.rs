@@ -15,7 +15,7 @@
 //! 2. Full backup: `refpoint backup vm1 --to REPO --json`.
 //! 3. Each round: `--change` percent of the disk (1 %) is rewritten as
 //!    scattered 64 KiB regions at random aligned offsets, in-process
-//!    through the tracked write path (`vdisk::Store::open_disk`); then
+//!    through the tracked write path (`machine::Store::open_disk`); then
 //!    - the incremental backup, the same command as the full one;
 //!    - in the first round, `qemu-img convert -O vhdx` of the whole disk;
 //!    - the floor: the changed ranges read with plain reads from the disk
