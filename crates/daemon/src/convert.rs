@@ -171,6 +171,8 @@ pub fn tracking_refusal(e: &rct::RctError) -> ApiError {
 
 pub fn disk_error(e: VdiskError) -> ApiError {
     let kind = match &e {
+        // A bad granularity is the request's fault, not tracking's.
+        VdiskError::Tracking(rct::RctError::InvalidParameter(_)) => ErrorKind::Invalid,
         VdiskError::Tracking(t) => return tracking_refusal(t),
         VdiskError::Vhdx(vhdx::Error::InvalidParameter(_)) | VdiskError::ReadOnly { .. } => {
             ErrorKind::Invalid
@@ -188,6 +190,8 @@ pub fn machine_error(e: MachineError) -> ApiError {
         MachineError::Frozen { .. } => ErrorKind::Frozen,
         MachineError::NotOpen { .. } => ErrorKind::Unavailable,
         ref e if e.is_invalid() => ErrorKind::Invalid,
+        // As it always answered: the checkpoint was refused.
+        MachineError::HookFailed { .. } => ErrorKind::Invalid,
         MachineError::Io { .. } => ErrorKind::Io,
         _ => ErrorKind::Internal,
     };

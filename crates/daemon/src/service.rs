@@ -213,8 +213,8 @@ impl Machines for Service {
     }
 
     fn release(&self, machine: &str, disk: &str, id: &str) -> Result<Released, ApiError> {
-        let rid: rct::RctId = id.parse().map_err(|e| convert::tracking_refusal(&e))?;
         self.on_disk(machine, disk, true, |d, _| {
+            let rid: rct::RctId = id.parse().map_err(|e| convert::tracking_refusal(&e))?;
             d.release(&rid).map_err(convert::disk_error)?;
             Ok(Released {
                 released: rid.to_string(),

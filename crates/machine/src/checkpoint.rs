@@ -163,6 +163,8 @@ impl Store {
     /// (crash-safe: run again after an interruption to finish) and releases
     /// the RCT IDs sealed for it.
     pub fn delete_checkpoint(&self, name: &str, id: u64) -> Result<Checkpoint> {
+        // An unknown machine is refused before its disks are parked.
+        self.load(name)?;
         let _parked = self.park(name)?;
         let cp = self.merge_back(name, id, |_| {})?;
         let m = self.load(name)?;
@@ -222,6 +224,8 @@ impl Store {
     /// Converts recovery checkpoint `id` to a reference point: merges it
     /// back and keeps, per disk, its RCT ID.
     pub fn convert_checkpoint(&self, name: &str, id: u64) -> Result<ReferencePoint> {
+        // An unknown machine is refused before its disks are parked.
+        self.load(name)?;
         let _parked = self.park(name)?;
         let m = self.load(name)?;
         let cp = self.newest_checkpoint(&m, id)?;
@@ -256,6 +260,8 @@ impl Store {
     /// Reverts the machine to checkpoint `id`: the changes since are
     /// discarded (and marked changed for tracking), a fresh child starts.
     pub fn apply_checkpoint(&self, name: &str, id: u64) -> Result<()> {
+        // An unknown machine is refused before its disks are parked.
+        self.load(name)?;
         let _parked = self.park(name)?;
         let mut m = self.load(name)?;
         let cp = self.newest_checkpoint(&m, id)?;
@@ -298,6 +304,8 @@ impl Store {
 
     /// Forgets a reference point and releases its RCT IDs.
     pub fn destroy_reference_point(&self, name: &str, id: u64) -> Result<()> {
+        // An unknown machine is refused before its disks are parked.
+        self.load(name)?;
         let _parked = self.park(name)?;
         let mut m = self.load(name)?;
         let rp = m
@@ -345,14 +353,12 @@ impl Store {
 
     /// Opens the frozen content of a checkpoint's disk, read-only.
     pub fn open_checkpoint_disk(&self, cp: &Checkpoint, disk: &str) -> Result<Chain> {
-        let cd = cp
-            .disks
-            .iter()
-            .find(|d| d.name == disk)
-            .ok_or_else(|| MachineError::NoDisk {
-                machine: format!("checkpoint {}", cp.id),
+        let cd = cp.disks.iter().find(|d| d.name == disk).ok_or_else(|| {
+            MachineError::NoCheckpointDisk {
+                checkpoint: cp.id,
                 disk: disk.into(),
-            })?;
+            }
+        })?;
         Ok(Chain::open(&**self.fs(), &cd.frozen, false)?)
     }
 }

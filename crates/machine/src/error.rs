@@ -23,6 +23,8 @@ pub enum MachineError {
     DiskInUse { path: PathBuf, machine: String },
     #[error("machine {machine} has no disk {disk:?}")]
     NoDisk { machine: String, disk: String },
+    #[error("checkpoint {checkpoint} has no disk {disk:?}")]
+    NoCheckpointDisk { checkpoint: u64, disk: String },
     #[error("machine {machine} has no checkpoint {id}")]
     NoCheckpoint { machine: String, id: u64 },
     #[error("checkpoint {id} is not the newest of machine {machine}")]
@@ -121,6 +123,7 @@ impl MachineError {
             MachineError::NoMachine { .. }
                 | MachineError::NoDisk { .. }
                 | MachineError::NoCheckpoint { .. }
+                | MachineError::NoCheckpointDisk { .. }
                 | MachineError::NoReferencePoint { .. }
         )
     }
@@ -152,6 +155,7 @@ impl MachineError {
             MachineError::NoMachine { .. }
             | MachineError::NoDisk { .. }
             | MachineError::NoCheckpoint { .. }
+            | MachineError::NoCheckpointDisk { .. }
             | MachineError::NoReferencePoint { .. } => "not_found",
             MachineError::Frozen { .. } => "frozen",
             MachineError::HookFailed { .. } => "hook_failed",

@@ -31,7 +31,9 @@ impl Store {
     /// else the file itself.
     pub fn resolve(&self, arg: &Path) -> Result<Target> {
         let text = arg.to_string_lossy();
-        if !self.exists_file(arg)? {
+        // A path that cannot be looked up (`vm1` a file, so `vm1/disk0`
+        // is ENOTDIR) is no file: it may still name a machine disk.
+        if !self.fs().exists(arg).unwrap_or(false) {
             if let Some((m, d)) = text.split_once('/') {
                 if self.exists(m)? {
                     return Ok(Target::Machine {
@@ -42,7 +44,13 @@ impl Store {
             }
         }
         let abs = vhdx::paths::absolute(arg);
-        for m in self.list()? {
+        // Routing only: a machine file that does not load is reported and
+        // skipped (writes still check every machine, failing closed).
+        let (ms, bad) = self.list_each()?;
+        for e in bad {
+            tracing::warn!("skipping a machine: {e}");
+        }
+        for m in ms {
             if let Some(d) = m.active_disk(&abs) {
                 return Ok(Target::Machine {
                     machine: m.name.clone(),

@@ -118,19 +118,35 @@ impl Store {
     }
 
     pub fn list(&self) -> Result<Vec<Machine>> {
+        let (ms, mut bad) = self.list_each()?;
+        match bad.is_empty() {
+            true => Ok(ms),
+            false => Err(bad.remove(0)),
+        }
+    }
+
+    /// Every machine that loads, and the errors of those that do not.
+    /// Files whose names are no machine name (`vm1 copy.json`) are not
+    /// machines and are left alone.
+    pub fn list_each(&self) -> Result<(Vec<Machine>, Vec<MachineError>)> {
         let dir = self.machines_dir();
         if !self.exists_file(&dir)? {
-            return Ok(vec![]);
+            return Ok((vec![], vec![]));
         }
-        let mut out = Vec::new();
+        let (mut out, mut bad) = (Vec::new(), Vec::new());
         for p in self.fs.list_dir(&dir).map_err(self.io(&dir, "listing"))? {
             if p.extension().is_some_and(|e| e == "json") {
-                if let Some(stem) = p.file_stem() {
-                    out.push(self.load(&stem.to_string_lossy())?);
+                if let Some(stem) = p.file_stem().map(|s| s.to_string_lossy()) {
+                    if valid_name(&stem) {
+                        match self.load(&stem) {
+                            Ok(m) => out.push(m),
+                            Err(e) => bad.push(e),
+                        }
+                    }
                 }
             }
         }
-        Ok(out)
+        Ok((out, bad))
     }
 
     /// Forgets a machine; its disk files stay. Refused while it has

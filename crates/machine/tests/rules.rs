@@ -178,3 +178,27 @@ fn names_are_checked_and_unknown_things_are_not_found() {
     assert!(matches!(e, MachineError::NoCheckpoint { id: 7, .. }), "{e}");
     assert_eq!(e.kind(), "not_found");
 }
+
+#[test]
+fn a_broken_machine_file_does_not_hide_the_others_but_writes_by_path_fail_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = disk(dir.path(), "os.vhdx");
+    let st = Store::local(&dir.path().join("home"));
+    st.create("vm1", &[(None, base.clone())], None, None)
+        .unwrap();
+    let machines = dir.path().join("home/machines");
+    // Not a machine name: a copy a file manager made. Left alone.
+    std::fs::copy(machines.join("vm1.json"), machines.join("vm1 copy.json")).unwrap();
+    std::fs::write(machines.join("broken.json"), b"{").unwrap();
+
+    let (ok, bad) = st.list_each().unwrap();
+    assert_eq!(ok.len(), 1);
+    assert!(matches!(bad[..], [MachineError::Corrupt { .. }]), "{bad:?}");
+    assert!(matches!(st.list(), Err(MachineError::Corrupt { .. })));
+    // Routing still finds vm1's disk by its file.
+    assert!(matches!(st.resolve(&base).unwrap(), Target::Machine { .. }));
+    // A write by path cannot be proven not to hit a frozen file.
+    let plain = disk(dir.path(), "plain.vhdx");
+    let e = st.open_target(&Target::File(plain), true).err().unwrap();
+    assert!(matches!(e, MachineError::Corrupt { .. }), "{e}");
+}

@@ -29,6 +29,9 @@ pub(crate) fn hint(e: &anyhow::Error) -> Option<&'static str> {
             ErrorKind::Invalid if message.contains("not the newest") => {
                 Some("delete or convert the newer checkpoints first")
             }
+            ErrorKind::Invalid if message.contains("freeze command") => {
+                Some("fix the hook, or take a crash-consistent checkpoint (--consistency crash)")
+            }
             _ => None,
         },
         ApiError::Transport { .. } => {

@@ -176,10 +176,11 @@ fn internal(e: &anyhow::Error) -> ApiError {
     ApiError::Setup(format!("{e:#}"))
 }
 
-/// `rct` on a disk file that is no machine's.
-fn on_file(path: &std::path::Path, cmd: Rct) -> Result<(), ApiError> {
+/// `rct` on a disk file that is no machine's. Tracking refusals come out
+/// as [`ApiError`]s, as on a machine disk.
+fn on_file(path: &std::path::Path, cmd: Rct) -> Result<()> {
     use refpoint::tracking as t;
-    let open = |writable| t::open(path, writable).map_err(|e| internal(&e));
+    let open = |writable| t::open(path, writable);
     let disk = daemon::convert::disk_error;
     match cmd {
         Rct::Enable { granularity, .. } => {
@@ -201,7 +202,7 @@ fn on_file(path: &std::path::Path, cmd: Rct) -> Result<(), ApiError> {
         Rct::Status { json, .. } => {
             let mut d = open(false)?;
             let s = t::status_of(&mut d, path.display().to_string())?;
-            print_status(&s, json).map_err(|e| internal(&e))?;
+            print_status(&s, json)?;
         }
         Rct::Seal { .. } => {
             let mut d = open(true)?;
@@ -234,7 +235,7 @@ fn on_file(path: &std::path::Path, cmd: Rct) -> Result<(), ApiError> {
             let q = changes_query(since, until, offset, length, max_ranges);
             let mut d = open(false)?;
             let c = t::changes_of(&mut d, &q)?;
-            print_changes(&c, json).map_err(|e| internal(&e))?;
+            print_changes(&c, json)?;
         }
     }
     Ok(())
@@ -245,13 +246,13 @@ pub(crate) fn run(cmd: Rct) -> Result<ExitCode> {
     let target = refpoint::machines::store().resolve(rct_disk(&cmd))?;
     let r = match target {
         Target::Machine { machine, disk } => {
-            on_machine(&*refpoint::machines::machines(), &machine, &disk, cmd)
+            on_machine(&*refpoint::machines::machines(), &machine, &disk, cmd).map_err(Into::into)
         }
         Target::File(p) => on_file(&p, cmd),
     };
     match r {
         Ok(()) => Ok(ExitCode::SUCCESS),
-        Err(e) => match e.tracking() {
+        Err(e) => match e.downcast_ref::<ApiError>().and_then(ApiError::tracking) {
             // Tracking cannot prove the answer: the caller takes a full backup.
             Some(t) => {
                 if json_refusal {
@@ -260,7 +261,7 @@ pub(crate) fn run(cmd: Rct) -> Result<ExitCode> {
                 eprintln!("error ({}): {}", t.error, t.message);
                 Ok(ExitCode::from(EXIT_TRACKING))
             }
-            None => Err(e.into()),
+            None => Err(e),
         },
     }
 }
