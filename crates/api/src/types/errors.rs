@@ -8,10 +8,12 @@
 //!               "full_backup_required": true}}                   (HTTP 409)
 //! ```
 //!
-//! `error` and `message` are what the daemon always sent. A tracking
-//! refusal (HTTP 409) also carries `tracking`, the same object `rct status`
-//! and `rct changes --json` print, so no client has to parse JSON out of
-//! `message`; its `error` repeats the tracking kind, as before.
+//! `error` is the kind the daemon always sent; `message` is text for
+//! people. A tracking refusal (HTTP 409) also carries `tracking`, the same
+//! object `rct status` and `rct changes --json` print; its `error` repeats
+//! the tracking kind, as before. (Before `tracking` existed, the changes
+//! route sent that object as JSON text in `message`; `message` is now
+//! plain text on every route, so read `tracking` instead.)
 
 use super::{TrackingError, TrackingErrorKind};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
