@@ -6,7 +6,7 @@
 //! runs, so a command behaves the same with or without the daemon.
 
 use crate::convert::{self, machine_error};
-use crate::tracking::{changes_of, status_of};
+use crate::tracking::{self, changes_of, status_of};
 use api::*;
 use machine::Store;
 use vdisk::Disk;
@@ -55,14 +55,10 @@ impl Service {
             }));
         }
         if self.hold {
-            let mut out = None;
-            self.store
-                .with_held(machine, disk, |d| {
-                    out = Some(f(d, name));
-                    Ok(())
-                })
+            return self
+                .store
+                .with_held(machine, disk, |d| Ok(f(d, name)))
                 .map_err(machine_error)?;
-            return out.expect("ran");
         }
         let mut d = self
             .store
@@ -184,42 +180,19 @@ impl Machines for Service {
         r: &EnableTrackingRequest,
     ) -> Result<TrackingSwitched, ApiError> {
         let g = r.granularity.unwrap_or(rct::DEFAULT_GRANULARITY);
-        self.on_disk(machine, disk, true, |d, _| {
-            d.enable_tracking(g).map_err(convert::disk_error)?;
-            d.flush().map_err(convert::disk_error)?;
-            Ok(TrackingSwitched {
-                enabled: true,
-                granularity: Some(g),
-            })
-        })
+        self.on_disk(machine, disk, true, |d, _| tracking::enable(d, g))
     }
 
     fn disable_tracking(&self, machine: &str, disk: &str) -> Result<TrackingSwitched, ApiError> {
-        self.on_disk(machine, disk, true, |d, _| {
-            d.disable_tracking().map_err(convert::disk_error)?;
-            d.flush().map_err(convert::disk_error)?;
-            Ok(TrackingSwitched {
-                enabled: false,
-                granularity: None,
-            })
-        })
+        self.on_disk(machine, disk, true, |d, _| tracking::disable(d))
     }
 
     fn seal(&self, machine: &str, disk: &str) -> Result<Sealed, ApiError> {
-        self.on_disk(machine, disk, true, |d, _| {
-            let id = d.seal().map_err(convert::disk_error)?;
-            Ok(Sealed { id: id.to_string() })
-        })
+        self.on_disk(machine, disk, true, |d, _| tracking::seal(d))
     }
 
     fn release(&self, machine: &str, disk: &str, id: &str) -> Result<Released, ApiError> {
-        self.on_disk(machine, disk, true, |d, _| {
-            let rid: rct::RctId = id.parse().map_err(|e| convert::tracking_refusal(&e))?;
-            d.release(&rid).map_err(convert::disk_error)?;
-            Ok(Released {
-                released: rid.to_string(),
-            })
-        })
+        self.on_disk(machine, disk, true, |d, _| tracking::release(d, id))
     }
 
     fn changes(&self, machine: &str, disk: &str, q: &ChangesQuery) -> Result<Changes, ApiError> {

@@ -4,7 +4,10 @@
 //! [`api::TrackingError`].
 
 use crate::convert::{disk_error, tracking_error, tracking_refusal};
-use api::{ApiError, ChangedRange, Changes, ChangesQuery, TrackingStatus};
+use api::{
+    ApiError, ChangedRange, Changes, ChangesQuery, Released, Sealed, TrackingStatus,
+    TrackingSwitched,
+};
 use rct::RctId;
 use vdisk::{Disk, TrackingStatus as State};
 
@@ -70,6 +73,41 @@ pub fn changes_of(d: &mut Disk, q: &ChangesQuery) -> Result<Changes, ApiError> {
             })
             .collect(),
         processed_length: c.processed_length,
+    })
+}
+
+/// Starts tracking an opened disk (a new tracking GUID), durably.
+pub fn enable(d: &mut Disk, granularity: u64) -> Result<TrackingSwitched, ApiError> {
+    d.enable_tracking(granularity).map_err(disk_error)?;
+    d.flush().map_err(disk_error)?;
+    Ok(TrackingSwitched {
+        enabled: true,
+        granularity: Some(granularity),
+    })
+}
+
+/// Stops tracking an opened disk, durably.
+pub fn disable(d: &mut Disk) -> Result<TrackingSwitched, ApiError> {
+    d.disable_tracking().map_err(disk_error)?;
+    d.flush().map_err(disk_error)?;
+    Ok(TrackingSwitched {
+        enabled: false,
+        granularity: None,
+    })
+}
+
+/// Seals the current generation; its RCT ID names this point.
+pub fn seal(d: &mut Disk) -> Result<Sealed, ApiError> {
+    let id = d.seal().map_err(disk_error)?;
+    Ok(Sealed { id: id.to_string() })
+}
+
+/// Releases an RCT ID (a malformed one is a tracking refusal).
+pub fn release(d: &mut Disk, id: &str) -> Result<Released, ApiError> {
+    let rid: RctId = id.parse().map_err(|e| tracking_refusal(&e))?;
+    d.release(&rid).map_err(disk_error)?;
+    Ok(Released {
+        released: rid.to_string(),
     })
 }
 

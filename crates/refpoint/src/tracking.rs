@@ -5,8 +5,6 @@ use anyhow::{Context, Result};
 use std::path::Path;
 use vdisk::Disk;
 
-pub use daemon::tracking::{changes_of, status_of};
-
 /// Opens a disk named by a path or by `MACHINE/DISK`. A machine disk is
 /// opened where it is written now (its newest checkpoint child) with its
 /// tracking; a file a checkpoint froze is refused for writing.

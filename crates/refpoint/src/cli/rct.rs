@@ -123,38 +123,55 @@ fn changes_query(
     }
 }
 
+/// What an `rct` command found or did, printed the same for a machine
+/// disk and a plain file.
+enum Outcome {
+    Enabled(u64),
+    Disabled,
+    Status(TrackingStatus, bool),
+    Sealed(String),
+    Released(String),
+    Changes(Changes, bool),
+}
+
+fn print_outcome(name: &str, o: Outcome) -> Result<()> {
+    match o {
+        Outcome::Enabled(g) => {
+            println!(
+                "change tracking enabled on {name} ({} granularity)",
+                human(g)
+            )
+        }
+        Outcome::Disabled => println!("change tracking disabled on {name}"),
+        Outcome::Status(s, json) => print_status(&s, json)?,
+        Outcome::Sealed(id) => {
+            println!("sealed {name}; changes since this point can be asked for with:");
+            println!("{id}");
+        }
+        Outcome::Released(id) => println!("released {id}"),
+        Outcome::Changes(c, json) => print_changes(&c, json)?,
+    }
+    Ok(())
+}
+
 /// `rct` on a machine disk, through the machines (the daemon's when it
 /// runs): the same code with or without it.
-fn on_machine(ms: &dyn Machines, machine: &str, disk: &str, cmd: Rct) -> Result<(), ApiError> {
-    let name = format!("{machine}/{disk}");
-    match cmd {
+fn on_machine(ms: &dyn Machines, machine: &str, disk: &str, cmd: Rct) -> Result<Outcome, ApiError> {
+    Ok(match cmd {
         Rct::Enable { granularity, .. } => {
             let r = EnableTrackingRequest {
                 granularity: Some(granularity),
             };
             ms.enable_tracking(machine, disk, &r)?;
-            println!(
-                "change tracking enabled on {name} ({} granularity)",
-                human(granularity)
-            );
+            Outcome::Enabled(granularity)
         }
         Rct::Disable { .. } => {
             ms.disable_tracking(machine, disk)?;
-            println!("change tracking disabled on {name}");
+            Outcome::Disabled
         }
-        Rct::Status { json, .. } => {
-            let s = ms.tracking_status(machine, disk)?;
-            print_status(&s, json).map_err(|e| internal(&e))?;
-        }
-        Rct::Seal { .. } => {
-            let s = ms.seal(machine, disk)?;
-            println!("sealed {name}; changes since this point can be asked for with:");
-            println!("{}", s.id);
-        }
-        Rct::Release { id, .. } => {
-            let r = ms.release(machine, disk, &id)?;
-            println!("released {}", r.released);
-        }
+        Rct::Status { json, .. } => Outcome::Status(ms.tracking_status(machine, disk)?, json),
+        Rct::Seal { .. } => Outcome::Sealed(ms.seal(machine, disk)?.id),
+        Rct::Release { id, .. } => Outcome::Released(ms.release(machine, disk, &id)?.released),
         Rct::Changes {
             since,
             until,
@@ -165,64 +182,28 @@ fn on_machine(ms: &dyn Machines, machine: &str, disk: &str, cmd: Rct) -> Result<
             ..
         } => {
             let q = changes_query(since, until, offset, length, max_ranges);
-            let c = ms.changes(machine, disk, &q)?;
-            print_changes(&c, json).map_err(|e| internal(&e))?;
+            Outcome::Changes(ms.changes(machine, disk, &q)?, json)
         }
-    }
-    Ok(())
+    })
 }
 
-fn internal(e: &anyhow::Error) -> ApiError {
-    ApiError::Setup(format!("{e:#}"))
-}
-
-/// `rct` on a disk file that is no machine's. Tracking refusals come out
-/// as [`ApiError`]s, as on a machine disk.
-fn on_file(path: &std::path::Path, cmd: Rct) -> Result<()> {
-    use refpoint::tracking as t;
-    let open = |writable| t::open(path, writable);
-    let disk = daemon::convert::disk_error;
-    match cmd {
+/// `rct` on a disk file that is no machine's: the daemon's tracking verbs
+/// on a handle opened for the call. Tracking refusals come out as
+/// [`ApiError`]s, as on a machine disk.
+fn on_file(path: &std::path::Path, cmd: Rct) -> Result<Outcome> {
+    use daemon::tracking as t;
+    let writable = !matches!(cmd, Rct::Status { .. } | Rct::Changes { .. });
+    let mut d = refpoint::tracking::open(path, writable)?;
+    let r = match cmd {
         Rct::Enable { granularity, .. } => {
-            let mut d = open(true)?;
-            d.enable_tracking(granularity).map_err(disk)?;
-            d.close().map_err(disk)?;
-            println!(
-                "change tracking enabled on {} ({} granularity)",
-                path.display(),
-                human(granularity)
-            );
+            t::enable(&mut d, granularity).map(|_| Outcome::Enabled(granularity))
         }
-        Rct::Disable { .. } => {
-            let mut d = open(true)?;
-            d.disable_tracking().map_err(disk)?;
-            d.close().map_err(disk)?;
-            println!("change tracking disabled on {}", path.display());
-        }
+        Rct::Disable { .. } => t::disable(&mut d).map(|_| Outcome::Disabled),
         Rct::Status { json, .. } => {
-            let mut d = open(false)?;
-            let s = t::status_of(&mut d, path.display().to_string())?;
-            print_status(&s, json)?;
+            t::status_of(&mut d, path.display().to_string()).map(|s| Outcome::Status(s, json))
         }
-        Rct::Seal { .. } => {
-            let mut d = open(true)?;
-            let id = d.seal().map_err(disk)?;
-            d.close().map_err(disk)?;
-            println!(
-                "sealed {}; changes since this point can be asked for with:",
-                path.display()
-            );
-            println!("{id}");
-        }
-        Rct::Release { id, .. } => {
-            let rid: ::rct::RctId = id
-                .parse()
-                .map_err(|e| daemon::convert::tracking_refusal(&e))?;
-            let mut d = open(true)?;
-            d.release(&rid).map_err(disk)?;
-            d.close().map_err(disk)?;
-            println!("released {rid}");
-        }
+        Rct::Seal { .. } => t::seal(&mut d).map(|s| Outcome::Sealed(s.id)),
+        Rct::Release { id, .. } => t::release(&mut d, &id).map(|r| Outcome::Released(r.released)),
         Rct::Changes {
             since,
             until,
@@ -233,17 +214,19 @@ fn on_file(path: &std::path::Path, cmd: Rct) -> Result<()> {
             ..
         } => {
             let q = changes_query(since, until, offset, length, max_ranges);
-            let mut d = open(false)?;
-            let c = t::changes_of(&mut d, &q)?;
-            print_changes(&c, json)?;
+            t::changes_of(&mut d, &q).map(|c| Outcome::Changes(c, json))
         }
-    }
-    Ok(())
+    };
+    let closed = d.close().map_err(daemon::convert::disk_error);
+    let o = r?;
+    closed?;
+    Ok(o)
 }
 
 pub(crate) fn run(cmd: Rct) -> Result<ExitCode> {
     let json_refusal = matches!(cmd, Rct::Changes { json: true, .. });
     let target = refpoint::machines::store().resolve(rct_disk(&cmd))?;
+    let name = target.to_string();
     let r = match target {
         Target::Machine { machine, disk } => {
             on_machine(&*refpoint::machines::machines(), &machine, &disk, cmd).map_err(Into::into)
@@ -251,7 +234,10 @@ pub(crate) fn run(cmd: Rct) -> Result<ExitCode> {
         Target::File(p) => on_file(&p, cmd),
     };
     match r {
-        Ok(()) => Ok(ExitCode::SUCCESS),
+        Ok(o) => {
+            print_outcome(&name, o)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Err(e) => match e.downcast_ref::<ApiError>().and_then(ApiError::tracking) {
             // Tracking cannot prove the answer: the caller takes a full backup.
             Some(t) => {
