@@ -27,6 +27,7 @@ pub trait Machines {
     fn convert_checkpoint(&self, machine: &str, id: u64) -> Result<ReferencePoint, ApiError>;
     fn destroy_reference_point(&self, machine: &str, id: u64) -> Result<Destroyed, ApiError>;
 
+    fn disk_info(&self, machine: &str, disk: &str) -> Result<DiskInfo, ApiError>;
     fn tracking_status(&self, machine: &str, disk: &str) -> Result<TrackingStatus, ApiError>;
     fn enable_tracking(
         &self,
@@ -77,6 +78,9 @@ impl Machines for Client {
     }
     fn destroy_reference_point(&self, machine: &str, id: u64) -> Result<Destroyed, ApiError> {
         Client::destroy_reference_point(self, machine, id)
+    }
+    fn disk_info(&self, machine: &str, disk: &str) -> Result<DiskInfo, ApiError> {
+        Client::disk_info(self, machine, disk)
     }
     fn tracking_status(&self, machine: &str, disk: &str) -> Result<TrackingStatus, ApiError> {
         Client::tracking_status(self, machine, disk)

@@ -27,6 +27,8 @@ pub struct Api {
     pub shutdown: Arc<Notify>,
     /// Required as `Authorization: Bearer <token>` when set (TCP).
     pub token: Option<Arc<String>>,
+    /// The NBD TCP listener's port (TLS), told to remote clients.
+    pub nbd_port: Option<u16>,
 }
 
 /// An error answer.
@@ -161,6 +163,7 @@ pub fn mounts() -> Vec<(&'static Route, MethodRouter<Api>)> {
         mount(&routes::APPLY_CHECKPOINT, apply_checkpoint),
         mount(&routes::CONVERT_CHECKPOINT, convert_checkpoint),
         mount(&routes::DESTROY_REFERENCE_POINT, destroy_reference_point),
+        mount(&routes::DISK_INFO, disk_info),
         mount(&routes::TRACKING_STATUS, tracking_status),
         mount(&routes::ENABLE_TRACKING, enable_tracking),
         mount(&routes::DISABLE_TRACKING, disable_tracking),
@@ -223,6 +226,7 @@ async fn status(State(api): State<Api>) -> Json<DaemonStatus> {
         pid: std::process::id(),
         home: api.service.store().home().to_path_buf(),
         jobs_running: api.jobs.running() as u64,
+        nbd_port: api.nbd_port,
     })
 }
 
@@ -291,6 +295,13 @@ async fn destroy_reference_point(
     Segments((name, id)): Segments<(String, u64)>,
 ) -> Answer<Destroyed> {
     blocking(move || api.service.destroy_reference_point(&name, id)).await
+}
+
+async fn disk_info(
+    State(api): State<Api>,
+    Segments((m, d)): Segments<(String, String)>,
+) -> Answer<DiskInfo> {
+    blocking(move || api.service.disk_info(&m, &d)).await
 }
 
 async fn tracking_status(

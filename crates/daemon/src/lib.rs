@@ -21,6 +21,7 @@
 //! * `https.rs`    the API over TLS on TCP
 //! * `exports.rs`  export names and the NBD export catalog
 //! * `device.rs`   NBD block devices over live and frozen disks
+//! * `disks.rs`    what a disk is (format, geometry, chain, tracking)
 //! * `jobs.rs`     long operations (backup, restore, verify) with progress
 //! * `tracking.rs` tracking status and changes as the API answers them
 //! * `error.rs`    [`DaemonError`]
@@ -36,6 +37,7 @@
 pub mod api;
 pub mod convert;
 pub mod device;
+pub mod disks;
 mod error;
 pub mod exports;
 mod https;
@@ -195,6 +197,10 @@ async fn serve(o: ServeOptions) -> Result<()> {
         jobs: jobs.clone(),
         shutdown: shutdown.clone(),
         token: None,
+        nbd_port: nbd_tcp
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port()),
     };
 
     let mut tasks = tokio::task::JoinSet::new();

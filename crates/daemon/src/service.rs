@@ -169,6 +169,10 @@ impl Machines for Service {
         Ok(Destroyed { destroyed: id })
     }
 
+    fn disk_info(&self, machine: &str, disk: &str) -> Result<DiskInfo, ApiError> {
+        self.on_disk(machine, disk, false, crate::disks::info_of)
+    }
+
     fn tracking_status(&self, machine: &str, disk: &str) -> Result<TrackingStatus, ApiError> {
         self.on_disk(machine, disk, false, status_of)
     }

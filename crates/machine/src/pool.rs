@@ -148,6 +148,20 @@ impl Store {
         problems
     }
 
+    /// Stops holding one disk: flushes and closes it (nothing if not held).
+    /// Waits for the request in flight on it.
+    pub fn release(&self, machine: &str, disk: &str) -> Result<()> {
+        let slot = self
+            .pool()
+            .slots
+            .lock()
+            .remove(&(machine.to_string(), disk.to_string()));
+        match slot.and_then(|s| s.write().take()) {
+            Some(d) => Ok(d.close()?),
+            None => Ok(()),
+        }
+    }
+
     /// Flushes and closes every held disk; returns what failed.
     pub fn release_all(&self) -> Vec<String> {
         let slots: Vec<_> = std::mem::take(&mut *self.pool().slots.lock())

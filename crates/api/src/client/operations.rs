@@ -77,6 +77,12 @@ impl Client {
         self.call(route, &[&machine, &id], None, None::<&()>)
     }
 
+    // --- a live disk ------------------------------------------------------
+
+    pub fn disk_info(&self, machine: &str, disk: &str) -> Result<DiskInfo, ApiError> {
+        self.call(&routes::DISK_INFO, &[&machine, &disk], None, None::<&()>)
+    }
+
     // --- change tracking of a live disk ----------------------------------
 
     pub fn tracking_status(&self, machine: &str, disk: &str) -> Result<TrackingStatus, ApiError> {

@@ -125,6 +125,17 @@ pub const DESTROY_REFERENCE_POINT: Route = Route {
     response_description: "destroyed",
 };
 
+pub const DISK_INFO: Route = Route {
+    method: Method::Get,
+    path: "/v1/machines/{machine}/disks/{disk}",
+    operation_id: "disk_info",
+    summary: "A live disk: format, virtual size, sector and block sizes, chain depth, identity, tracking",
+    body: Body::None,
+    query: None,
+    response: Payload::of::<DiskInfo>(),
+    response_description: "the disk",
+};
+
 pub const TRACKING_STATUS: Route = Route {
     method: Method::Get,
     path: "/v1/machines/{machine}/disks/{disk}/tracking",
@@ -259,6 +270,7 @@ pub const ROUTES: &[&Route] = &[
     &APPLY_CHECKPOINT,
     &CONVERT_CHECKPOINT,
     &DESTROY_REFERENCE_POINT,
+    &DISK_INFO,
     &TRACKING_STATUS,
     &ENABLE_TRACKING,
     &DISABLE_TRACKING,

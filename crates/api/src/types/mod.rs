@@ -10,6 +10,7 @@
 mod backups;
 mod changes;
 mod checkpoints;
+mod disks;
 mod errors;
 mod exports;
 mod jobs;
@@ -26,6 +27,7 @@ pub use changes::{ChangedRange, Changes, ChangesQuery};
 pub use checkpoints::{
     Applied, BackupLink, Checkpoint, CheckpointDisk, CheckpointKind, CheckpointRequest, Consistency,
 };
+pub use disks::DiskInfo;
 pub use errors::{ErrorBody, ErrorKind};
 pub use exports::Export;
 pub use jobs::{Job, JobKind, JobResult, JobState};

@@ -15,6 +15,10 @@ pub struct DaemonStatus {
     pub home: PathBuf,
     /// Jobs (backups, restores, verifications) still running.
     pub jobs_running: u64,
+    /// The port of NBD over TCP (TLS required), on the host the API was
+    /// reached at; `null` when the daemon serves NBD on its socket only.
+    #[serde(default)]
+    pub nbd_port: Option<u16>,
 }
 
 /// The answer to a shutdown request; the daemon stops after sending it.

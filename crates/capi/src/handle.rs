@@ -1,0 +1,344 @@
+//! What a `refpoint_disk` is inside: where its data comes from and who
+//! answers for its tracking and checkpoints.
+//!
+//! ```text
+//!            data                              control
+//! file       Own(vdisk::Disk)                  Own: daemon::tracking on that disk
+//! MACHINE/   Held (this process's pool)        Machine: daemon::Service::holding
+//!  DISK      Nbd (daemon's nbd.sock, or        Machine: api::Client (api.sock,
+//!             a remote daemon over TLS)                  or HTTPS with token)
+//! …@checkpoint-N  Frozen(chain) / Nbd          Frozen: checkpoints only, no tracking
+//! ```
+//!
+//! Every answer is an API type, so a vendor's program sees the same
+//! values whichever way the disk was reached.
+
+#![forbid(unsafe_code)]
+
+use crate::error::{Failure, Result, REFPOINT_E_OUT_OF_RANGE, REFPOINT_E_READ_ONLY};
+use crate::registry::Hold;
+use api::{
+    ChangesQuery, Checkpoint, CheckpointKind, CheckpointRequest, DiskInfo, EnableTrackingRequest,
+    Machine, Machines, ReferencePoint, TrackingStatus,
+};
+use daemon::tracking;
+use vdisk::{Disk, Image};
+
+/// An extent of the allocation map: `allocated` ranges may hold data,
+/// the others read as zeros.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub offset: u64,
+    pub length: u64,
+    pub allocated: bool,
+}
+
+pub enum Data {
+    /// A disk file this handle opened.
+    Own(Disk),
+    /// A machine disk held in this process's pool.
+    Held(Hold),
+    /// A checkpoint's frozen chain, read-only.
+    Frozen(Image),
+}
+
+pub enum Control {
+    /// Tracking of the handle's own disk.
+    Own,
+    /// A machine disk: tracking and checkpoints through the machines.
+    Machine {
+        machines: Box<dyn Machines + Send>,
+        machine: String,
+        disk: String,
+    },
+    /// A checkpoint's frozen view: the machine's checkpoints, no tracking.
+    Frozen {
+        machines: Box<dyn Machines + Send>,
+        machine: String,
+        disk: String,
+        checkpoint: u64,
+    },
+}
+
+pub struct Handle {
+    /// What was opened, as the caller named it.
+    pub name: String,
+    pub read_only: bool,
+    pub size: u64,
+    pub data: Data,
+    pub control: Control,
+}
+
+impl Handle {
+    fn writable(&self, what: &str) -> Result<()> {
+        if self.read_only {
+            return Err(Failure::new(
+                REFPOINT_E_READ_ONLY,
+                format!("{}: opened read-only; cannot {what}", self.name),
+            ));
+        }
+        Ok(())
+    }
+
+    fn in_range(&self, offset: u64, len: u64) -> Result<()> {
+        match offset.checked_add(len) {
+            Some(end) if end <= self.size => Ok(()),
+            _ => Err(Failure::new(
+                REFPOINT_E_OUT_OF_RANGE,
+                format!(
+                    "{}: range offset {offset} length {len} lies past the end of the {}-byte disk",
+                    self.name, self.size
+                ),
+            )),
+        }
+    }
+
+    pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        self.in_range(offset, buf.len() as u64)?;
+        match &mut self.data {
+            Data::Own(d) => Ok(d.read(offset, buf)?),
+            Data::Held(h) => h.with(|d| d.read(offset, buf)),
+            Data::Frozen(i) => Ok(i.read_at(offset, buf)?),
+        }
+    }
+
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
+        self.writable("write")?;
+        self.in_range(offset, data.len() as u64)?;
+        match &mut self.data {
+            Data::Own(d) => Ok(d.write(offset, data)?),
+            Data::Held(h) => h.with(|d| d.write(offset, data)),
+            Data::Frozen(_) => Err(self.frozen("write")),
+        }
+    }
+
+    pub fn zero(&mut self, offset: u64, len: u64) -> Result<()> {
+        self.writable("zero")?;
+        self.in_range(offset, len)?;
+        match &mut self.data {
+            Data::Own(d) => Ok(d.zero(offset, len)?),
+            Data::Held(h) => h.with(|d| d.zero(offset, len)),
+            Data::Frozen(_) => Err(self.frozen("zero")),
+        }
+    }
+
+    pub fn flush(&mut self) -> Result<()> {
+        match &mut self.data {
+            Data::Own(d) => Ok(d.flush()?),
+            Data::Held(h) => h.with(|d| d.flush()),
+            Data::Frozen(_) => Ok(()),
+        }
+    }
+
+    /// The allocation map of `offset..offset+len`, in order, tiling it.
+    pub fn allocation(&mut self, offset: u64, len: u64) -> Result<Vec<Extent>> {
+        self.in_range(offset, len)?;
+        let raw = match &mut self.data {
+            Data::Own(d) => d.extents(offset, len)?,
+            Data::Held(h) => h.with(|d| d.extents(offset, len))?,
+            Data::Frozen(i) => i.extents(offset, len)?,
+        };
+        Ok(raw
+            .into_iter()
+            .map(|(offset, length, allocated)| Extent {
+                offset,
+                length,
+                allocated,
+            })
+            .collect())
+    }
+
+    pub fn info(&mut self) -> Result<DiskInfo> {
+        match (&mut self.data, &self.control) {
+            (Data::Own(d), _) => Ok(daemon::disks::info_of(d, self.name.clone())?),
+            (Data::Frozen(i), _) => {
+                let off = untracked(&self.name);
+                Ok(daemon::disks::image_info(i, self.name.clone(), off)?)
+            }
+            (_, Control::Machine { machines, machine, disk }) => {
+                Ok(machines.disk_info(machine, disk)?)
+            }
+            _ => Err(Failure::unsupported(format!("{}: no disk information", self.name))),
+        }
+    }
+
+    fn frozen(&self, what: &str) -> Failure {
+        Failure::new(
+            REFPOINT_E_READ_ONLY,
+            format!(
+                "{}: a checkpoint's frozen view is read-only; cannot {what}",
+                self.name
+            ),
+        )
+    }
+
+    fn no_tracking(&self) -> Failure {
+        Failure::unsupported(format!(
+            "{}: a checkpoint's frozen view has no tracking of its own; ask the live disk, with the checkpoint's RCT ID as `until`",
+            self.name
+        ))
+    }
+
+    // --- change tracking -------------------------------------------------
+
+    pub fn tracking_status(&mut self) -> Result<TrackingStatus> {
+        match (&mut self.data, &self.control) {
+            (Data::Own(d), Control::Own) => Ok(tracking::status_of(d, self.name.clone())?),
+            (_, Control::Machine { machines, machine, disk }) => {
+                Ok(machines.tracking_status(machine, disk)?)
+            }
+            _ => Err(self.no_tracking()),
+        }
+    }
+
+    pub fn enable_tracking(&mut self, granularity: Option<u64>) -> Result<()> {
+        self.writable("enable tracking")?;
+        match (&mut self.data, &self.control) {
+            (Data::Own(d), Control::Own) => {
+                let g = granularity.unwrap_or(rct::DEFAULT_GRANULARITY);
+                tracking::enable(d, g)?;
+            }
+            (_, Control::Machine { machines, machine, disk }) => {
+                machines.enable_tracking(machine, disk, &EnableTrackingRequest { granularity })?;
+            }
+            _ => return Err(self.no_tracking()),
+        }
+        Ok(())
+    }
+
+    pub fn disable_tracking(&mut self) -> Result<()> {
+        self.writable("disable tracking")?;
+        match (&mut self.data, &self.control) {
+            (Data::Own(d), Control::Own) => {
+                tracking::disable(d)?;
+            }
+            (_, Control::Machine { machines, machine, disk }) => {
+                machines.disable_tracking(machine, disk)?;
+            }
+            _ => return Err(self.no_tracking()),
+        }
+        Ok(())
+    }
+
+    pub fn seal(&mut self) -> Result<String> {
+        self.writable("seal a tracking generation")?;
+        match (&mut self.data, &self.control) {
+            (Data::Own(d), Control::Own) => Ok(tracking::seal(d)?.id),
+            (_, Control::Machine { machines, machine, disk }) => {
+                Ok(machines.seal(machine, disk)?.id)
+            }
+            _ => Err(self.no_tracking()),
+        }
+    }
+
+    pub fn release(&mut self, id: &str) -> Result<()> {
+        self.writable("release an RCT ID")?;
+        match (&mut self.data, &self.control) {
+            (Data::Own(d), Control::Own) => {
+                tracking::release(d, id)?;
+            }
+            (_, Control::Machine { machines, machine, disk }) => {
+                machines.release(machine, disk, id)?;
+            }
+            _ => return Err(self.no_tracking()),
+        }
+        Ok(())
+    }
+
+    pub fn changes(&mut self, q: &ChangesQuery) -> Result<api::Changes> {
+        match (&mut self.data, &self.control) {
+            (Data::Own(d), Control::Own) => Ok(tracking::changes_of(d, q)?),
+            (_, Control::Machine { machines, machine, disk }) => {
+                Ok(machines.changes(machine, disk, q)?)
+            }
+            _ => Err(self.no_tracking()),
+        }
+    }
+
+    // --- the machine's checkpoints and reference points ------------------
+
+    fn machines(&self) -> Result<(&dyn Machines, &str, &str)> {
+        match &self.control {
+            Control::Machine {
+                machines,
+                machine,
+                disk,
+            }
+            | Control::Frozen {
+                machines,
+                machine,
+                disk,
+                ..
+            } => Ok((&**machines, machine, disk)),
+            Control::Own => Err(Failure::unsupported(format!(
+                "{}: belongs to no machine, so it has no checkpoints; open it as MACHINE/DISK",
+                self.name
+            ))),
+        }
+    }
+
+    pub fn machine(&self) -> Result<Machine> {
+        let (ms, m, _) = self.machines()?;
+        Ok(ms.machine(m)?)
+    }
+
+    /// This handle's disk's name in its machine.
+    pub fn machine_disk(&self) -> Result<String> {
+        Ok(self.machines()?.2.to_string())
+    }
+
+    pub fn create_checkpoint(&mut self, kind: CheckpointKind) -> Result<Checkpoint> {
+        self.writable("create a checkpoint")?;
+        let (ms, m, _) = self.machines()?;
+        let r = CheckpointRequest {
+            kind: Some(kind),
+            consistency: None,
+        };
+        let cp = ms.create_checkpoint(m, &r)?;
+        self.settle()?;
+        Ok(cp)
+    }
+
+    pub fn convert_checkpoint(&mut self, id: u64) -> Result<ReferencePoint> {
+        self.writable("convert a checkpoint")?;
+        let (ms, m, _) = self.machines()?;
+        let rp = ms.convert_checkpoint(m, id)?;
+        self.settle()?;
+        Ok(rp)
+    }
+
+    pub fn delete_checkpoint(&mut self, id: u64) -> Result<()> {
+        self.writable("delete a checkpoint")?;
+        let (ms, m, _) = self.machines()?;
+        ms.delete_checkpoint(m, id)?;
+        self.settle()
+    }
+
+    pub fn destroy_reference_point(&mut self, id: u64) -> Result<()> {
+        self.writable("destroy a reference point")?;
+        let (ms, m, _) = self.machines()?;
+        ms.destroy_reference_point(m, id)?;
+        Ok(())
+    }
+
+    /// After a checkpoint operation the disk may sit on another file; the
+    /// size stays (no operation resizes), the pool or daemon reopened it.
+    fn settle(&mut self) -> Result<()> {
+        if let Data::Held(h) = &self.data {
+            self.size = h.with(|d| Ok(d.size()))?;
+        }
+        Ok(())
+    }
+}
+
+/// The tracking status of a view that has none.
+pub fn untracked(name: &str) -> TrackingStatus {
+    TrackingStatus {
+        disk: name.to_string(),
+        enabled: false,
+        most_recent_id: None,
+        newer_changes: None,
+        retained_ids: vec![],
+        error: None,
+    }
+}
