@@ -1,8 +1,11 @@
-//! Loading a TLS server configuration from PEM files (for NBD_OPT_STARTTLS).
+//! Loading TLS configurations from PEM files (for NBD_OPT_STARTTLS): the
+//! server's, and a client's for [`crate::client`].
 
 use std::path::Path;
 use std::sync::Arc;
-use tokio_rustls::rustls::{self, pki_types::CertificateDer, RootCertStore, ServerConfig};
+use tokio_rustls::rustls::{
+    self, pki_types::CertificateDer, ClientConfig, RootCertStore, ServerConfig,
+};
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -42,6 +45,48 @@ fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
+fn private_key(path: &Path) -> Result<rustls::pki_types::PrivateKeyDer<'static>, TlsError> {
+    let pem = read_pem(path)?;
+    rustls_pemfile::private_key(&mut &pem[..])
+        .map_err(|source| TlsError::Read {
+            path: path.display().to_string(),
+            source,
+        })?
+        .ok_or_else(|| TlsError::Missing {
+            path: path.display().to_string(),
+            what: "private key",
+        })
+}
+
+fn roots(ca: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for c in certs(ca)? {
+        roots.add(c).map_err(|e| TlsError::Config(e.to_string()))?;
+    }
+    Ok(roots)
+}
+
+/// A client configuration that trusts the CA certificates in `ca` (PEM)
+/// and, with `client_cert` (certificate chain, private key), presents
+/// that certificate to servers that ask for one.
+pub fn client_config(
+    ca: &Path,
+    client_cert: Option<(&Path, &Path)>,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?
+        .with_root_certificates(roots(ca)?);
+    let config = match client_cert {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(certs(cert)?, private_key(key)?)
+            .map_err(|e| TlsError::Config(format!("certificate {}: {e}", cert.display())))?,
+    };
+    Ok(Arc::new(config))
+}
+
 /// A server configuration from a certificate chain and private key (PEM);
 /// with `client_ca`, clients must present a certificate signed by it.
 pub fn server_config(
@@ -50,16 +95,7 @@ pub fn server_config(
     client_ca: Option<&Path>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let chain = certs(cert)?;
-    let key_pem = read_pem(key)?;
-    let key_der = rustls_pemfile::private_key(&mut &key_pem[..])
-        .map_err(|source| TlsError::Read {
-            path: key.display().to_string(),
-            source,
-        })?
-        .ok_or_else(|| TlsError::Missing {
-            path: key.display().to_string(),
-            what: "private key",
-        })?;
+    let key_der = private_key(key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -67,12 +103,8 @@ pub fn server_config(
     let builder = match client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            for c in certs(ca)? {
-                roots.add(c).map_err(|e| TlsError::Config(e.to_string()))?;
-            }
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
+                Arc::new(roots(ca)?),
                 provider,
             )
             .build()

@@ -7,6 +7,7 @@
 //! leaves a child holding its output open cannot block the test either.
 //! A program that cannot be started fails the test naming the package
 //! that provides it; [`available`] is for tests that skip without it.
+//! Servers (qemu-nbd) run in the [`Background`] until the test drops them.
 
 use std::ffi::OsStr;
 use std::io::{Read, Seek};
@@ -100,6 +101,96 @@ pub fn run(cmd: &mut Command, limit: Duration) -> Output {
         );
     }
     o
+}
+
+/// A program started with [`spawn`] (a server such as qemu-nbd): killed
+/// when dropped, so a failing test leaves nothing running.
+pub struct Background {
+    child: std::process::Child,
+    what: String,
+    out: std::fs::File,
+    err: std::fs::File,
+}
+
+/// Starts `cmd` in the background (stdin empty, output kept for failure
+/// messages); fails the test, naming the package, if it cannot start.
+pub fn spawn(cmd: &mut Command) -> Background {
+    let (out, err) = (tempfile::tempfile().unwrap(), tempfile::tempfile().unwrap());
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().unwrap())
+        .stderr(err.try_clone().unwrap())
+        .spawn()
+        .unwrap_or_else(|e| {
+            let hint = package(cmd.get_program())
+                .map(|p| format!(" (package {p})"))
+                .unwrap_or_default();
+            panic!("cannot run {cmd:?}: {e}{hint}")
+        });
+    Background {
+        child,
+        what: format!("{cmd:?}"),
+        out,
+        err,
+    }
+}
+
+impl Background {
+    /// Waits until `path` exists (the socket a server creates once it
+    /// listens); fails the test with the program's output if it exits
+    /// first or `limit` passes.
+    pub fn wait_for_path(&mut self, path: &std::path::Path, limit: Duration) {
+        let t = Instant::now();
+        while !path.exists() {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                let out = self.output();
+                panic!(
+                    "{} exited ({st}) before creating {}:\n{out}",
+                    self.what,
+                    path.display(),
+                );
+            }
+            if t.elapsed() > limit {
+                let out = self.output();
+                panic!(
+                    "{} did not create {} within {limit:?}:\n{out}",
+                    self.what,
+                    path.display(),
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// What the program printed so far (output, then error output).
+    pub fn output(&mut self) -> String {
+        let read = |f: &mut std::fs::File| {
+            let mut v = Vec::new();
+            f.rewind().unwrap();
+            f.read_to_end(&mut v).unwrap();
+            String::from_utf8_lossy(&v).into_owned()
+        };
+        let (o, e) = (read(&mut self.out), read(&mut self.err));
+        format!("stdout:\n{o}\nstderr:\n{e}")
+    }
+
+    /// Kills the program and waits for it (so the files it held are free).
+    pub fn stop(mut self) {
+        self.kill();
+    }
+
+    fn kill(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        self.kill();
+    }
 }
 
 /// Runs `cmd`, which must succeed; returns its output.
@@ -210,6 +301,27 @@ mod tests {
             "{msg}"
         );
         assert!(t.elapsed() < Duration::from_secs(20));
+    }
+
+    #[test]
+    fn background_programs_are_waited_for_and_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let flag = dir.path().join("ready");
+        let mut b = spawn(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("echo up; touch {}; sleep 30", flag.display())),
+        );
+        b.wait_for_path(&flag, Duration::from_secs(20));
+        let t = Instant::now();
+        b.stop();
+        assert!(t.elapsed() < Duration::from_secs(20));
+        let mut early = spawn(Command::new("sh").args(["-c", "echo gone >&2"]));
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            early.wait_for_path(&dir.path().join("never"), Duration::from_secs(20))
+        }));
+        let msg = *r.unwrap_err().downcast::<String>().unwrap();
+        assert!(msg.contains("exited") && msg.contains("gone"), "{msg}");
     }
 
     #[test]

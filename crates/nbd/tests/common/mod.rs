@@ -1,6 +1,6 @@
 //! What the test files share: a server under test on its own runtime,
-//! and raw protocol clients ([`testkit::nbd_client::Client`]) connected to
-//! it.
+//! and raw protocol clients ([`testkit::nbd_client::Client`]) or plain
+//! streams connected to it.
 
 // Each test binary uses its own subset of these helpers.
 #![allow(dead_code)]
@@ -83,6 +83,14 @@ impl TestServer {
     /// so the test can see the connection end: wait for it with
     /// [`Self::ended`].
     pub fn pair(&self, tls_required: bool) -> (Client, tokio::task::JoinHandle<()>) {
+        let (a, task) = self.pair_stream(tls_required);
+        (Client::new(a), task)
+    }
+
+    /// The client's end of a socket pair whose other end the server runs
+    /// with `serve_stream` (reads limited to [`IO_TIMEOUT`]), and the
+    /// server's task, for [`Self::ended`].
+    pub fn pair_stream(&self, tls_required: bool) -> (UnixStream, tokio::task::JoinHandle<()>) {
         let (a, b) = UnixStream::pair().unwrap();
         a.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         b.set_nonblocking(true).unwrap();
@@ -91,7 +99,7 @@ impl TestServer {
             let b = tokio::net::UnixStream::from_std(b).unwrap();
             server.serve_stream(Box::new(b), tls_required).await
         });
-        (Client::new(a), task)
+        (a, task)
     }
 
     /// Asserts the server's side of a [`Self::pair`] connection has ended.
