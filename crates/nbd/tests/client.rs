@@ -797,3 +797,33 @@ mod qemu {
         assert_eq!(read(&mut c, 0, 4096), vec![3; 4096]);
     }
 }
+
+// ---------------------------------------------------------------------------
+// testkit's Disk, the library client as the daemon's tests use it
+
+#[test]
+fn testkits_disk_keeps_its_error_values() {
+    use testkit::nbd_client::{Disk, NbdError};
+    let f = Fixture::new();
+    let mut d = Disk::connect(&f.srv.sock, "disk", IO_TIMEOUT).unwrap();
+    assert_eq!((d.size, d.flags & NBD_FLAG_READ_ONLY), (SIZE, 0));
+    d.write(MIB + 3, &[8; 5000]).unwrap();
+    d.flush().unwrap();
+    assert_eq!(d.read(MIB + 3, 5000).unwrap(), vec![8; 5000]);
+    assert_same("read_all", &d.read_all(), &f.disk.contents());
+    assert!(matches!(d.read(SIZE, 1), Err(NbdError::Io(_))));
+    d.client().write_zeroes(MIB, 4096, true).unwrap();
+    d.disconnect();
+    let mut ro = Disk::connect(&f.srv.sock, "ro", IO_TIMEOUT).unwrap();
+    assert!(ro.flags & NBD_FLAG_READ_ONLY != 0);
+    match ro.write(0, &[1; 512]) {
+        Err(e) => assert_eq!(e.errno("write to ro"), NBD_EPERM),
+        Ok(()) => panic!("a write to a read-only export succeeded"),
+    }
+    match Disk::connect(&f.srv.sock, "nope", IO_TIMEOUT) {
+        Err(NbdError::Refused(NBD_REP_ERR_UNKNOWN, msg)) => {
+            assert!(msg.contains("no such export"), "{msg}")
+        }
+        r => panic!("unknown export: {:?}", r.map(|d| d.size)),
+    }
+}

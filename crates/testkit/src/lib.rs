@@ -13,7 +13,8 @@
 //!               requests, simple and structured replies); panics on what
 //!               the server must never do
 //!   Disk        an export used as a disk (read, write, flush) whose
-//!               errors are values, for tests that expect some to fail
+//!               errors are values, for tests that expect some to fail:
+//!               a thin layer over the library client, nbd::client
 //! tools       running qemu-img, qemu-io, qemu-nbd, nbdinfo, nbdcopy, curl
 //!             (or any program) with a time limit; skipping when absent
 //! pattern     deterministic, never-zero byte patterns

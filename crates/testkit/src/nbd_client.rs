@@ -11,11 +11,12 @@
 //!             error, data (holes as zeros), status (block status) }
 //!   read · write · disconnect (DISC, then the server must close)
 //!
-//! Disk::connect ─ handshake, GO, simple replies; read / write / flush
-//!             return the data or NbdError (I/O, option refused, errno)
+//! Disk::connect ─ nbd::client::Client (the library client) on a unix
+//!             socket; read / write / flush return the data or NbdError
+//!             (I/O, option refused, errno)
 //! ```
 //!
-//! The client is written for the `nbd` crate's server (which `refpoint
+//! The raw client is written for the `nbd` crate's server (which `refpoint
 //! serve` runs too): it asserts what that server always does (its
 //! greeting, replies in order when requests are sent one at a time,
 //! chunks that tile a read), so a test fails where the server breaks the
@@ -457,54 +458,64 @@ impl Client {
     }
 }
 
-/// An export used as a disk, with simple replies: for tests whose
-/// requests may fail (a full disk, a read-only export, a daemon that is
-/// stopped or killed), so each returns its error instead of panicking.
+/// An export used as a disk, through the `nbd` crate's library client
+/// ([`nbd::client::Client`]): for tests whose requests may fail (a full
+/// disk, a read-only export, a daemon that is stopped or killed), so each
+/// returns its error instead of panicking.
 pub struct Disk {
-    c: Client,
+    c: nbd::client::Client,
     /// The export's size and transmission flags.
     pub size: u64,
     pub flags: u16,
 }
 
+impl From<nbd::client::Error> for NbdError {
+    fn from(e: nbd::client::Error) -> Self {
+        use nbd::client::Error as E;
+        match e {
+            E::Request { errno, .. } => NbdError::Errno(errno),
+            E::Refused { reply, message, .. } => NbdError::Refused(reply, message),
+            // The library's message says where; the kind stays.
+            E::Io { ref source, .. } | E::Tls { ref source, .. } => {
+                NbdError::Io(io::Error::new(source.kind(), e.to_string()))
+            }
+            e => NbdError::Io(io::Error::other(e.to_string())),
+        }
+    }
+}
+
 impl Disk {
     /// Connects to the unix socket `socket` (reads and writes limited to
-    /// `timeout`) and opens `export` with NBD_OPT_GO.
+    /// `timeout`) and opens `export` (structured replies, NBD_OPT_GO).
     pub fn connect(socket: &Path, export: &str, timeout: Duration) -> Result<Disk, NbdError> {
-        let mut c = Client::unix(socket, timeout)?;
-        c.try_greeting()?;
-        c.s.write_all(&(NBD_FLAG_C_FIXED_NEWSTYLE | NBD_FLAG_C_NO_ZEROES).to_be_bytes())?;
-        let (size, flags) = c.try_go(export, &[])?;
-        Ok(Disk { c, size, flags })
+        let options = nbd::client::Options::new(export).timeout(timeout);
+        let c = nbd::client::Client::connect_unix(socket, &options)?;
+        Ok(Disk {
+            size: c.size(),
+            flags: c.flags().0,
+            c,
+        })
     }
 
-    /// One request; its error value as [`NbdError::Errno`].
-    fn request(
-        &mut self,
-        kind: u16,
-        offset: u64,
-        len: u64,
-        data: &[u8],
-    ) -> Result<Reply, NbdError> {
-        let len = u32::try_from(len).expect("a request of under 4 GiB");
-        let r = self.c.try_cmd(0, kind, offset, len, data)?;
-        match r.error {
-            0 => Ok(r),
-            e => Err(NbdError::Errno(e)),
-        }
+    /// The library client underneath, for what `Disk` does not wrap
+    /// (FUA, trim, write zeroes, block status).
+    pub fn client(&mut self) -> &mut nbd::client::Client {
+        &mut self.c
     }
 
     pub fn read(&mut self, offset: u64, len: u64) -> Result<Vec<u8>, NbdError> {
-        self.request(NBD_CMD_READ, offset, len, &[]).map(|r| r.data)
+        let len = usize::try_from(len).expect("a read that fits in memory");
+        let mut b = vec![0u8; len];
+        self.c.read(offset, &mut b)?;
+        Ok(b)
     }
 
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), NbdError> {
-        self.request(NBD_CMD_WRITE, offset, data.len() as u64, data)
-            .map(drop)
+        Ok(self.c.write(offset, data)?)
     }
 
     pub fn flush(&mut self) -> Result<(), NbdError> {
-        self.request(NBD_CMD_FLUSH, 0, 0, &[]).map(drop)
+        Ok(self.c.flush()?)
     }
 
     /// The whole export, read in pieces of 4 MiB.
@@ -523,7 +534,7 @@ impl Disk {
     }
 
     /// NBD_CMD_DISC; errors are ignored (the server may be gone).
-    pub fn disconnect(mut self) {
-        let _ = self.c.try_send_request(0, NBD_CMD_DISC, 0, 0, 0, &[]);
+    pub fn disconnect(self) {
+        let _ = self.c.disconnect();
     }
 }

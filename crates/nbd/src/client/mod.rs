@@ -370,3 +370,26 @@ impl std::fmt::Debug for Client {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A client moves to another thread (behind a C handle, say); errors
+    /// go anywhere an error can.
+    #[test]
+    fn clients_are_send_and_errors_send_and_sync() {
+        fn send<T: Send>() {}
+        fn send_sync<T: Send + Sync + 'static>() {}
+        send::<Client>();
+        send_sync::<Error>();
+        send_sync::<Options>();
+    }
+
+    #[test]
+    fn flags_read_the_spec_bits() {
+        let f = TransmissionFlags(NBD_FLAG_HAS_FLAGS | NBD_FLAG_READ_ONLY | NBD_FLAG_SEND_FLUSH);
+        assert!(f.read_only() && f.can_flush());
+        assert!(!f.can_fua() && !f.can_trim() && !f.can_write_zeroes() && !f.can_multi_conn());
+    }
+}
