@@ -24,7 +24,7 @@ mod table;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use refpoint::units::parse_size;
+use refpoint_cli::units::parse_size;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 

@@ -1,7 +1,7 @@
 //! Setting a benchmark run up the same way in every binary.
 
 use anyhow::{ensure, Context, Result};
-pub use refpoint::units::parse_size;
+pub use refpoint_cli::units::parse_size;
 use std::fs::File;
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};

@@ -32,7 +32,7 @@ use anyhow::{ensure, Context, Result};
 use clap::Parser;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use refpoint::units::human;
+use refpoint_cli::units::human;
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{FileExt, MetadataExt};

@@ -33,7 +33,7 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use rand::rngs::SmallRng;
 use rand::{RngCore, SeedableRng};
-use refpoint::units::human;
+use refpoint_cli::units::human;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, Write};

@@ -10,7 +10,7 @@ mod tracking;
 
 use anyhow::{bail, Result};
 use clap::Parser;
-use refpoint::units::parse_size;
+use refpoint_cli::units::parse_size;
 use tracking::Options;
 
 /// Change-tracking benchmarks: the write path with tracking off and on,

@@ -87,7 +87,10 @@ pub const CODES: &[(c_int, &CStr)] = &[
     (REFPOINT_E_MALFORMED_ID, c"malformed_id"),
     (REFPOINT_E_TRACKING_FILE_MISSING, c"tracking_file_missing"),
     (REFPOINT_E_TRACKING_FILE_CORRUPT, c"tracking_file_corrupt"),
-    (REFPOINT_E_MODIFIED_WHILE_UNTRACKED, c"modified_while_untracked"),
+    (
+        REFPOINT_E_MODIFIED_WHILE_UNTRACKED,
+        c"modified_while_untracked",
+    ),
     (REFPOINT_E_TRACKING_FAILED, c"tracking_failed"),
 ];
 
@@ -166,6 +169,9 @@ impl From<vdisk::VdiskError> for Failure {
         let code = match &e {
             e if e.is_no_space() => REFPOINT_E_NO_SPACE,
             V::ReadOnly { .. } => REFPOINT_E_READ_ONLY,
+            V::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                REFPOINT_E_NOT_FOUND
+            }
             V::Vhdx(v) => match vhdx_code(v) {
                 Some(c) => c,
                 None => return daemon::convert::disk_error(e).into(),
@@ -201,6 +207,9 @@ impl From<machine::MachineError> for Failure {
         match e {
             M::Disk(d) => d.into(),
             M::DiskInUse { .. } => Failure::new(REFPOINT_E_BUSY, e.to_string()),
+            M::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                Failure::new(REFPOINT_E_NOT_FOUND, e.to_string())
+            }
             ref m if m.is_no_space() => Failure::new(REFPOINT_E_NO_SPACE, e.to_string()),
             e => daemon::convert::machine_error(e).into(),
         }

@@ -40,6 +40,8 @@ pub enum Data {
     Held(Hold),
     /// A checkpoint's frozen chain, read-only.
     Frozen(Image),
+    /// A disk the daemon holds, over NBD.
+    Nbd(Box<nbd::client::Client>),
 }
 
 pub enum Control {
@@ -99,6 +101,7 @@ impl Handle {
             Data::Own(d) => Ok(d.read(offset, buf)?),
             Data::Held(h) => h.with(|d| d.read(offset, buf)),
             Data::Frozen(i) => Ok(i.read_at(offset, buf)?),
+            Data::Nbd(c) => crate::remote::read(c, offset, buf),
         }
     }
 
@@ -109,6 +112,7 @@ impl Handle {
             Data::Own(d) => Ok(d.write(offset, data)?),
             Data::Held(h) => h.with(|d| d.write(offset, data)),
             Data::Frozen(_) => Err(self.frozen("write")),
+            Data::Nbd(c) => crate::remote::write(c, offset, data),
         }
     }
 
@@ -119,6 +123,7 @@ impl Handle {
             Data::Own(d) => Ok(d.zero(offset, len)?),
             Data::Held(h) => h.with(|d| d.zero(offset, len)),
             Data::Frozen(_) => Err(self.frozen("zero")),
+            Data::Nbd(c) => crate::remote::zero(c, offset, len),
         }
     }
 
@@ -127,6 +132,7 @@ impl Handle {
             Data::Own(d) => Ok(d.flush()?),
             Data::Held(h) => h.with(|d| d.flush()),
             Data::Frozen(_) => Ok(()),
+            Data::Nbd(c) => crate::remote::flush(c, self.read_only),
         }
     }
 
@@ -137,6 +143,7 @@ impl Handle {
             Data::Own(d) => d.extents(offset, len)?,
             Data::Held(h) => h.with(|d| d.extents(offset, len))?,
             Data::Frozen(i) => i.extents(offset, len)?,
+            Data::Nbd(c) => return crate::remote::allocation(c, offset, len),
         };
         Ok(raw
             .into_iter()
@@ -155,10 +162,30 @@ impl Handle {
                 let off = untracked(&self.name);
                 Ok(daemon::disks::image_info(i, self.name.clone(), off)?)
             }
-            (_, Control::Machine { machines, machine, disk }) => {
-                Ok(machines.disk_info(machine, disk)?)
+            (
+                _,
+                Control::Machine {
+                    machines,
+                    machine,
+                    disk,
+                },
+            ) => Ok(machines.disk_info(machine, disk)?),
+            (
+                Data::Nbd(c),
+                Control::Frozen {
+                    machines,
+                    machine,
+                    disk,
+                    ..
+                },
+            ) => {
+                let live = machines.disk_info(machine, disk)?;
+                Ok(crate::remote::frozen_info(c, live, &self.name))
             }
-            _ => Err(Failure::unsupported(format!("{}: no disk information", self.name))),
+            _ => Err(Failure::unsupported(format!(
+                "{}: no disk information",
+                self.name
+            ))),
         }
     }
 
@@ -184,9 +211,14 @@ impl Handle {
     pub fn tracking_status(&mut self) -> Result<TrackingStatus> {
         match (&mut self.data, &self.control) {
             (Data::Own(d), Control::Own) => Ok(tracking::status_of(d, self.name.clone())?),
-            (_, Control::Machine { machines, machine, disk }) => {
-                Ok(machines.tracking_status(machine, disk)?)
-            }
+            (
+                _,
+                Control::Machine {
+                    machines,
+                    machine,
+                    disk,
+                },
+            ) => Ok(machines.tracking_status(machine, disk)?),
             _ => Err(self.no_tracking()),
         }
     }
@@ -198,7 +230,14 @@ impl Handle {
                 let g = granularity.unwrap_or(rct::DEFAULT_GRANULARITY);
                 tracking::enable(d, g)?;
             }
-            (_, Control::Machine { machines, machine, disk }) => {
+            (
+                _,
+                Control::Machine {
+                    machines,
+                    machine,
+                    disk,
+                },
+            ) => {
                 machines.enable_tracking(machine, disk, &EnableTrackingRequest { granularity })?;
             }
             _ => return Err(self.no_tracking()),
@@ -212,7 +251,14 @@ impl Handle {
             (Data::Own(d), Control::Own) => {
                 tracking::disable(d)?;
             }
-            (_, Control::Machine { machines, machine, disk }) => {
+            (
+                _,
+                Control::Machine {
+                    machines,
+                    machine,
+                    disk,
+                },
+            ) => {
                 machines.disable_tracking(machine, disk)?;
             }
             _ => return Err(self.no_tracking()),
@@ -224,9 +270,14 @@ impl Handle {
         self.writable("seal a tracking generation")?;
         match (&mut self.data, &self.control) {
             (Data::Own(d), Control::Own) => Ok(tracking::seal(d)?.id),
-            (_, Control::Machine { machines, machine, disk }) => {
-                Ok(machines.seal(machine, disk)?.id)
-            }
+            (
+                _,
+                Control::Machine {
+                    machines,
+                    machine,
+                    disk,
+                },
+            ) => Ok(machines.seal(machine, disk)?.id),
             _ => Err(self.no_tracking()),
         }
     }
@@ -237,7 +288,14 @@ impl Handle {
             (Data::Own(d), Control::Own) => {
                 tracking::release(d, id)?;
             }
-            (_, Control::Machine { machines, machine, disk }) => {
+            (
+                _,
+                Control::Machine {
+                    machines,
+                    machine,
+                    disk,
+                },
+            ) => {
                 machines.release(machine, disk, id)?;
             }
             _ => return Err(self.no_tracking()),
@@ -248,9 +306,14 @@ impl Handle {
     pub fn changes(&mut self, q: &ChangesQuery) -> Result<api::Changes> {
         match (&mut self.data, &self.control) {
             (Data::Own(d), Control::Own) => Ok(tracking::changes_of(d, q)?),
-            (_, Control::Machine { machines, machine, disk }) => {
-                Ok(machines.changes(machine, disk, q)?)
-            }
+            (
+                _,
+                Control::Machine {
+                    machines,
+                    machine,
+                    disk,
+                },
+            ) => Ok(machines.changes(machine, disk, q)?),
             _ => Err(self.no_tracking()),
         }
     }

@@ -24,7 +24,9 @@ pub const REMOTE_SCHEME: &str = "refpoint+https://";
 /// `./refpoint-data`).
 pub fn open(what: &str, home: Option<&Path>, read_only: bool) -> Result<Handle> {
     if what.is_empty() {
-        return Err(Failure::invalid("no disk named: give a path or MACHINE/DISK"));
+        return Err(Failure::invalid(
+            "no disk named: give a path or MACHINE/DISK",
+        ));
     }
     if let Some(rest) = what.strip_prefix(REMOTE_SCHEME) {
         return crate::remote::open(what, rest, read_only);
@@ -105,10 +107,12 @@ fn frozen_view(
     ro: bool,
 ) -> Result<Handle> {
     let m = store.load(&machine)?;
-    let cp = m.checkpoint(id).ok_or_else(|| machine::MachineError::NoCheckpoint {
-        machine: machine.clone(),
-        id,
-    })?;
+    let cp = m
+        .checkpoint(id)
+        .ok_or_else(|| machine::MachineError::NoCheckpoint {
+            machine: machine.clone(),
+            id,
+        })?;
     let chain = store.open_checkpoint_disk(cp, &disk)?;
     let image = Image::Vhdx(chain);
     Ok(Handle {

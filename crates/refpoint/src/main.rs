@@ -114,7 +114,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Noun::Verify(a) => cli::backup::verify(a),
         Noun::Serve(a) => cli::serve::run(a),
         Noun::Demo(Demo::Run) => {
-            refpoint::demo::run(&machine::home::state_dir())?;
+            refpoint_cli::demo::run(&machine::home::state_dir())?;
             Ok(ExitCode::SUCCESS)
         }
     }

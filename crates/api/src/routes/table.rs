@@ -129,7 +129,8 @@ pub const DISK_INFO: Route = Route {
     method: Method::Get,
     path: "/v1/machines/{machine}/disks/{disk}",
     operation_id: "disk_info",
-    summary: "A live disk: format, virtual size, sector and block sizes, chain depth, identity, tracking",
+    summary:
+        "A live disk: format, virtual size, sector and block sizes, chain depth, identity, tracking",
     body: Body::None,
     query: None,
     response: Payload::of::<DiskInfo>(),

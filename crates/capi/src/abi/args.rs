@@ -123,10 +123,14 @@ pub unsafe fn optional_text<'a>(p: *const c_char, what: &str) -> Result<Option<&
 
 fn check_len(p: *const c_void, len: usize, what: &str) -> Result<()> {
     if p.is_null() && len > 0 {
-        return Err(Failure::invalid(format!("{what} is NULL but its length is {len}")));
+        return Err(Failure::invalid(format!(
+            "{what} is NULL but its length is {len}"
+        )));
     }
     if len > isize::MAX as usize {
-        return Err(Failure::invalid(format!("{what}: length {len} is too large")));
+        return Err(Failure::invalid(format!(
+            "{what}: length {len} is too large"
+        )));
     }
     Ok(())
 }

@@ -135,7 +135,11 @@ pub unsafe extern "C" fn refpoint_write(
 /// # Safety
 /// `disk` is an open handle.
 #[no_mangle]
-pub unsafe extern "C" fn refpoint_zero(disk: *mut refpoint_disk, offset: u64, length: u64) -> c_int {
+pub unsafe extern "C" fn refpoint_zero(
+    disk: *mut refpoint_disk,
+    offset: u64,
+    length: u64,
+) -> c_int {
     // SAFETY: as the caller promises.
     call(|| unsafe { args::handle(disk) }?.zero(offset, length))
 }

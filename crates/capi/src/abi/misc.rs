@@ -38,7 +38,9 @@ pub extern "C" fn refpoint_error_name(code: c_int) -> *const c_char {
 /// ranges changed, so the backup must be full.
 #[no_mangle]
 pub extern "C" fn refpoint_is_tracking_error(code: c_int) -> c_int {
-    c_int::from((error::REFPOINT_E_TRACKING_FAILED..=error::REFPOINT_E_TRACKING_DISABLED).contains(&code))
+    c_int::from(
+        (error::REFPOINT_E_TRACKING_FAILED..=error::REFPOINT_E_TRACKING_DISABLED).contains(&code),
+    )
 }
 
 /// How `refpoint+https://` handles reach a remote daemon; any NULL
@@ -66,7 +68,9 @@ pub unsafe extern "C" fn refpoint_config_remote(
             key_file: unsafe { args::optional_text(key_file, "key_file") }?.map(Into::into),
         };
         if s.cert_file.is_some() != s.key_file.is_some() {
-            return Err(Failure::invalid("give both cert_file and key_file, or neither"));
+            return Err(Failure::invalid(
+                "give both cert_file and key_file, or neither",
+            ));
         }
         crate::remote::configure(s);
         Ok(())

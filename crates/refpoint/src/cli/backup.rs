@@ -49,7 +49,7 @@ pub(crate) fn run(b: BackupArgs) -> Result<ExitCode> {
                         "{:>4}  {:<11}  {}  {}  {} written",
                         p.point,
                         p.kind,
-                        refpoint::machines::time(p.created),
+                        refpoint_cli::machines::time(p.created),
                         p.machine,
                         human(w)
                     );
@@ -73,12 +73,15 @@ pub(crate) fn run(b: BackupArgs) -> Result<ExitCode> {
             let r = BackupRequest {
                 to: vhdx::paths::absolute(&to),
             };
-            let s =
-                refpoint::machines::machines().backup(&machine, &r, &mut |disk, done, total| {
+            let s = refpoint_cli::machines::machines().backup(
+                &machine,
+                &r,
+                &mut |disk, done, total| {
                     pb.set_message(disk.to_string());
                     pb.set_length(total);
                     pb.set_position(done);
-                });
+                },
+            );
             pb.finish_and_clear();
             let s = s?;
             if b.json {

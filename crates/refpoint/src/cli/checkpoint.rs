@@ -40,7 +40,7 @@ pub(crate) enum CheckpointCmd {
 }
 
 pub(crate) fn run(c: CheckpointCmd) -> Result<ExitCode> {
-    let ms = refpoint::machines::machines();
+    let ms = refpoint_cli::machines::machines();
     match c {
         CheckpointCmd::Create {
             machine,
@@ -82,7 +82,7 @@ pub(crate) fn run(c: CheckpointCmd) -> Result<ExitCode> {
                         c.id,
                         c.kind,
                         c.consistency,
-                        refpoint::machines::time(c.created)
+                        refpoint_cli::machines::time(c.created)
                     );
                 }
             }

@@ -43,7 +43,7 @@ pub(crate) fn run(c: DiskCmd) -> Result<ExitCode> {
         (None, Some(p), Some(n)) => vec![p; n as usize],
         _ => anyhow::bail!("give --from FILE, or --pattern BYTE with --length N"),
     };
-    refpoint::tracking::write(&disk, offset, &data)?;
+    refpoint_cli::tracking::write(&disk, offset, &data)?;
     println!(
         "wrote {} at offset {offset} of {}",
         human(data.len() as u64),

@@ -34,7 +34,7 @@ pub(crate) enum MachineCmd {
 }
 
 pub(crate) fn run(c: MachineCmd) -> Result<ExitCode> {
-    use refpoint::machines::{parse_disk_arg, store};
+    use refpoint_cli::machines::{parse_disk_arg, store};
     let st = store();
     match c {
         MachineCmd::Create {
@@ -92,20 +92,20 @@ pub(crate) fn run(c: MachineCmd) -> Result<ExitCode> {
                         "  checkpoint {} ({:?}, {})",
                         c.id,
                         c.kind,
-                        refpoint::machines::time(c.created)
+                        refpoint_cli::machines::time(c.created)
                     );
                 }
                 for r in &m.reference_points {
                     println!(
                         "  reference point {} ({})",
                         r.id,
-                        refpoint::machines::time(r.created)
+                        refpoint_cli::machines::time(r.created)
                     );
                 }
             }
         }
         MachineCmd::Remove { name } => {
-            if refpoint::machines::daemon().is_some() {
+            if refpoint_cli::machines::daemon().is_some() {
                 anyhow::bail!(
                     "the refpoint daemon is serving the machines of this state directory; stop it (refpoint serve --stop) before removing {name}"
                 );

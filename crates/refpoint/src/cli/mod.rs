@@ -13,8 +13,8 @@ pub(crate) mod vhd;
 
 pub(crate) use anyhow::{Context, Result};
 pub(crate) use clap::{Args, Subcommand, ValueEnum};
-pub(crate) use refpoint::progress::bar;
-pub(crate) use refpoint::units::{human, parse_size};
+pub(crate) use refpoint_cli::progress::bar;
+pub(crate) use refpoint_cli::units::{human, parse_size};
 pub(crate) use std::path::PathBuf;
 pub(crate) use std::process::ExitCode;
 pub(crate) use storage::LocalFs;

@@ -193,7 +193,7 @@ fn on_machine(ms: &dyn Machines, machine: &str, disk: &str, cmd: Rct) -> Result<
 fn on_file(path: &std::path::Path, cmd: Rct) -> Result<Outcome> {
     use daemon::tracking as t;
     let writable = !matches!(cmd, Rct::Status { .. } | Rct::Changes { .. });
-    let mut d = refpoint::tracking::open(path, writable)?;
+    let mut d = refpoint_cli::tracking::open(path, writable)?;
     let r = match cmd {
         Rct::Enable { granularity, .. } => {
             t::enable(&mut d, granularity).map(|_| Outcome::Enabled(granularity))
@@ -225,11 +225,12 @@ fn on_file(path: &std::path::Path, cmd: Rct) -> Result<Outcome> {
 
 pub(crate) fn run(cmd: Rct) -> Result<ExitCode> {
     let json_refusal = matches!(cmd, Rct::Changes { json: true, .. });
-    let target = refpoint::machines::store().resolve(rct_disk(&cmd))?;
+    let target = refpoint_cli::machines::store().resolve(rct_disk(&cmd))?;
     let name = target.to_string();
     let r = match target {
         Target::Machine { machine, disk } => {
-            on_machine(&*refpoint::machines::machines(), &machine, &disk, cmd).map_err(Into::into)
+            on_machine(&*refpoint_cli::machines::machines(), &machine, &disk, cmd)
+                .map_err(Into::into)
         }
         Target::File(p) => on_file(&p, cmd),
     };

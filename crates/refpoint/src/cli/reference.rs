@@ -21,7 +21,7 @@ pub(crate) enum ReferenceCmd {
 }
 
 pub(crate) fn run(c: ReferenceCmd) -> Result<ExitCode> {
-    let ms = refpoint::machines::machines();
+    let ms = refpoint_cli::machines::machines();
     match c {
         ReferenceCmd::List { machine, json } => {
             let m = ms.machine(&machine)?;
@@ -34,7 +34,7 @@ pub(crate) fn run(c: ReferenceCmd) -> Result<ExitCode> {
                         .as_ref()
                         .map(|b| format!("  backup {} point {}", b.dir.display(), b.point))
                         .unwrap_or_default();
-                    println!("{}  {}{b}", r.id, refpoint::machines::time(r.created));
+                    println!("{}  {}{b}", r.id, refpoint_cli::machines::time(r.created));
                 }
             }
         }

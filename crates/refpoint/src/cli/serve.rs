@@ -38,7 +38,7 @@ pub(crate) fn run(a: ServeArgs) -> Result<ExitCode> {
     let home = ::machine::home::state_dir();
     let api_socket = a.api_socket.unwrap_or_else(|| daemon::api_socket(&home));
     if a.stop {
-        let Some(d) = refpoint::machines::daemon() else {
+        let Some(d) = refpoint_cli::machines::daemon() else {
             anyhow::bail!("no refpoint daemon answers on {}", api_socket.display());
         };
         d.shutdown()?;

@@ -1,9 +1,9 @@
 //! `refpoint vhd create|info|check|map|convert|compare|merge`.
 
 use super::*;
-use refpoint::compare::{compare, Comparison};
-use refpoint::convert::{convert, ConvertOptions, Format};
-use refpoint::report;
+use refpoint_cli::compare::{compare, Comparison};
+use refpoint_cli::convert::{convert, ConvertOptions, Format};
+use refpoint_cli::report;
 use vhdx::{create, create_child, CreateOptions, DiskType};
 
 #[derive(Clone, Copy, ValueEnum)]
