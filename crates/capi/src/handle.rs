@@ -35,11 +35,11 @@ pub struct Extent {
 
 pub enum Data {
     /// A disk file this handle opened.
-    Own(Disk),
+    Own(Box<Disk>),
     /// A machine disk held in this process's pool.
     Held(Hold),
     /// A checkpoint's frozen chain, read-only.
-    Frozen(Image),
+    Frozen(Box<Image>),
     /// A disk the daemon holds, over NBD.
     Nbd(Box<nbd::client::Client>),
 }

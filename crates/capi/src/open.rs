@@ -59,7 +59,7 @@ pub fn open(what: &str, home: Option<&Path>, read_only: bool) -> Result<Handle> 
                 name: what.to_string(),
                 read_only,
                 size: d.size(),
-                data: Data::Own(d),
+                data: Data::Own(Box::new(d)),
                 control: Control::Own,
             })
         }
@@ -119,7 +119,7 @@ fn frozen_view(
         name: what.to_string(),
         read_only: ro,
         size: image.size(),
-        data: Data::Frozen(image),
+        data: Data::Frozen(Box::new(image)),
         control: Control::Frozen {
             machines: Box::new(daemon::Service::holding(store.clone())),
             machine,

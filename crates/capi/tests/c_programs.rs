@@ -25,7 +25,7 @@ const LIMIT: Duration = Duration::from_secs(300);
 const TOKEN: &str = "capi-test-token-0123456789abcdef0123456789";
 
 /// The directory of the `librefpoint.so` and `.a` this test was built with.
-fn lib_dir() -> PathBuf {
+fn build_dir() -> PathBuf {
     // Built beside the test binary, in the same rustc run as the rlib the
     // test links (the copy one directory up may be older).
     let exe = std::env::current_exe().unwrap();
@@ -38,34 +38,80 @@ fn lib_dir() -> PathBuf {
     deps.to_path_buf()
 }
 
-fn include_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("include")
+/// The library installed under a prefix by `make install`, as a vendor
+/// gets it, and compiled against through pkg-config.
+struct Installed {
+    prefix: PathBuf,
 }
 
-/// Compiles `tests/c/<name>.c` into `out_dir` against the shared library.
-fn compile(name: &str, out_dir: &Path, flags: &[&str]) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/c/{name}.c"));
-    let lib = lib_dir();
-    let out = out_dir.join(format!(
-        "{name}{}",
-        flags.join("").replace(['-', '=', ','], "_")
-    ));
-    let mut cc = Command::new("cc");
-    cc.args(["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-g"])
-        .args(flags)
-        .arg("-I")
-        .arg(include_dir())
-        .arg(&src)
-        .arg("-o")
-        .arg(&out);
-    cc.arg("-L")
-        .arg(&lib)
-        // DT_RPATH, which outranks LD_LIBRARY_PATH: cargo's points at
-        // directories that may hold an older build.
-        .arg(format!("-Wl,--disable-new-dtags,-rpath,{}", lib.display()))
-        .args(["-lrefpoint", "-lpthread"]);
-    tools::run_ok(&mut cc, LIMIT);
-    out
+impl Installed {
+    fn new(prefix: &Path) -> Installed {
+        let capi = Path::new(env!("CARGO_MANIFEST_DIR"));
+        tools::run_ok(
+            Command::new("make")
+                .arg("-C")
+                .arg(capi)
+                .arg("install")
+                .arg("NO_BUILD=1")
+                .arg(format!("BUILD_DIR={}", build_dir().display()))
+                .arg(format!("PREFIX={}", prefix.display())),
+            LIMIT,
+        );
+        Installed {
+            prefix: prefix.into(),
+        }
+    }
+
+    fn pkg_config(&self, args: &[&str]) -> Vec<String> {
+        let out = tools::ok(
+            Command::new("pkg-config")
+                .args(args)
+                .arg("refpoint")
+                .env("PKG_CONFIG_PATH", self.prefix.join("lib/pkgconfig")),
+            LIMIT,
+        );
+        out.split_whitespace().map(String::from).collect()
+    }
+
+    /// Compiles `src` into `out` against the shared library (found at run
+    /// time by the soname `librefpoint.so.1` in the prefix) or the static one.
+    fn compile(&self, src: &Path, out: &Path, flags: &[&str], link_static: bool) {
+        let mut cc = Command::new("cc");
+        cc.args(["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-g"])
+            .args(flags)
+            .args(self.pkg_config(&["--cflags"]))
+            .arg(src)
+            .arg("-o")
+            .arg(out);
+        if link_static {
+            cc.arg(self.prefix.join("lib/librefpoint.a")).args(
+                self.pkg_config(&["--libs-only-l", "--static"])
+                    .iter()
+                    .filter(|l| *l != "-lrefpoint"),
+            );
+        } else {
+            cc.args(self.pkg_config(&["--libs"]))
+                // DT_RPATH, which outranks LD_LIBRARY_PATH: cargo's points
+                // at directories that may hold an older build.
+                .arg(format!(
+                    "-Wl,--disable-new-dtags,-rpath,{}",
+                    self.prefix.join("lib").display()
+                ))
+                .arg("-lpthread");
+        }
+        tools::run_ok(&mut cc, LIMIT);
+    }
+
+    /// `tests/c/<name>.c`, linked against the shared library.
+    fn program(&self, name: &str, out_dir: &Path, flags: &[&str]) -> PathBuf {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/c/{name}.c"));
+        let out = out_dir.join(format!(
+            "{name}{}",
+            flags.join("").replace(['-', '=', ','], "_")
+        ));
+        self.compile(&src, &out, flags, false);
+        out
+    }
 }
 
 fn vhdx(path: &Path, size: u64) {
@@ -287,17 +333,19 @@ fn run(program: &Path, args: &[&str], envs: &[(&str, &str)]) -> String {
 
 #[test]
 fn a_vendor_runs_the_whole_backup_flow_from_c() {
-    if !tools::available(&["cc", "qemu-io"]) {
+    if !tools::available(&["cc", "make", "pkg-config", "qemu-io"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     let bin = dir.path().join("bin");
     std::fs::create_dir_all(&bin).unwrap();
-    let flow = compile("vendor_flow", &bin, &[]);
-    let flow_asan = compile("vendor_flow", &bin, &["-fsanitize=address,undefined"]);
-    let errors = compile("error_codes", &bin, &[]);
-    let errors_asan = compile("error_codes", &bin, &["-fsanitize=address,undefined"]);
+    let lib = Installed::new(&dir.path().join("prefix"));
+    let asan = ["-fsanitize=address,undefined"];
+    let flow = lib.program("vendor_flow", &bin, &[]);
+    let flow_asan = lib.program("vendor_flow", &bin, &asan);
+    let errors = lib.program("error_codes", &bin, &[]);
+    let errors_asan = lib.program("error_codes", &bin, &asan);
 
     // vm1: a 64 MiB disk with data in a few places, tracked.
     let disk0 = dir.path().join("vm1-disk0.vhdx");
@@ -450,7 +498,8 @@ fn a_vendor_runs_the_whole_backup_flow_from_c() {
 
 /// The code names the header defines, read from the header itself.
 fn refpoint_codes() -> Vec<String> {
-    let h = std::fs::read_to_string(include_dir().join("refpoint.h")).unwrap();
+    let header = Path::new(env!("CARGO_MANIFEST_DIR")).join("include/refpoint.h");
+    let h = std::fs::read_to_string(header).unwrap();
     let mut names: Vec<String> = h
         .lines()
         .filter_map(|l| l.strip_prefix("#define REFPOINT_E_"))
@@ -463,10 +512,11 @@ fn refpoint_codes() -> Vec<String> {
 
 #[test]
 fn the_static_library_links_and_answers() {
-    if !tools::available(&["cc"]) {
+    if !tools::available(&["cc", "make", "pkg-config"]) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
+    let lib = Installed::new(&dir.path().join("prefix"));
     let src = dir.path().join("tiny.c");
     std::fs::write(
         &src,
@@ -483,15 +533,10 @@ int main(void) {
     )
     .unwrap();
     let out = dir.path().join("tiny");
-    let mut cc = Command::new("cc");
-    cc.arg("-I")
-        .arg(include_dir())
-        .arg(&src)
-        .arg("-o")
-        .arg(&out)
-        .arg(lib_dir().join("librefpoint.a"))
-        .args(["-lpthread", "-ldl", "-lm", "-lrt"]);
-    tools::run_ok(&mut cc, LIMIT);
+    lib.compile(&src, &out, &[], true);
     let o = tools::ok(Command::new(&out).env("REFPOINT_HOME", dir.path()), LIMIT);
     assert!(o.starts_with("1.0.0 not_found "), "{o}");
+    // Static: no librefpoint.so needed at run time.
+    let deps = tools::ok(Command::new("ldd").arg(&out), LIMIT);
+    assert!(!deps.contains("librefpoint"), "{deps}");
 }

@@ -76,3 +76,47 @@ pub unsafe extern "C" fn refpoint_config_remote(
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_soname_carries_the_abi_major() {
+        assert_eq!(
+            env!("REFPOINT_SONAME"),
+            format!("librefpoint.so.{REFPOINT_VERSION_MAJOR}")
+        );
+        let text = unsafe { std::ffi::CStr::from_ptr(refpoint_version()) };
+        assert_eq!(
+            text.to_str().unwrap(),
+            format!("{REFPOINT_VERSION_MAJOR}.{REFPOINT_VERSION_MINOR}.{REFPOINT_VERSION_PATCH}")
+        );
+    }
+
+    #[test]
+    fn every_code_has_one_name_and_tracking_codes_are_told_apart() {
+        let mut names: Vec<_> = CODES.iter().map(|(_, n)| n.to_str().unwrap()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), CODES.len());
+        for (code, name) in CODES {
+            let got = unsafe { std::ffi::CStr::from_ptr(refpoint_error_name(*code)) };
+            assert_eq!(got, *name);
+            let tracking = refpoint_is_tracking_error(*code) == 1;
+            assert_eq!(
+                tracking,
+                *code <= error::REFPOINT_E_TRACKING_DISABLED,
+                "{name:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_panic_becomes_the_internal_code_with_its_message() {
+        let rc = crate::abi::args::call(|| panic!("boom in a test"));
+        assert_eq!(rc, error::REFPOINT_E_INTERNAL);
+        let msg = unsafe { std::ffi::CStr::from_ptr(refpoint_last_error()) };
+        assert!(msg.to_str().unwrap().contains("boom in a test"), "{msg:?}");
+    }
+}
