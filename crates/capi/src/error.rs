@@ -150,10 +150,14 @@ impl From<ApiError> for Failure {
                 ErrorKind::Frozen => REFPOINT_E_FROZEN,
                 ErrorKind::Busy | ErrorKind::Unavailable => REFPOINT_E_BUSY,
                 ErrorKind::Io => REFPOINT_E_IO,
+                ErrorKind::NoSpace => REFPOINT_E_NO_SPACE,
+                ErrorKind::Corrupt => REFPOINT_E_CORRUPT,
                 ErrorKind::Tracking(t) => tracking_code(t),
                 _ => REFPOINT_E_INTERNAL,
             },
-            ApiError::InvalidRequest(_) => REFPOINT_E_INVALID,
+            // A request or a client set-up (a CA file without certificates)
+            // the caller got wrong.
+            ApiError::InvalidRequest(_) | ApiError::Setup(_) => REFPOINT_E_INVALID,
             _ => REFPOINT_E_CONNECTION,
         };
         Failure::new(code, e.to_string())
@@ -210,7 +214,6 @@ impl From<machine::MachineError> for Failure {
             M::Io { ref source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
                 Failure::new(REFPOINT_E_NOT_FOUND, e.to_string())
             }
-            ref m if m.is_no_space() => Failure::new(REFPOINT_E_NO_SPACE, e.to_string()),
             e => daemon::convert::machine_error(e).into(),
         }
     }
@@ -220,14 +223,24 @@ thread_local! {
     static LAST: RefCell<CString> = RefCell::new(CString::default());
 }
 
-/// Records `f` as this thread's last failure and returns its code.
+/// Records `f` as this thread's last failure and returns its code. On a
+/// thread whose storage is being torn down (a C destructor calling in
+/// late) the message is dropped rather than the process aborted.
 pub fn record(f: &Failure) -> c_int {
     let text = CString::new(f.message.replace('\0', " ")).unwrap_or_default();
-    LAST.with(|l| *l.borrow_mut() = text);
+    let _ = LAST.try_with(|l| {
+        if let Ok(mut l) = l.try_borrow_mut() {
+            *l = text;
+        }
+    });
     f.code
 }
 
-/// This thread's last failure message; valid until its next failing call.
+/// This thread's last failure message; valid until its next failing call
+/// ("" when there is none, or the thread is ending).
 pub fn last() -> *const c_char {
-    LAST.with(|l| l.borrow().as_ptr())
+    LAST.try_with(|l| l.try_borrow().map(|s| s.as_ptr()).ok())
+        .ok()
+        .flatten()
+        .unwrap_or(c"".as_ptr())
 }

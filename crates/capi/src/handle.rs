@@ -16,7 +16,7 @@
 #![forbid(unsafe_code)]
 
 use crate::error::{Failure, Result, REFPOINT_E_OUT_OF_RANGE, REFPOINT_E_READ_ONLY};
-use crate::registry::Hold;
+use crate::registry::{self, Hold, View};
 use api::{
     ChangesQuery, Checkpoint, CheckpointKind, CheckpointRequest, DiskInfo, EnableTrackingRequest,
     Machine, Machines, ReferencePoint, TrackingStatus,
@@ -65,6 +65,11 @@ pub enum Control {
 pub struct Handle {
     /// What was opened, as the caller named it.
     pub name: String,
+    /// Where its machine lives: the state directory, or the remote daemon.
+    pub place: String,
+    /// For a checkpoint's frozen view: counted while open, so this process
+    /// cannot merge the checkpoint away under it.
+    pub view: Option<View>,
     pub read_only: bool,
     pub size: u64,
     pub data: Data,
@@ -82,7 +87,7 @@ impl Handle {
         Ok(())
     }
 
-    fn in_range(&self, offset: u64, len: u64) -> Result<()> {
+    pub fn check_range(&self, offset: u64, len: u64) -> Result<()> {
         match offset.checked_add(len) {
             Some(end) if end <= self.size => Ok(()),
             _ => Err(Failure::new(
@@ -96,7 +101,7 @@ impl Handle {
     }
 
     pub fn read(&mut self, offset: u64, buf: &mut [u8]) -> Result<()> {
-        self.in_range(offset, buf.len() as u64)?;
+        self.check_range(offset, buf.len() as u64)?;
         match &mut self.data {
             Data::Own(d) => Ok(d.read(offset, buf)?),
             Data::Held(h) => h.with(|d| d.read(offset, buf)),
@@ -107,7 +112,7 @@ impl Handle {
 
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<()> {
         self.writable("write")?;
-        self.in_range(offset, data.len() as u64)?;
+        self.check_range(offset, data.len() as u64)?;
         match &mut self.data {
             Data::Own(d) => Ok(d.write(offset, data)?),
             Data::Held(h) => h.with(|d| d.write(offset, data)),
@@ -118,7 +123,7 @@ impl Handle {
 
     pub fn zero(&mut self, offset: u64, len: u64) -> Result<()> {
         self.writable("zero")?;
-        self.in_range(offset, len)?;
+        self.check_range(offset, len)?;
         match &mut self.data {
             Data::Own(d) => Ok(d.zero(offset, len)?),
             Data::Held(h) => h.with(|d| d.zero(offset, len)),
@@ -138,7 +143,7 @@ impl Handle {
 
     /// The allocation map of `offset..offset+len`, in order, tiling it.
     pub fn allocation(&mut self, offset: u64, len: u64) -> Result<Vec<Extent>> {
-        self.in_range(offset, len)?;
+        self.check_range(offset, len)?;
         let raw = match &mut self.data {
             Data::Own(d) => d.extents(offset, len)?,
             Data::Held(h) => h.with(|d| d.extents(offset, len))?,
@@ -189,6 +194,31 @@ impl Handle {
         }
     }
 
+    /// Flushes and closes: an own disk applies its queued writes and saves
+    /// its tracking; a held one is released when its last handle closes;
+    /// a connection flushes and disconnects.
+    pub fn close(self) -> Result<()> {
+        let read_only = self.read_only;
+        match self.data {
+            Data::Own(d) => Ok(d.close()?),
+            Data::Held(h) => {
+                let flushed = if read_only {
+                    Ok(())
+                } else {
+                    h.with(|d| d.flush())
+                };
+                drop(h);
+                flushed
+            }
+            Data::Frozen(_) => Ok(()),
+            Data::Nbd(mut c) => {
+                let flushed = crate::remote::flush(&mut c, read_only);
+                let closed = c.disconnect().map_err(crate::remote::nbd_failure);
+                flushed.and(closed)
+            }
+        }
+    }
+
     fn frozen(&self, what: &str) -> Failure {
         Failure::new(
             REFPOINT_E_READ_ONLY,
@@ -210,7 +240,7 @@ impl Handle {
 
     pub fn tracking_status(&mut self) -> Result<TrackingStatus> {
         match (&mut self.data, &self.control) {
-            (Data::Own(d), Control::Own) => Ok(tracking::status_of(d, self.name.clone())?),
+            (Data::Own(d), _) => Ok(tracking::status_of(d, self.name.clone())?),
             (
                 _,
                 Control::Machine {
@@ -226,7 +256,7 @@ impl Handle {
     pub fn enable_tracking(&mut self, granularity: Option<u64>) -> Result<()> {
         self.writable("enable tracking")?;
         match (&mut self.data, &self.control) {
-            (Data::Own(d), Control::Own) => {
+            (Data::Own(d), _) => {
                 let g = granularity.unwrap_or(rct::DEFAULT_GRANULARITY);
                 tracking::enable(d, g)?;
             }
@@ -248,7 +278,7 @@ impl Handle {
     pub fn disable_tracking(&mut self) -> Result<()> {
         self.writable("disable tracking")?;
         match (&mut self.data, &self.control) {
-            (Data::Own(d), Control::Own) => {
+            (Data::Own(d), _) => {
                 tracking::disable(d)?;
             }
             (
@@ -269,7 +299,7 @@ impl Handle {
     pub fn seal(&mut self) -> Result<String> {
         self.writable("seal a tracking generation")?;
         match (&mut self.data, &self.control) {
-            (Data::Own(d), Control::Own) => Ok(tracking::seal(d)?.id),
+            (Data::Own(d), _) => Ok(tracking::seal(d)?.id),
             (
                 _,
                 Control::Machine {
@@ -285,7 +315,7 @@ impl Handle {
     pub fn release(&mut self, id: &str) -> Result<()> {
         self.writable("release an RCT ID")?;
         match (&mut self.data, &self.control) {
-            (Data::Own(d), Control::Own) => {
+            (Data::Own(d), _) => {
                 tracking::release(d, id)?;
             }
             (
@@ -305,7 +335,7 @@ impl Handle {
 
     pub fn changes(&mut self, q: &ChangesQuery) -> Result<api::Changes> {
         match (&mut self.data, &self.control) {
-            (Data::Own(d), Control::Own) => Ok(tracking::changes_of(d, q)?),
+            (Data::Own(d), _) => Ok(tracking::changes_of(d, q)?),
             (
                 _,
                 Control::Machine {
@@ -362,9 +392,23 @@ impl Handle {
         Ok(cp)
     }
 
+    /// Refuses to merge away a checkpoint whose frozen view a handle of
+    /// this process still reads.
+    fn no_open_view(&self, machine: &str, id: u64, what: &str) -> Result<()> {
+        let n = registry::views_open(&self.place, machine, id);
+        if n > 0 {
+            return Err(Failure::new(
+                crate::error::REFPOINT_E_BUSY,
+                format!("cannot {what} checkpoint {id} of {machine}: {n} handle(s) of its frozen view are open; close them first"),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn convert_checkpoint(&mut self, id: u64) -> Result<ReferencePoint> {
         self.writable("convert a checkpoint")?;
         let (ms, m, _) = self.machines()?;
+        self.no_open_view(m, id, "convert")?;
         let rp = ms.convert_checkpoint(m, id)?;
         self.settle()?;
         Ok(rp)
@@ -373,6 +417,7 @@ impl Handle {
     pub fn delete_checkpoint(&mut self, id: u64) -> Result<()> {
         self.writable("delete a checkpoint")?;
         let (ms, m, _) = self.machines()?;
+        self.no_open_view(m, id, "delete")?;
         ms.delete_checkpoint(m, id)?;
         self.settle()
     }

@@ -36,5 +36,6 @@ pub mod abi;
 pub mod error;
 mod handle;
 mod open;
+mod paging;
 mod registry;
 mod remote;

@@ -12,7 +12,7 @@
 
 use crate::error::{Failure, Result};
 use crate::handle::{Control, Data, Handle};
-use crate::registry::{self, Hold};
+use crate::registry::{self, Hold, View};
 use machine::{Store, Target};
 use std::path::{Path, PathBuf};
 use vdisk::Image;
@@ -31,7 +31,7 @@ pub fn open(what: &str, home: Option<&Path>, read_only: bool) -> Result<Handle> 
     if let Some(rest) = what.strip_prefix(REMOTE_SCHEME) {
         return crate::remote::open(what, rest, read_only);
     }
-    let home = home.map_or_else(machine::home::state_dir, PathBuf::from);
+    let home = canonical(&home.map_or_else(machine::home::state_dir, PathBuf::from));
     let store = registry::store(&home);
     let (base, checkpoint) = split_checkpoint(what)?;
     let target = store.resolve(Path::new(base))?;
@@ -44,7 +44,8 @@ pub fn open(what: &str, home: Option<&Path>, read_only: bool) -> Result<Handle> 
             }
             match checkpoint {
                 Some(id) => frozen_view(what, &store, machine, disk, id, read_only),
-                None => held(what, &store, machine, disk, read_only),
+                None if read_only => read_only_machine_disk(what, &store, machine, disk),
+                None => held(what, &store, machine, disk),
             }
         }
         Target::File(path) => {
@@ -57,6 +58,8 @@ pub fn open(what: &str, home: Option<&Path>, read_only: bool) -> Result<Handle> 
             let d = store.open_target(&Target::File(path), !read_only)?;
             Ok(Handle {
                 name: what.to_string(),
+                place: store.home().display().to_string(),
+                view: None,
                 read_only,
                 size: d.size(),
                 data: Data::Own(Box::new(d)),
@@ -66,28 +69,70 @@ pub fn open(what: &str, home: Option<&Path>, read_only: bool) -> Result<Handle> 
     }
 }
 
-/// `vm1/disk0@checkpoint-3` → (`vm1/disk0`, Some(3)).
+/// `vm1/disk0@checkpoint-3` → (`vm1/disk0`, Some(3)); any other name
+/// (a path may hold an '@') is itself.
 pub fn split_checkpoint(what: &str) -> Result<(&str, Option<u64>)> {
-    let Some((base, view)) = what.rsplit_once('@') else {
-        return Ok((what, None));
-    };
-    let id = view
-        .strip_prefix("checkpoint-")
-        .and_then(|n| n.parse::<u64>().ok())
-        .ok_or_else(|| {
-            Failure::invalid(format!(
-                "{what}: after '@' give checkpoint-N (a checkpoint's frozen view)"
-            ))
-        })?;
-    Ok((base, Some(id)))
+    let view = what.rsplit_once('@').and_then(|(base, view)| {
+        let id = view.strip_prefix("checkpoint-")?;
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some((base, id))
+    });
+    match view {
+        Some((base, id)) => {
+            let id = id.parse::<u64>().map_err(|_| {
+                Failure::invalid(format!("{what}: checkpoint number {id} is too large"))
+            })?;
+            Ok((base, Some(id)))
+        }
+        None => Ok((what, None)),
+    }
 }
 
-fn held(what: &str, store: &Store, machine: String, disk: String, ro: bool) -> Result<Handle> {
+/// One spelling per state directory, so every handle of it shares one
+/// store and pool (`home`, `./home`, `a/../home` are the same).
+fn canonical(home: &Path) -> PathBuf {
+    std::fs::canonicalize(home).unwrap_or_else(|_| vhdx::paths::absolute(home))
+}
+
+/// Read-only, with no daemon: a handle of its own that takes no writer's
+/// lock (the pool holds disks writable), reading the machine's current
+/// file with its tracking.
+fn read_only_machine_disk(
+    what: &str,
+    store: &Store,
+    machine: String,
+    disk: String,
+) -> Result<Handle> {
+    let t = Target::Machine {
+        machine: machine.clone(),
+        disk: disk.clone(),
+    };
+    let d = store.open_target(&t, false)?;
+    Ok(Handle {
+        name: what.to_string(),
+        place: store.home().display().to_string(),
+        view: None,
+        read_only: true,
+        size: d.size(),
+        data: Data::Own(Box::new(d)),
+        control: Control::Machine {
+            machines: Box::new(daemon::Service::local(store.clone())),
+            machine,
+            disk,
+        },
+    })
+}
+
+fn held(what: &str, store: &Store, machine: String, disk: String) -> Result<Handle> {
     let hold = Hold::new(store, &machine, &disk)?;
     let size = hold.with(|d| Ok(d.size()))?;
     Ok(Handle {
         name: what.to_string(),
-        read_only: ro,
+        place: store.home().display().to_string(),
+        view: None,
+        read_only: false,
         size,
         data: Data::Held(hold),
         control: Control::Machine {
@@ -115,8 +160,11 @@ fn frozen_view(
         })?;
     let chain = store.open_checkpoint_disk(cp, &disk)?;
     let image = Image::Vhdx(chain);
+    let place = store.home().display().to_string();
     Ok(Handle {
         name: what.to_string(),
+        view: Some(View::open(&place, &machine, id)),
+        place,
         read_only: ro,
         size: image.size(),
         data: Data::Frozen(Box::new(image)),

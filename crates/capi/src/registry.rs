@@ -18,6 +18,8 @@ type Key = (PathBuf, String, String);
 struct Registry {
     stores: HashMap<PathBuf, Store>,
     holds: HashMap<Key, usize>,
+    /// Open frozen views: (place, machine, checkpoint) → handles.
+    views: HashMap<(String, String, u64), usize>,
 }
 
 fn registry() -> MutexGuard<'static, Registry> {
@@ -74,16 +76,61 @@ impl Drop for Hold {
             self.machine.clone(),
             self.disk.clone(),
         );
-        let mut r = registry();
-        let Some(n) = r.holds.get_mut(&key) else {
-            return;
+        let last = {
+            let mut r = registry();
+            match r.holds.get_mut(&key) {
+                Some(n) if *n > 1 => {
+                    *n -= 1;
+                    false
+                }
+                Some(_) => {
+                    r.holds.remove(&key);
+                    true
+                }
+                None => false,
+            }
         };
-        *n -= 1;
-        if *n == 0 {
-            r.holds.remove(&key);
+        // Outside the registry's lock: closing waits for a checkpoint
+        // operation on the disk, which must not stall every other open.
+        // A handle opened meanwhile reopens the disk at its first use.
+        if last {
             if let Err(e) = self.store.release(&self.machine, &self.disk) {
                 tracing::error!("{}/{}: closing the disk: {e}", self.machine, self.disk);
             }
         }
     }
+}
+
+/// A checkpoint's frozen view, counted while a handle reads it.
+pub struct View {
+    key: (String, String, u64),
+}
+
+impl View {
+    pub fn open(place: &str, machine: &str, checkpoint: u64) -> View {
+        let key = (place.to_string(), machine.to_string(), checkpoint);
+        *registry().views.entry(key.clone()).or_default() += 1;
+        View { key }
+    }
+}
+
+impl Drop for View {
+    fn drop(&mut self) {
+        let mut r = registry();
+        if let Some(n) = r.views.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                r.views.remove(&self.key);
+            }
+        }
+    }
+}
+
+/// How many handles of this process read that checkpoint's frozen view.
+pub fn views_open(place: &str, machine: &str, checkpoint: u64) -> usize {
+    registry()
+        .views
+        .get(&(place.to_string(), machine.to_string(), checkpoint))
+        .copied()
+        .unwrap_or(0)
 }

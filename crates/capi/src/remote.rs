@@ -8,6 +8,8 @@
 
 use crate::error::*;
 use crate::handle::{untracked, Control, Data, Extent, Handle};
+use crate::open::REMOTE_SCHEME as REMOTE_PREFIX;
+use crate::registry::View;
 use crate::open::split_checkpoint;
 use api::DiskInfo;
 use nbd::client::{Client as Nbd, Error as NbdError, Options};
@@ -51,11 +53,26 @@ pub fn through_daemon(
     read_only: bool,
 ) -> Result<Handle> {
     let export = export_name(&machine, &disk, checkpoint);
-    let nbd =
-        Nbd::connect_unix(daemon::nbd_socket(home), &Options::new(export)).map_err(nbd_failure)?;
+    let nbd = match Nbd::connect_unix(daemon::nbd_socket(home), &Options::new(export)) {
+        Ok(c) => c,
+        Err(e) => return Err(classify(e, &client, &machine, &disk)),
+    };
+    let place = home.display().to_string();
     Ok(over_nbd(
-        what, nbd, client, machine, disk, checkpoint, read_only,
+        what, place, nbd, client, machine, disk, checkpoint, read_only,
     ))
+}
+
+/// The NBD server refuses every export it cannot open alike
+/// (`NBD_REP_ERR_UNKNOWN`); the API tells why (no such disk, not open in
+/// the daemon because another process holds it, …).
+fn classify(e: NbdError, client: &api::Client, machine: &str, disk: &str) -> Failure {
+    if e.refusal() == Some(NBD_REP_ERR_UNKNOWN) {
+        if let Err(why) = client.disk_info(machine, disk) {
+            return why.into();
+        }
+    }
+    nbd_failure(e)
 }
 
 /// `refpoint+https://HOST:PORT/MACHINE/DISK[@checkpoint-N]` (`rest` is
@@ -127,9 +144,13 @@ pub fn open(what: &str, rest: &str, read_only: bool) -> Result<Handle> {
     let name = ServerName::try_from(host.to_string())
         .map_err(|e| Failure::invalid(format!("{what}: {host} is no TLS server name: {e}")))?;
     let options = Options::new(export_name(machine, disk, checkpoint)).tls(config, name);
-    let nbd = Nbd::connect_tcp((host, port), &options).map_err(nbd_failure)?;
+    let nbd = match Nbd::connect_tcp((host, port), &options) {
+        Ok(c) => c,
+        Err(e) => return Err(classify(e, &client, machine, disk)),
+    };
     Ok(over_nbd(
         what,
+        format!("{REMOTE_PREFIX}{addr}"),
         nbd,
         client,
         machine.into(),
@@ -157,8 +178,10 @@ fn export_name(machine: &str, disk: &str, checkpoint: Option<u64>) -> String {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // one place builds both kinds
 fn over_nbd(
     what: &str,
+    place: String,
     nbd: Nbd,
     client: api::Client,
     machine: String,
@@ -169,6 +192,8 @@ fn over_nbd(
     let machines = Box::new(client);
     Handle {
         name: what.to_string(),
+        view: checkpoint.map(|id| View::open(&place, &machine, id)),
+        place,
         read_only,
         size: nbd.size(),
         data: Data::Nbd(Box::new(nbd)),
@@ -263,7 +288,8 @@ pub fn nbd_failure(e: NbdError) -> Failure {
             NBD_REP_ERR_TLS_REQD | NBD_REP_ERR_POLICY => REFPOINT_E_AUTH,
             _ => REFPOINT_E_CONNECTION,
         },
-        NbdError::Tls { .. } => REFPOINT_E_AUTH,
+        // As for the API over HTTPS: a failed handshake is a connection
+        // failure; AUTH is the daemon refusing the token or the name.
         NbdError::OutOfRange { .. } => REFPOINT_E_OUT_OF_RANGE,
         NbdError::Misaligned { .. } => REFPOINT_E_INVALID,
         NbdError::Unsupported { .. } => REFPOINT_E_UNSUPPORTED,

@@ -178,6 +178,13 @@ pub fn disk_error(e: VdiskError) -> ApiError {
             ErrorKind::Invalid
         }
         VdiskError::OutOfRange { .. } => ErrorKind::OutOfRange,
+        e if e.is_no_space() => ErrorKind::NoSpace,
+        VdiskError::Vhdx(vhdx::Error::Locked { .. }) => ErrorKind::Busy,
+        VdiskError::Vhdx(
+            vhdx::Error::Corrupt { .. }
+            | vhdx::Error::ParentMismatch { .. }
+            | vhdx::Error::BadChain { .. },
+        ) => ErrorKind::Corrupt,
         _ => ErrorKind::Io,
     };
     answer(kind, e.to_string())
@@ -189,6 +196,8 @@ pub fn machine_error(e: MachineError) -> ApiError {
         ref e if e.is_not_found() => ErrorKind::NotFound,
         MachineError::Frozen { .. } => ErrorKind::Frozen,
         MachineError::NotOpen { .. } => ErrorKind::Unavailable,
+        MachineError::Corrupt { .. } => ErrorKind::Corrupt,
+        ref e if e.is_no_space() => ErrorKind::NoSpace,
         ref e if e.is_invalid() => ErrorKind::Invalid,
         // As it always answered: the checkpoint was refused.
         MachineError::HookFailed { .. } => ErrorKind::Invalid,

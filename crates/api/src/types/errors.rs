@@ -129,6 +129,11 @@ pub enum ErrorKind {
     Unavailable,
     /// `io` (500): an I/O error.
     Io,
+    /// `no_space` (507): the medium is full; a write that found no space
+    /// stays pending and a later flush retries it once there is.
+    NoSpace,
+    /// `corrupt` (500): a disk, chain or machine file is corrupt.
+    Corrupt,
     /// `error` (500): any other failure.
     Internal,
     /// `panic` (500): the daemon hit a bug; see its log.
@@ -152,6 +157,8 @@ impl ErrorKind {
         Self::Busy,
         Self::Unavailable,
         Self::Io,
+        Self::NoSpace,
+        Self::Corrupt,
         Self::Internal,
         Self::Panic,
         Self::JobFailed,
@@ -168,6 +175,8 @@ impl ErrorKind {
             Self::Busy => "busy",
             Self::Unavailable => "unavailable",
             Self::Io => "io",
+            Self::NoSpace => "no_space",
+            Self::Corrupt => "corrupt",
             Self::Internal => "error",
             Self::Panic => "panic",
             Self::JobFailed => "job_failed",
@@ -184,8 +193,9 @@ impl ErrorKind {
             Self::Unauthorized => 401,
             Self::Frozen | Self::Busy => 423,
             Self::Unavailable => 503,
+            Self::NoSpace => 507,
             Self::Tracking(_) => 409,
-            Self::Io | Self::Internal | Self::Panic | Self::JobFailed | Self::Unknown(_) => 500,
+            Self::Io | Self::Corrupt | Self::Internal | Self::Panic | Self::JobFailed | Self::Unknown(_) => 500,
         }
     }
 
@@ -211,6 +221,7 @@ impl ErrorKind {
             404 => Self::NotFound,
             423 => Self::Busy,
             503 => Self::Unavailable,
+            507 => Self::NoSpace,
             _ => Self::Internal,
         }
     }

@@ -14,8 +14,9 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Mutex, MutexGuard};
 
-/// Marks a live handle; cleared when it closes, so a handle used after
-/// `refpoint_close` is (usually) refused instead of misused.
+/// Marks a live handle. Using a handle after `refpoint_close` is undefined
+/// behaviour (the memory may hold another handle by then); the mark only
+/// catches a pointer that never was a handle, or some double closes.
 const LIVE: u64 = 0x7265_6670_6f69_6e74; // "refpoint"
 
 /// An open disk (opaque to C).
@@ -91,7 +92,11 @@ pub unsafe fn close(disk: *mut refpoint_disk) {
     d.magic = 0;
     // SAFETY: `refpoint_open` made it with Box::into_raw, and it is freed
     // once (the magic is cleared above).
-    drop(unsafe { Box::from_raw(disk) });
+    let d = unsafe { Box::from_raw(disk) };
+    let h = d.inner.into_inner().unwrap_or_else(|p| p.into_inner());
+    if let Err(e) = h.close() {
+        record(&e);
+    }
 }
 
 /// A NUL-terminated UTF-8 string argument.
@@ -180,23 +185,39 @@ pub unsafe fn array_mut<'a, T>(p: *mut T, len: usize, what: &str) -> Result<&'a 
     Ok(unsafe { std::slice::from_raw_parts_mut(p, len) })
 }
 
-/// An out-parameter.
+/// An out-parameter, written through its raw pointer (never a reference),
+/// so out-parameters that alias each other or a buffer stay defined: the
+/// last write wins.
+pub struct Out<T>(*mut T);
+
+impl<T> Out<T> {
+    pub fn set(&self, value: T) {
+        // SAFETY: checked non-null and aligned at construction; the caller
+        // promised it writable for the call; a raw write creates no
+        // reference, so aliasing another argument is fine.
+        unsafe { self.0.write(value) }
+    }
+}
+
+/// An out-parameter (see [`Out`]).
 ///
 /// # Safety
-/// `p` is null or points to a writable, aligned `T`.
-pub unsafe fn out<'a, T>(p: *mut T, what: &str) -> Result<&'a mut T> {
+/// `p` is null or points to a writable, aligned `T` for the call.
+pub unsafe fn out<T>(p: *mut T, what: &str) -> Result<Out<T>> {
+    if p.is_null() {
+        return Err(Failure::invalid(format!("{what} is NULL")));
+    }
     if !p.is_aligned() {
         return Err(Failure::invalid(format!("{what} is misaligned")));
     }
-    // SAFETY: as the caller promises; null is refused.
-    unsafe { p.as_mut() }.ok_or_else(|| Failure::invalid(format!("{what} is NULL")))
+    Ok(Out(p))
 }
 
 /// An optional out-parameter: NULL means the caller does not want it.
 ///
 /// # Safety
 /// As [`out`].
-pub unsafe fn optional_out<'a, T>(p: *mut T, what: &str) -> Result<Option<&'a mut T>> {
+pub unsafe fn optional_out<T>(p: *mut T, what: &str) -> Result<Option<Out<T>>> {
     if p.is_null() {
         return Ok(None);
     }

@@ -1,9 +1,10 @@
 //! Opening, reading and writing a disk at virtual offsets, its
 //! information and allocation map.
 
-use super::args::{self, call, refpoint_disk};
-use super::types::{fill_info, refpoint_info, refpoint_range};
-use crate::error::{Failure, REFPOINT_E_BUFFER_TOO_SMALL};
+use super::args::{self, call, refpoint_disk, Out};
+use super::types::{make_info, refpoint_info, refpoint_range};
+use crate::error::{Failure, Result};
+use crate::paging::{self, Page};
 use std::ffi::{c_char, c_int, c_void};
 use std::path::Path;
 
@@ -30,7 +31,7 @@ pub unsafe extern "C" fn refpoint_open(
     call(|| {
         // SAFETY: as the caller promises (see above).
         let out = unsafe { args::out(out, "out") }?;
-        *out = std::ptr::null_mut();
+        out.set(std::ptr::null_mut());
         let what = unsafe { args::text(path_or_machine_disk, "path_or_machine_disk") }?;
         let home = unsafe { args::optional_text(state_dir, "state_dir") }?;
         if flags & !KNOWN_FLAGS != 0 {
@@ -41,13 +42,15 @@ pub unsafe extern "C" fn refpoint_open(
         }
         let read_only = flags & REFPOINT_OPEN_READ_ONLY != 0;
         let h = crate::open::open(what, home.map(Path::new), read_only)?;
-        *out = Box::into_raw(refpoint_disk::new(h));
+        out.set(Box::into_raw(refpoint_disk::new(h)));
         Ok(())
     })
 }
 
-/// Closes a disk (NULL is ignored). Writes not yet flushed are flushed,
-/// but a failure then cannot be reported: call `refpoint_flush` first.
+/// Closes a disk (NULL is ignored): flushes what was written and closes
+/// the file (or connection). A failure then can only be read from
+/// `refpoint_last_error`: call `refpoint_flush` first to know. Using the
+/// handle afterwards is undefined behaviour.
 ///
 /// # Safety
 /// `disk` is NULL or an open handle no other thread is using.
@@ -69,7 +72,8 @@ pub unsafe extern "C" fn refpoint_virtual_size(disk: *mut refpoint_disk, out: *m
     call(|| {
         // SAFETY: as the caller promises.
         let out = unsafe { args::out(out, "out") }?;
-        *out = unsafe { args::handle(disk) }?.size;
+        let size = unsafe { args::handle(disk) }?.size;
+        out.set(size);
         Ok(())
     })
 }
@@ -87,7 +91,8 @@ pub unsafe extern "C" fn refpoint_get_info(
         // SAFETY: as the caller promises.
         let out = unsafe { args::out(out, "out") }?;
         let info = unsafe { args::handle(disk) }?.info()?;
-        fill_info(out, &info)
+        out.set(make_info(&info)?);
+        Ok(())
     })
 }
 
@@ -158,12 +163,14 @@ pub unsafe extern "C" fn refpoint_flush(disk: *mut refpoint_disk) -> c_int {
 /// read as zeros), so a full backup can skip holes. Pages like
 /// `refpoint_query_changes`: at most `max_ranges` ranges go to `ranges`,
 /// `*n_ranges` says how many, `*processed_length` how many bytes from
-/// `offset` they cover; continue at `offset + *processed_length` until it
-/// equals `length`. `length` is clamped to the end of the disk.
+/// `offset` they account for; continue at `offset + *processed_length`
+/// until it equals `length` (which may reach past the end of the disk:
+/// nothing lies there, so `UINT64_MAX` means "to the end").
 ///
 /// # Safety
 /// `disk` is an open handle; `ranges` points to `max_ranges` writable
-/// `refpoint_range`; `n_ranges` and `processed_length` are writable.
+/// `refpoint_range`; `n_ranges` and `processed_length` are writable (they
+/// may alias each other or `ranges`: each is written once, at the end).
 #[no_mangle]
 pub unsafe extern "C" fn refpoint_allocation(
     disk: *mut refpoint_disk,
@@ -176,37 +183,38 @@ pub unsafe extern "C" fn refpoint_allocation(
 ) -> c_int {
     call(|| {
         // SAFETY: as the caller promises.
-        let ranges = unsafe { args::array_mut(ranges, max_ranges, "ranges") }?;
         let n = unsafe { args::out(n_ranges, "n_ranges") }?;
         let processed = unsafe { args::out(processed_length, "processed_length") }?;
-        *n = 0;
-        *processed = 0;
-        let mut h = unsafe { args::handle(disk) }?;
-        let length = length.min(h.size.saturating_sub(offset));
-        let map = h.allocation(offset, length)?;
-        let mut done = 0;
-        for e in map {
-            if !e.allocated {
-                done = e.offset + e.length - offset;
-                continue;
-            }
-            if *n == ranges.len() {
-                if *n == 0 {
-                    return Err(Failure::new(
-                        REFPOINT_E_BUFFER_TOO_SMALL,
-                        "ranges has room for no range (max_ranges is 0)",
-                    ));
-                }
-                break;
-            }
-            ranges[*n] = refpoint_range {
-                offset: e.offset,
-                length: e.length,
-            };
-            *n += 1;
-            done = e.offset + e.length - offset;
-        }
-        *processed = done;
-        Ok(())
+        n.set(0);
+        processed.set(0);
+        let page = {
+            let mut h = unsafe { args::handle(disk) }?;
+            paging::allocation(&mut h, offset, length, max_ranges)?
+        };
+        unsafe { put_page(&page, ranges, max_ranges, n, processed) }
     })
+}
+
+/// Writes a page into the caller's buffers: the ranges first, then the
+/// counts (so counts that alias the buffer still read right).
+///
+/// # Safety
+/// As the page functions' callers promise for `ranges`.
+pub unsafe fn put_page(
+    page: &Page,
+    ranges: *mut refpoint_range,
+    max_ranges: usize,
+    n: Out<usize>,
+    processed: Out<u64>,
+) -> Result<()> {
+    {
+        // SAFETY: as the caller promises.
+        let out = unsafe { args::array_mut(ranges, max_ranges, "ranges") }?;
+        for (slot, &(offset, length)) in out.iter_mut().zip(&page.ranges) {
+            *slot = refpoint_range { offset, length };
+        }
+    }
+    n.set(page.ranges.len());
+    processed.set(page.processed);
+    Ok(())
 }

@@ -9,7 +9,7 @@
 //! refpoint_checkpoint_convert(disk, cp, &rp)    the next backup starts here
 //! ```
 
-use super::args::{self, call, put_text, refpoint_disk};
+use super::args::{self, call, put_text, refpoint_disk, Out};
 use crate::error::{Failure, Result, REFPOINT_E_BUFFER_TOO_SMALL, REFPOINT_E_NOT_FOUND};
 use api::CheckpointKind;
 use std::ffi::{c_char, c_int};
@@ -43,7 +43,7 @@ pub unsafe extern "C" fn refpoint_checkpoint_create(
         let out = unsafe { args::optional_out(id_out, "id_out") }?;
         let cp = unsafe { args::handle(disk) }?.create_checkpoint(kind)?;
         if let Some(o) = out {
-            *o = cp.id;
+            o.set(cp.id);
         }
         Ok(())
     })
@@ -99,7 +99,7 @@ pub unsafe extern "C" fn refpoint_checkpoint_convert(
         let out = unsafe { args::optional_out(reference_point_out, "reference_point_out") }?;
         let rp = unsafe { args::handle(disk) }?.convert_checkpoint(checkpoint)?;
         if let Some(o) = out {
-            *o = rp.id;
+            o.set(rp.id);
         }
         Ok(())
     })
@@ -134,11 +134,10 @@ pub unsafe extern "C" fn refpoint_checkpoints(
 ) -> c_int {
     call(|| {
         // SAFETY: as the caller promises.
-        let ids = unsafe { args::array_mut(ids, max_ids, "ids") }?;
         let count = unsafe { args::out(count, "count") }?;
         let m = unsafe { args::handle(disk) }?.machine()?;
         let all: Vec<u64> = m.checkpoints.iter().map(|c| c.id).collect();
-        put_ids(&all, ids, count)
+        unsafe { put_ids(&all, ids, max_ids, count) }
     })
 }
 
@@ -156,11 +155,10 @@ pub unsafe extern "C" fn refpoint_reference_points(
 ) -> c_int {
     call(|| {
         // SAFETY: as the caller promises.
-        let ids = unsafe { args::array_mut(ids, max_ids, "ids") }?;
         let count = unsafe { args::out(count, "count") }?;
         let m = unsafe { args::handle(disk) }?.machine()?;
         let all: Vec<u64> = m.reference_points.iter().map(|r| r.id).collect();
-        put_ids(&all, ids, count)
+        unsafe { put_ids(&all, ids, max_ids, count) }
     })
 }
 
@@ -209,15 +207,25 @@ pub unsafe extern "C" fn refpoint_reference_point_destroy(
     call(|| unsafe { args::handle(disk) }?.destroy_reference_point(reference_point))
 }
 
-fn put_ids(all: &[u64], ids: &mut [u64], count: &mut usize) -> Result<()> {
-    *count = all.len();
-    if ids.len() < all.len() {
+/// Copies `all` into the caller's `ids`, then sets `count` (also when
+/// `ids` is too small, so the caller learns the size to give).
+///
+/// # Safety
+/// `ids` points to `max_ids` writable `uint64_t` (or `max_ids` is 0).
+unsafe fn put_ids(all: &[u64], ids: *mut u64, max_ids: usize, count: Out<usize>) -> Result<()> {
+    if max_ids < all.len() {
+        count.set(all.len());
         return Err(Failure::new(
             REFPOINT_E_BUFFER_TOO_SMALL,
-            format!("ids has room for {}, there are {}", ids.len(), all.len()),
+            format!("ids has room for {max_ids}, there are {}", all.len()),
         ));
     }
-    ids[..all.len()].copy_from_slice(all);
+    {
+        // SAFETY: as the caller promises.
+        let ids = unsafe { args::array_mut(ids, max_ids, "ids") }?;
+        ids[..all.len()].copy_from_slice(all);
+    }
+    count.set(all.len());
     Ok(())
 }
 
@@ -230,7 +238,7 @@ fn not_found(machine: &str, what: &str, id: u64) -> Failure {
 
 fn untracked(machine: &str, disk: &str, what: &str, id: u64) -> Failure {
     Failure::new(
-        REFPOINT_E_NOT_FOUND,
+        crate::error::REFPOINT_E_TRACKING_DISABLED,
         format!("{what} {id} of machine {machine} holds no RCT ID for disk {disk} (it was not tracked then)"),
     )
 }

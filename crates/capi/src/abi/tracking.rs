@@ -3,9 +3,10 @@
 //! `QueryChangesVirtualDisk`.
 
 use super::args::{self, call, put_text, refpoint_disk};
+use super::disk::put_page;
 use super::types::refpoint_range;
+use crate::paging;
 use crate::error::{tracking_code, Failure, REFPOINT_E_BUFFER_TOO_SMALL};
-use api::ChangesQuery;
 use std::ffi::{c_char, c_int};
 
 /// Starts (or restarts) change tracking; `granularity` is the bytes per
@@ -103,24 +104,26 @@ pub unsafe extern "C" fn refpoint_retained_ids(
         }
         let list = status.retained_ids.join("\n");
         if let Some(n) = needed {
-            *n = list.len() + 1;
+            n.set(list.len() + 1);
         }
         put_text(&list, buf, "the ID list")
     })
 }
 
 /// The ranges changed since `since_id` (until `until_id`; NULL: now)
-/// within `offset..offset+length` (clamped to the end of the disk), like
-/// `QueryChangesVirtualDisk`: at most `max_ranges` ranges go to `ranges`,
-/// `*n_ranges` says how many, and `*processed_length` how many bytes from
-/// `offset` were looked at. When it is less than the length asked, call
-/// again from `offset + *processed_length`. A tracking error (a negative
-/// `REFPOINT_E_*` code from -20 down) means: take a full backup.
+/// within `offset..offset+length`, like `QueryChangesVirtualDisk`: at
+/// most `max_ranges` ranges go to `ranges`, `*n_ranges` says how many, and
+/// `*processed_length` how many bytes from `offset` they account for.
+/// Continue at `offset + *processed_length` until it equals `length`
+/// (which may reach past the end of the disk: `UINT64_MAX` means "to the
+/// end"). A tracking error (`refpoint_is_tracking_error`) means: take a
+/// full backup.
 ///
 /// # Safety
 /// `disk` is an open handle; `since_id` is a NUL-terminated string;
 /// `until_id` is one or NULL; `ranges` points to `max_ranges` writable
-/// `refpoint_range`; `n_ranges` and `processed_length` are writable.
+/// `refpoint_range`; `n_ranges` and `processed_length` are writable (they
+/// may alias each other or `ranges`: each is written once, at the end).
 #[no_mangle]
 #[allow(clippy::too_many_arguments)] // the shape QueryChangesVirtualDisk users know
 pub unsafe extern "C" fn refpoint_query_changes(
@@ -138,35 +141,14 @@ pub unsafe extern "C" fn refpoint_query_changes(
         // SAFETY: as the caller promises.
         let since = unsafe { args::text(since_id, "since_id") }?;
         let until = unsafe { args::optional_text(until_id, "until_id") }?;
-        let ranges = unsafe { args::array_mut(ranges, max_ranges, "ranges") }?;
         let n = unsafe { args::out(n_ranges, "n_ranges") }?;
         let processed = unsafe { args::out(processed_length, "processed_length") }?;
-        *n = 0;
-        *processed = 0;
-        if ranges.is_empty() {
-            return Err(Failure::new(
-                REFPOINT_E_BUFFER_TOO_SMALL,
-                "ranges has room for no range (max_ranges is 0)",
-            ));
-        }
-        let mut h = unsafe { args::handle(disk) }?;
-        let length = length.min(h.size.saturating_sub(offset));
-        let q = ChangesQuery {
-            since: since.into(),
-            until: until.map(Into::into),
-            offset,
-            length: Some(length),
-            max_ranges: Some(ranges.len() as u64),
+        n.set(0);
+        processed.set(0);
+        let page = {
+            let mut h = unsafe { args::handle(disk) }?;
+            paging::changes(&mut h, since, until, offset, length, max_ranges)?
         };
-        let c = h.changes(&q)?;
-        for (slot, r) in ranges.iter_mut().zip(&c.ranges) {
-            *slot = refpoint_range {
-                offset: r.offset,
-                length: r.length,
-            };
-        }
-        *n = c.ranges.len().min(ranges.len());
-        *processed = c.processed_length;
-        Ok(())
+        unsafe { put_page(&page, ranges, max_ranges, n, processed) }
     })
 }

@@ -60,7 +60,7 @@ fn put_c(s: &str, out: &mut [c_char], what: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn fill_info(out: &mut refpoint_info, i: &DiskInfo) -> Result<()> {
+pub fn make_info(i: &DiskInfo) -> Result<refpoint_info> {
     let t = &i.tracking;
     let tracking_error = t.error.as_ref().map_or(0, |e| tracking_code(&e.error));
     let mut info = refpoint_info {
@@ -86,6 +86,5 @@ pub fn fill_info(out: &mut refpoint_info, i: &DiskInfo) -> Result<()> {
         &mut info.most_recent_id,
         "the most recent ID",
     )?;
-    *out = info;
-    Ok(())
+    Ok(info)
 }

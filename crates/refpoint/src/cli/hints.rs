@@ -25,6 +25,9 @@ pub(crate) fn hint(e: &anyhow::Error) -> Option<&'static str> {
             }
             ErrorKind::NotFound => Some("see `refpoint machine show MACHINE`"),
             ErrorKind::Frozen => Some("write to the machine disk (MACHINE/DISK) instead"),
+            ErrorKind::NoSpace => {
+                Some("free space on the disk's file system; a pending write is retried at the next flush")
+            }
             ErrorKind::Unavailable => Some("see the daemon's log (REFPOINT_LOG=debug for more)"),
             ErrorKind::Invalid if message.contains("not the newest") => {
                 Some("delete or convert the newer checkpoints first")
