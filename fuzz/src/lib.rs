@@ -2,7 +2,8 @@
 //!
 //! No nightly, no cargo-fuzz, no sanitizers: the loop lives in
 //! [`harness::fuzz`], which the `fuzz_vhdx_open` binary (see its header for
-//! how to run it) and `fuzz_nbd` drive, and the checks of VHDX input in
+//! how to run it), `fuzz_nbd` (the server) and `fuzz_nbd_client` (the
+//! client and its reply parsers) drive, and the checks of VHDX input in
 //! [`run_one`], which tests call directly too. The other parsers have a
 //! binary each, on the same loop: `fuzz_rct` (the tracking file and its
 //! replay), `fuzz_manifest` (backup manifests and what reads them) and

@@ -3,8 +3,9 @@
 //! grow the heap without bound; and the mutants must get deep (files that
 //! open and replay, manifests that parse and verify, values that decode
 //! and reach the export), not only fail early. The runs are reproducible
-//! (random seed 1); inputs that showed bugs are kept in `fuzz/findings/`
-//! and replayed by `saved_findings_run_clean`, so the bugs stay fixed.
+//! (random seed 1); inputs that showed bugs (to these fuzzers and to
+//! `fuzz_nbd_client`) are kept in `fuzz/findings/` and replayed by
+//! `saved_findings_run_clean`, so the bugs stay fixed.
 
 use std::collections::HashMap;
 use std::process::Command;
@@ -100,6 +101,7 @@ fn saved_findings_run_clean() {
             Some("rct") => env!("CARGO_BIN_EXE_fuzz_rct"),
             Some("json") => env!("CARGO_BIN_EXE_fuzz_manifest"),
             Some("cv") => env!("CARGO_BIN_EXE_fuzz_cv"),
+            Some("nbdc") => env!("CARGO_BIN_EXE_fuzz_nbd_client"),
             _ => continue,
         };
         let out = Command::new(exe)

@@ -385,6 +385,64 @@ fn block_status_answers_short_and_long_are_followed_and_clipped() {
     t.join().unwrap();
 }
 
+/// Descriptors SHOULD be multiples of the minimum block size; when an
+/// answer stops inside a block anyway, the client's next request still
+/// starts on a block boundary (found by fuzzing: it asked from where the
+/// answer stopped, unaligned).
+#[test]
+fn block_status_answers_that_stop_inside_a_block_are_followed_aligned() {
+    let (s, t) = fake(|p| {
+        p.handshake(Hs {
+            block_size: Some((4096, 4096, 1 << 20)),
+            ..Hs::default()
+        });
+        let d = |length, flags| BlockDescriptor { length, flags };
+        let (r, _) = p.request().unwrap();
+        assert_eq!((r.offset, r.length), (0, 16384));
+        p.chunk(
+            r.cookie,
+            true,
+            Chunk::BlockStatus {
+                context: 1,
+                descriptors: vec![d(4096, 0), d(512, 3)],
+            },
+        );
+        let (r, _) = p.request().unwrap();
+        assert_eq!(
+            (r.offset, r.length),
+            (8192, 8192),
+            "the next request is aligned"
+        );
+        p.chunk(
+            r.cookie,
+            true,
+            Chunk::BlockStatus {
+                context: 1,
+                descriptors: vec![d(8192, 3)],
+            },
+        );
+    });
+    let mut c = connect(s).unwrap();
+    let ext: Vec<_> = c
+        .block_status(0, 16384)
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.offset, e.length, e.hole, e.zero))
+        .collect();
+    // The rest of the block the answer stopped in: status 0 (data).
+    assert_eq!(
+        ext,
+        vec![
+            (0, 4096, false, false),
+            (4096, 512, true, true),
+            (4608, 3584, false, false),
+            (8192, 8192, true, true)
+        ]
+    );
+    drop(c);
+    t.join().unwrap();
+}
+
 // ---------------------------------------------------------------------------
 // Request errors: the connection goes on (except NBD_ESHUTDOWN)
 

@@ -342,7 +342,9 @@ impl Client {
 
     /// The allocation of `length` bytes at `offset` (`base:allocation`):
     /// extents that cover exactly that range, in order, neighbours with
-    /// the same state merged.
+    /// the same state merged. Where an answer stops inside a minimum
+    /// block, the rest of that block is reported as data (not a hole, not
+    /// zero), and the next request starts at the block's end.
     pub fn block_status(&mut self, offset: u64, length: u64) -> Result<Vec<AllocationExtent>> {
         self.do_block_status(offset, length)
     }

@@ -229,9 +229,20 @@ impl Client {
         // The length is a hint the server may answer short of (or past):
         // ask for as much as the 32-bit field can say, keep asking from
         // where the answer stopped.
-        let window = (1u64 << 32) - self.info.block_size.minimum as u64;
+        let minimum = self.info.block_size.minimum as u64;
+        let window = (1u64 << 32) - minimum;
         let end = offset + length;
         let mut out: Vec<AllocationExtent> = Vec::new();
+        let push =
+            |out: &mut Vec<AllocationExtent>, offset, length, hole, zero| match out.last_mut() {
+                Some(l) if l.hole == hole && l.zero == zero => l.length += length,
+                _ => out.push(AllocationExtent {
+                    offset,
+                    length,
+                    hole,
+                    zero,
+                }),
+            };
         let mut pos = offset;
         while pos < end {
             let n = (end - pos).min(window) as u32;
@@ -251,16 +262,17 @@ impl Client {
                 let length = (d.length as u64).min(end - pos);
                 let hole = d.flags & NBD_STATE_HOLE != 0;
                 let zero = d.flags & NBD_STATE_ZERO != 0;
-                match out.last_mut() {
-                    Some(l) if l.hole == hole && l.zero == zero => l.length += length,
-                    _ => out.push(AllocationExtent {
-                        offset: pos,
-                        length,
-                        hole,
-                        zero,
-                    }),
-                }
+                push(&mut out, pos, length, hole, zero);
                 pos += length;
+            }
+            // Descriptors SHOULD be multiples of the minimum block size; an
+            // answer that stops inside a block would make the next request
+            // unaligned, which the client MUST NOT send. The rest of that
+            // block is reported as status 0 (data), which is always true.
+            let aligned = pos.next_multiple_of(minimum).min(end);
+            if aligned > pos {
+                push(&mut out, pos, aligned - pos, false, false);
+                pos = aligned;
             }
         }
         Ok(out)
