@@ -52,10 +52,7 @@ pub fn allocation(h: &mut Handle, offset: u64, length: u64, max: usize) -> Resul
             if !e.allocated {
                 continue;
             }
-            let joins = page
-                .ranges
-                .last()
-                .is_some_and(|(o, l)| o + l == e.offset);
+            let joins = page.ranges.last().is_some_and(|(o, l)| o + l == e.offset);
             if page.ranges.len() == max && !joins {
                 page.processed = e.offset - offset;
                 return Ok(page);
@@ -93,7 +90,10 @@ pub fn changes(
     let mut page = Page::default();
     let mut processed = c.processed_length.min(end - offset);
     for r in &c.ranges {
-        let (from, to) = (r.offset.max(offset), r.offset.saturating_add(r.length).min(end));
+        let (from, to) = (
+            r.offset.max(offset),
+            r.offset.saturating_add(r.length).min(end),
+        );
         if from >= to {
             continue;
         }

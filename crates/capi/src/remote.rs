@@ -8,9 +8,9 @@
 
 use crate::error::*;
 use crate::handle::{untracked, Control, Data, Extent, Handle};
+use crate::open::split_checkpoint;
 use crate::open::REMOTE_SCHEME as REMOTE_PREFIX;
 use crate::registry::View;
-use crate::open::split_checkpoint;
 use api::DiskInfo;
 use nbd::client::{Client as Nbd, Error as NbdError, Options};
 use nbd::proto::*;

@@ -48,6 +48,13 @@ impl Model {
         self.put(offset, &vec![byte; len as usize]);
     }
 
+    /// `vendor_flow`'s write to the live disk while it reads a checkpoint's
+    /// view: after the checkpoint, so the backup of that point must not
+    /// hold it, and the next one must.
+    fn poked(&mut self) {
+        self.put_fill(5 * MIB, 64 * 1024, 0xee);
+    }
+
     fn assert_equals(&self, file: &Path, what: &str) {
         let got = std::fs::read(file).unwrap();
         assert_eq!(got.len(), self.bytes.len(), "{what}: size");
@@ -196,6 +203,13 @@ fn fixtures(dir: &Path) {
     std::thread::sleep(Duration::from_millis(20));
     std::fs::write(&p, vec![1; MIB as usize]).unwrap();
 
+    tracked("lifecycle.raw");
+    let v = dir.join("lifecycle.vhdx");
+    vhdx(&v, 4 * MIB);
+    let mut d = vdisk::Disk::open(Arc::new(LocalFs), &v, true).unwrap();
+    d.enable_tracking(rct::DEFAULT_GRANULARITY).unwrap();
+    d.close().unwrap();
+
     let mut corrupt = b"vhdxfile".to_vec();
     corrupt.resize(2 * MIB as usize, 0x33);
     std::fs::write(dir.join("corrupt.vhdx"), corrupt).unwrap();
@@ -259,6 +273,7 @@ fn a_vendor_runs_the_whole_backup_flow_from_c() {
     let flow_asan = lib.program("vendor_flow", &bin, &asan);
     let errors = lib.program("error_codes", &bin, &[]);
     let errors_asan = lib.program("error_codes", &bin, &asan);
+    let lifecycle = lib.program("lifecycle", &bin, &asan);
 
     // vm1: a 64 MiB disk with data in a few places, tracked.
     let disk0 = dir.path().join("vm1-disk0.vhdx");
@@ -292,6 +307,10 @@ fn a_vendor_runs_the_whole_backup_flow_from_c() {
         vhdx(&p, 16 * MIB);
         store.create(vm, &[(None, p)], None, None).unwrap();
     }
+    // vm3 untracked: its checkpoint holds no RCT ID.
+    daemon::Service::local(store.clone())
+        .disable_tracking("vm3", "disk0")
+        .unwrap();
     let cp = store
         .create_checkpoint(
             "vm3",
@@ -308,6 +327,7 @@ fn a_vendor_runs_the_whole_backup_flow_from_c() {
     // 1. The full backup with no daemon: the disk is held in-process.
     let o = run(&flow, &["full", home_s, "vm1/disk0", out_s], &[]);
     model.assert_equals(&out, "the full backup (no daemon)");
+    model.poked();
     assert!(
         field(&o, "pages") >= 2,
         "the allocation map was paged:\n{o}"
@@ -324,6 +344,7 @@ fn a_vendor_runs_the_whole_backup_flow_from_c() {
     write_with_qemu_io(&d, "vm1/disk0", &mut model, 11);
     let o = run(&flow, &["incr", home_s, "vm1/disk0", out_s], &[]);
     model.assert_equals(&out, "the first incremental (local daemon)");
+    model.poked();
     assert!(
         field(&o, "pages") > 5,
         "one range per page, many pages:\n{o}"
@@ -343,6 +364,7 @@ fn a_vendor_runs_the_whole_backup_flow_from_c() {
         &[("REFPOINT_TOKEN", TOKEN), ("REFPOINT_CA", ca)],
     );
     model.assert_equals(&out, "the second incremental (remote daemon)");
+    model.poked();
     assert!(field(&o, "pages") > 5, "{o}");
 
     // 4. Several threads on one handle and on their own, under ASan too.
@@ -375,6 +397,15 @@ fn a_vendor_runs_the_whole_backup_flow_from_c() {
     let _tmpfs = Tmpfs::mount(&fx);
     let fx_s = fx.to_str().unwrap();
     let frozen_s = frozen.to_str().unwrap();
+    let files: Vec<String> = ["lifecycle.raw", "lifecycle.vhdx"]
+        .iter()
+        .map(|f| fx.join(f).display().to_string())
+        .collect();
+    let mut args = vec![home_s];
+    args.extend(files.iter().map(String::as_str));
+    let o = run(&lifecycle, &args, &[]);
+    assert!(o.contains("files=2\nfailures=0"), "{o}");
+
     let mut provoked = BTreeSet::new();
     for program in [&errors, &errors_asan] {
         let o = run(
@@ -407,6 +438,17 @@ fn a_vendor_runs_the_whole_backup_flow_from_c() {
     drop(d);
     let o = run(&flow, &["threads", home_s, "vm2/disk0"], &[]);
     assert_eq!(field(&o, "failed"), 0, "{o}");
+    let t = store.resolve(Path::new("vm2/disk0")).unwrap();
+    let mut vm2 = store.open_target(&t, false).unwrap();
+    for t in 0..4u64 {
+        for round in [6u64, 7] {
+            let at = (t * 2 + round % 2) * MIB;
+            let mut got = vec![0; MIB as usize];
+            vm2.read(at, &mut got).unwrap();
+            let want = b'A' + (t * 8 + round) as u8;
+            assert!(got.iter().all(|&b| b == want), "vm2 at {at}, in-process");
+        }
+    }
 }
 
 /// The code names the header defines, read from the header itself.

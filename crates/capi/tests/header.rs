@@ -34,12 +34,14 @@ fn the_committed_header_is_current() {
 fn parenthesize(header: &str) -> String {
     header
         .lines()
-        .map(|l| match l.strip_prefix("#define ").and_then(|r| r.split_once(" -")) {
-            Some((name, n)) if n.bytes().all(|b| b.is_ascii_digit()) => {
-                format!("#define {name} (-{n})\n")
-            }
-            _ => format!("{l}\n"),
-        })
+        .map(
+            |l| match l.strip_prefix("#define ").and_then(|r| r.split_once(" -")) {
+                Some((name, n)) if n.bytes().all(|b| b.is_ascii_digit()) => {
+                    format!("#define {name} (-{n})\n")
+                }
+                _ => format!("{l}\n"),
+            },
+        )
         .collect()
 }
 
@@ -52,8 +54,30 @@ fn the_header_compiles_as_strict_c_and_as_cpp() {
     let include = Path::new(env!("CARGO_MANIFEST_DIR")).join("include");
     let src = "#include \"refpoint.h\"\nint main(void) { refpoint_info i; (void)i; return REFPOINT_E_IO - REFPOINT_E_INVALID == -2 ? 0 : 1; }\n";
     for (compiler, file, flags) in [
-        ("cc", "t.c", &["-std=c99", "-pedantic", "-Wall", "-Wextra", "-Werror", "-Wstrict-prototypes"][..]),
-        ("c++", "t.cpp", &["-std=c++11", "-pedantic", "-Wall", "-Wextra", "-Werror", "-Wold-style-cast"][..]),
+        (
+            "cc",
+            "t.c",
+            &[
+                "-std=c99",
+                "-pedantic",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-Wstrict-prototypes",
+            ][..],
+        ),
+        (
+            "c++",
+            "t.cpp",
+            &[
+                "-std=c++11",
+                "-pedantic",
+                "-Wall",
+                "-Wextra",
+                "-Werror",
+                "-Wold-style-cast",
+            ][..],
+        ),
     ] {
         let path = dir.path().join(file);
         std::fs::write(&path, src).unwrap();

@@ -195,7 +195,12 @@ impl ErrorKind {
             Self::Unavailable => 503,
             Self::NoSpace => 507,
             Self::Tracking(_) => 409,
-            Self::Io | Self::Corrupt | Self::Internal | Self::Panic | Self::JobFailed | Self::Unknown(_) => 500,
+            Self::Io
+            | Self::Corrupt
+            | Self::Internal
+            | Self::Panic
+            | Self::JobFailed
+            | Self::Unknown(_) => 500,
         }
     }
 

@@ -5,8 +5,8 @@
 use super::args::{self, call, put_text, refpoint_disk};
 use super::disk::put_page;
 use super::types::refpoint_range;
-use crate::paging;
 use crate::error::{tracking_code, Failure, REFPOINT_E_BUFFER_TOO_SMALL};
+use crate::paging;
 use std::ffi::{c_char, c_int};
 
 /// Starts (or restarts) change tracking; `granularity` is the bytes per

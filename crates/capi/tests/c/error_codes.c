@@ -151,6 +151,16 @@ int main(int argc, char **argv) {
            refpoint_open("refpoint+https://127.0.0.1:1/vm1/disk0", state, 0, &d), "nobody listening");
     expect(REFPOINT_E_AUTH, refpoint_open(remote, state, 0, &d), "a wrong token");
 
+    /* vm3's disk is untracked: its checkpoint holds no RCT ID, which is a
+     * tracking error (take a full backup), not a missing thing. */
+    refpoint_disk *vm3 = must_open("vm3/disk0", REFPOINT_OPEN_READ_ONLY);
+    int rc3 = refpoint_checkpoint_rct_id(vm3, 1, id, sizeof id);
+    if (rc3 != REFPOINT_E_TRACKING_DISABLED) {
+        fprintf(stderr, "an untracked checkpoint's ID: %s\n", refpoint_error_name(rc3));
+        failures++;
+    }
+    refpoint_close(vm3);
+
     if (d != NULL) {
         fprintf(stderr, "a failed open left a handle\n");
         failures++;

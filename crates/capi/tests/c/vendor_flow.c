@@ -55,6 +55,23 @@ static void copy_range(refpoint_disk *from, int out, uint64_t offset, uint64_t l
     }
 }
 
+/* A write to the live disk while the checkpoint's view is open: the view
+ * must not see it (the test's model keeps the checkpoint's content), and
+ * the checkpoint cannot be merged away while the view is open. */
+#define POKE_AT (5u << 20)
+#define POKE_LEN (64u << 10)
+static void poke_while_viewing(refpoint_disk *live, uint64_t cp) {
+    static char junk[POKE_LEN];
+    memset(junk, 0xee, sizeof junk);
+    CHECK(refpoint_write(live, POKE_AT, junk, sizeof junk));
+    CHECK(refpoint_flush(live));
+    int rc = refpoint_checkpoint_convert(live, cp, NULL);
+    if (rc != REFPOINT_E_BUSY) {
+        fprintf(stderr, "converting under an open view gave %s\n", refpoint_error_name(rc));
+        exit(1);
+    }
+}
+
 /* `MACHINE/DISK@checkpoint-N` of the same disk (local or remote name). */
 static char *view_of(const char *disk, uint64_t checkpoint) {
     char *v = malloc(strlen(disk) + 32);
@@ -73,6 +90,7 @@ static int full(const char *disk, const char *out_path) {
 
     char *name = view_of(disk, cp);
     refpoint_disk *view = open_disk(name, REFPOINT_OPEN_READ_ONLY);
+    poke_while_viewing(d, cp);
     uint64_t size = 0;
     CHECK(refpoint_virtual_size(view, &size));
     int out = open(out_path, O_RDWR | O_CREAT | O_TRUNC, 0600);
@@ -128,6 +146,7 @@ static int incr(const char *disk, const char *out_path) {
 
     char *name = view_of(disk, cp);
     refpoint_disk *view = open_disk(name, REFPOINT_OPEN_READ_ONLY);
+    poke_while_viewing(d, cp);
     uint64_t size = 0;
     CHECK(refpoint_virtual_size(d, &size));
     int out = open(out_path, O_RDWR);
@@ -137,21 +156,22 @@ static int incr(const char *disk, const char *out_path) {
     }
     /* One range per call: QueryChangesVirtualDisk-style paging. */
     refpoint_range r[1];
-    uint64_t offset = 0, bytes = 0, pages = 0, ranges = 0;
-    while (offset < size) {
+    uint64_t offset = 0, left = UINT64_MAX, bytes = 0, pages = 0, ranges = 0;
+    while (left > 0) { /* "to the end", done when the page covers what is left */
         size_t n = 0;
         uint64_t processed = 0;
-        CHECK(refpoint_query_changes(d, since, until, offset, size - offset, r, 1, &n,
-                                     &processed));
+        CHECK(refpoint_query_changes(d, since, until, offset, left, r, 1, &n, &processed));
         if (n == 1) {
             copy_range(view, out, r[0].offset, r[0].length, &bytes);
             ranges++;
         }
-        if (processed == 0) {
-            fprintf(stderr, "changes made no progress at %llu\n", (unsigned long long)offset);
+        if (processed == 0 || processed > left) {
+            fprintf(stderr, "changes page at %llu processed %llu\n", (unsigned long long)offset,
+                    (unsigned long long)processed);
             return 1;
         }
         offset += processed;
+        left -= processed;
         pages++;
     }
     close(out);
