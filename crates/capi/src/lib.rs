@@ -18,7 +18,8 @@
 //!   misc.rs     version, error names, remote settings
 //! open.rs       what a name opens: file, held machine disk, daemon, remote
 //! handle.rs     a handle's data path and control path (API types)
-//! registry.rs   one store per state directory, held-disk counts
+//! paging.rs     QueryChangesVirtualDisk-style pages, answers checked
+//! registry.rs   one store per state directory, held disks, open views
 //! remote.rs     disks in a daemon: NBD for data, the API for the rest
 //! error.rs      REFPOINT_E_* codes, the mapping from library errors
 //! ```
@@ -27,6 +28,15 @@
 //! one handle are serialized (each takes the handle's lock); handles are
 //! independent. `refpoint_close` must not race with other calls on the
 //! same handle. `refpoint_last_error` is per thread.
+//!
+//! With no daemon, a writable `MACHINE/DISK` handle holds the disk in this
+//! process (a daemon started meanwhile cannot open it until the handle
+//! closes); read-only handles take no writer's lock. A daemon is found by
+//! the sockets in the state directory (`nbd.sock`, `api.sock`), so one
+//! started with other socket paths is reached as a remote daemon only.
+//! A checkpoint's frozen view cannot be converted or deleted by this
+//! process while open; another process can (the view then reads the
+//! merged data), so vendors should close views before converting.
 
 #![deny(unsafe_code)]
 #![allow(non_camel_case_types)] // the C names

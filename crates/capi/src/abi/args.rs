@@ -239,3 +239,9 @@ pub fn put_text(s: &str, buf: &mut [u8], what: &str) -> Result<()> {
     buf[s.len()] = 0;
     Ok(())
 }
+
+// A handle may be used from any thread, one call at a time per handle.
+const _: () = {
+    const fn shared_across_threads<T: Send + Sync>() {}
+    shared_across_threads::<refpoint_disk>();
+};
