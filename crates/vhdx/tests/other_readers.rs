@@ -114,11 +114,14 @@ fn random_ops(chain: &mut Chain, model: &mut [u8], rng: &mut SmallRng, n: usize,
     }
 }
 
-/// A new base file of `opts` with `n` random operations applied.
+/// A new base file of `opts`, written whole, then `n` random operations.
 fn base(path: &Path, opts: &CreateOptions, seed: u64, n: usize) -> Vec<u8> {
     create(&LocalFs, path, opts).unwrap().close().unwrap();
-    let mut model = vec![0u8; opts.virtual_size as usize];
     let mut chain = Chain::open(&LocalFs, path, true).unwrap();
+    // Data everywhere first, so that where a child reads its parent by
+    // mistake it reads something other than zeros.
+    let mut model = pattern::bytes(opts.virtual_size as usize, seed);
+    chain.write(0, &model).unwrap();
     random_ops(
         &mut chain,
         &mut model,
@@ -445,4 +448,56 @@ fn dissect_known_misreads() {
     check(&c3, &[&b], &m, &|e| {
         assert_eq!(e, format!("first difference at byte {MIB}"))
     });
+}
+
+/// Whole blocks of a child zeroed or trimmed read as zeros, whatever they
+/// were before (not present, partially or fully present) and whatever the
+/// parent holds there.
+#[test]
+fn zeroed_and_trimmed_blocks_of_children_read_as_zeros() {
+    require_readers!();
+    for ss in [512u32, 4096] {
+        let dir = tempfile::tempdir().unwrap();
+        let size = 12 * MIB;
+        let (p, c) = (dir.path().join("base.vhdx"), dir.path().join("child.avhdx"));
+        let mut model = pattern::bytes(size as usize, 20);
+        let mut v = create(&LocalFs, &p, &opts(size, DiskType::Dynamic, MIB, ss)).unwrap();
+        v.write(0, &model).unwrap();
+        v.close().unwrap();
+        let mut v = create_child(&LocalFs, &c, &p, None).unwrap();
+        let ss = ss as u64;
+        // Blocks 4 and 5 partially present, 6 and 7 fully, before.
+        for b in [4, 5] {
+            v.write(b * MIB + ss, &pattern::bytes(ss as usize, b))
+                .unwrap();
+        }
+        for b in [6, 7] {
+            v.write(b * MIB, &pattern::bytes(MIB as usize, b)).unwrap();
+        }
+        v.flush().unwrap();
+        for (b, trim) in [
+            (1, false),
+            (2, true),
+            (4, false),
+            (5, true),
+            (6, false),
+            (7, true),
+        ] {
+            if trim {
+                v.trim(b * MIB, MIB).unwrap();
+            } else {
+                v.zero(b * MIB, MIB).unwrap();
+            }
+        }
+        // The last two blocks at once, and a partial block (a sector of
+        // block 9) zeroed where the parent shows.
+        v.zero(10 * MIB, 2 * MIB).unwrap();
+        v.zero(9 * MIB + ss, ss).unwrap();
+        v.close().unwrap();
+        for b in [1, 2, 4, 5, 6, 7, 10, 11] {
+            model[(b * MIB) as usize..((b + 1) * MIB) as usize].fill(0);
+        }
+        model[(9 * MIB + ss) as usize..(9 * MIB + 2 * ss) as usize].fill(0);
+        assert_all_read(&c, &[&p], &model);
+    }
 }
