@@ -120,13 +120,14 @@ fn disks_checkpoints_backups_and_restores() {
     cli.ok(&["checkpoint", "create", "vm1"]);
     let show = cli.json(&["machine", "show", "vm1", "--json"]);
     let child = PathBuf::from(show["disks"][0]["active"].as_str().unwrap());
+    let id = show["checkpoints"].as_array().unwrap().last().unwrap()["id"].to_string();
     assert_ne!(child, disk);
     assert_readers(&child, &model);
     writes(&cli, dir, &mut model, &mut rng, 6);
     assert_readers(&child, &model);
     backup(&mut points, &model, "incremental");
     // Deleted, it is merged into the disk.
-    cli.ok(&["checkpoint", "delete", "vm1", "1"]);
+    cli.ok(&["checkpoint", "delete", "vm1", &id]);
     assert!(!child.exists());
     assert_readers(&disk, &model);
     writes(&cli, dir, &mut model, &mut rng, 3);
