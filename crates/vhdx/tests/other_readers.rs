@@ -23,7 +23,10 @@ use storage::LocalFs;
 use testkit::pattern;
 use testkit::tools::{self, VhdxReader};
 use vhdx::bat::{BatEntry, SB_BLOCK_PRESENT};
-use vhdx::{create, create_child, merge_into_parent, Chain, CreateOptions, DiskType, Vhdx};
+use vhdx::{
+    create, create_child, merge_into_parent, Chain, CreateOptions, DiskType, PayloadBlockState,
+    Vhdx,
+};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -499,5 +502,14 @@ fn zeroed_and_trimmed_blocks_of_children_read_as_zeros() {
         }
         model[(9 * MIB + ss) as usize..(9 * MIB + 2 * ss) as usize].fill(0);
         assert_all_read(&c, &[&p], &model);
+        // Merged, the zeroed blocks become ZERO blocks of the (dynamic)
+        // parent, not blocks of written zeros.
+        merge_into_parent(&LocalFs, &c, true, &mut |_, _| {}).unwrap();
+        let v = Vhdx::open(&LocalFs, &p, false).unwrap();
+        for b in [1, 2, 4, 5, 6, 7, 10, 11] {
+            assert_eq!(v.block_entry(b).0, PayloadBlockState::Zero, "block {b}");
+        }
+        drop(v);
+        assert_all_read(&p, &[], &model);
     }
 }
