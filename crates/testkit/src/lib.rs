@@ -16,7 +16,9 @@
 //!               errors are values, for tests that expect some to fail:
 //!               a thin layer over the library client, nbd::client
 //! tools       running qemu-img, qemu-io, qemu-nbd, nbdinfo, nbdcopy, curl
-//!             (or any program) with a time limit; skipping when absent
+//!             (or any program) with a time limit; skipping when absent;
+//!             reading a VHDX chain with libvhdi and dissect.hypervisor
+//!             (`py/read_vhdx.py`, in the Python of `$REFPOINT_PYTHON`)
 //! pattern     deterministic, never-zero byte patterns
 //! compare     content equality that names the first differing byte
 //! ranges      whether a set of (offset, length) ranges covers a range

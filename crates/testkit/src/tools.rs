@@ -1,5 +1,6 @@
 //! Running the peer tools the interoperability tests use (qemu-img,
-//! qemu-io, qemu-nbd, nbdinfo, nbdcopy, curl) and any other program.
+//! qemu-io, qemu-nbd, nbdinfo, nbdcopy, curl, and the Python VHDX readers
+//! libvhdi and dissect.hypervisor) and any other program.
 //!
 //! Every run has a time limit: a client that hangs on a server bug fails
 //! the test (with what it printed so far) instead of hanging it. Output
@@ -11,7 +12,9 @@
 
 use std::ffi::OsStr;
 use std::io::{Read, Seek};
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The Debian/Ubuntu package of a peer tool, for the message when it is
@@ -46,13 +49,160 @@ pub fn available(programs: &[&str]) -> bool {
     if missing.is_empty() {
         return true;
     }
+    skip_unless_ci(&missing.join(" and "))
+}
+
+/// A test's tool `what` is missing: false (the test skips), or under CI a
+/// failure.
+fn skip_unless_ci(what: &str) -> bool {
     assert!(
         std::env::var_os("CI").is_none(),
-        "{} not found, and CI is set",
-        missing.join(" and ")
+        "{what} not found, and CI is set"
     );
-    eprintln!("skipped: {} not found", missing.join(" and "));
+    eprintln!("skipped: {what} not found");
     false
+}
+
+/// Where `.ci/run` makes the virtual environment with the Python readers.
+const CI_VENV_PYTHON: &str = "/var/cache/refpoint-venv/bin/python";
+
+/// The Python interpreter that has the VHDX readers: `$REFPOINT_PYTHON`,
+/// else the virtual environment `.ci/run` makes, if it is there, else
+/// `python3` from the PATH.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("REFPOINT_PYTHON") {
+        return p.into();
+    }
+    if Path::new(CI_VENV_PYTHON).exists() {
+        return CI_VENV_PYTHON.into();
+    }
+    "python3".into()
+}
+
+/// Another implementation of MS-VHDX that tests read our files with,
+/// through `py/read_vhdx.py` (both from PyPI: `libvhdi-python`, Python
+/// bindings of the C library libvhdi, and `dissect.hypervisor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VhdxReader {
+    Libvhdi,
+    Dissect,
+}
+
+impl VhdxReader {
+    pub const ALL: [VhdxReader; 2] = [VhdxReader::Libvhdi, VhdxReader::Dissect];
+
+    /// The name `read_vhdx.py` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            VhdxReader::Libvhdi => "libvhdi",
+            VhdxReader::Dissect => "dissect",
+        }
+    }
+}
+
+/// Whether [`python`] imports both readers; like [`available`], a missing
+/// one skips the test, or fails it under CI (asked once per process).
+pub fn vhdx_readers_available() -> bool {
+    static FOUND: OnceLock<bool> = OnceLock::new();
+    let found = *FOUND.get_or_init(|| {
+        Command::new(python())
+            .args(["-c", "import pyvhdi, dissect.hypervisor.disk.vhdx"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    });
+    found
+        || skip_unless_ci(&format!(
+            "{} with pyvhdi and dissect.hypervisor (pip install libvhdi-python \
+             dissect.hypervisor, or set REFPOINT_PYTHON; .ci/run makes a venv)",
+            python().display()
+        ))
+}
+
+/// The whole virtual content of the VHDX file `top` as `reader` reads it;
+/// a differencing file through `parents` (its parent first, the base
+/// last). Fails the test if the reader fails or runs for 10 minutes.
+pub fn read_vhdx_with(reader: VhdxReader, top: &Path, parents: &[&Path]) -> ReadBack {
+    try_read_vhdx_with(reader, top, parents).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Like [`read_vhdx_with`], but a reader that fails is an error (what it
+/// printed), for the readers' known limitations; one that runs for 10
+/// minutes still fails the test.
+pub fn try_read_vhdx_with(
+    reader: VhdxReader,
+    top: &Path,
+    parents: &[&Path],
+) -> Result<ReadBack, String> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("py/read_vhdx.py");
+    let out = tempfile::NamedTempFile::new().unwrap();
+    let mut cmd = Command::new(python());
+    cmd.arg(&script)
+        .arg(reader.name())
+        .arg(out.path())
+        .arg(top)
+        .args(parents);
+    let o = run(&mut cmd, Duration::from_secs(600));
+    if !o.status.success() {
+        return Err(describe(&format!("{cmd:?}"), &o));
+    }
+    Ok(ReadBack {
+        reader,
+        top: top.to_path_buf(),
+        file: out,
+    })
+}
+
+/// What a [`VhdxReader`] read: a raw (sparse) temporary file, compared
+/// piece by piece so a large disk is never held in memory whole.
+pub struct ReadBack {
+    reader: VhdxReader,
+    top: PathBuf,
+    file: tempfile::NamedTempFile,
+}
+
+impl ReadBack {
+    /// The raw content as a file.
+    pub fn path(&self) -> &Path {
+        self.file.path()
+    }
+
+    /// Asserts that the content is `want`, naming the first differing byte.
+    #[track_caller]
+    pub fn assert_is(&self, want: &[u8]) {
+        self.assert_matches(want.len() as u64, |off, buf| {
+            buf.copy_from_slice(&want[off as usize..off as usize + buf.len()])
+        });
+    }
+
+    /// Asserts that the content is `size` bytes that `expected(offset,
+    /// buf)` fills in, piece by piece, naming the first differing byte.
+    #[track_caller]
+    pub fn assert_matches(&self, size: u64, mut expected: impl FnMut(u64, &mut [u8])) {
+        use std::os::unix::fs::FileExt;
+        let what = format!("{} reading {}", self.reader.name(), self.top.display());
+        let f = self.file.as_file();
+        let len = f.metadata().unwrap().len();
+        assert_eq!(len, size, "{what}: virtual size");
+        const PIECE: u64 = 4 << 20;
+        let (mut got, mut want) = (vec![0u8; PIECE as usize], vec![0u8; PIECE as usize]);
+        let mut pos = 0;
+        while pos < size {
+            let n = PIECE.min(size - pos) as usize;
+            f.read_exact_at(&mut got[..n], pos).unwrap();
+            expected(pos, &mut want[..n]);
+            if let Some(i) = crate::compare::first_difference(&got[..n], &want[..n]) {
+                let at = pos + i as u64;
+                panic!(
+                    "{what}: first difference at byte {at} ({at:#x}): {:#04x}, expected {:#04x}",
+                    got[i], want[i]
+                );
+            }
+            pos += n as u64;
+        }
+    }
 }
 
 /// Runs `cmd` to completion (stdin empty) and returns its status and

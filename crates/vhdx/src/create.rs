@@ -8,6 +8,17 @@
 //!
 //! The file is built under a temporary name and renamed into place, so a
 //! crash during creation never leaves a half-made file at the target path.
+//!
+//! A differencing file gets every chunk's sector bitmap block at once,
+//! right after the BAT, all zeros (every sector "from the parent"). §2.5.1.2
+//! would let a chunk without partially present blocks go without one
+//! (SB_BLOCK_NOT_PRESENT), but some readers (libvhdi) consult the bitmap of
+//! every block that is not fully present and read a missing one at file
+//! offset 0, the file type identifier, so they would take parent sectors
+//! for this file's. The blocks are sparse: the file is sized past them and
+//! nothing is written but their BAT entries (one megabyte of file per 2^23
+//! sectors: 512 MiB for a 2 TiB disk of 512-byte sectors, 64 MiB of
+//! 4096-byte ones).
 
 use crate::bat::*;
 use crate::disk::{DiskType, Vhdx};
@@ -291,6 +302,19 @@ fn create_inner(
         }
         w(bat_offset, &bat)?;
         end = payload_start + g.payload_blocks * opts.block_size as u64;
+    }
+    if has_parent {
+        // §2.4, §2.5.1.2: one SB_BLOCK_PRESENT entry per chunk, its block
+        // fresh (zero) space; each entry is written alone, so a large BAT
+        // costs a few bytes per chunk, not its whole length.
+        for chunk in 0..g.sector_bitmap_blocks {
+            let e = BatEntry::new(SB_BLOCK_PRESENT, end);
+            w(
+                bat_offset + g.sector_bitmap_index(chunk) as u64 * 8,
+                &e.0.to_le_bytes(),
+            )?;
+            end += SECTOR_BITMAP_BLOCK_SIZE;
+        }
     }
     file.set_len(end).map_err(io("sizing", end))?;
     file.flush().map_err(io("flushing", 0))?;

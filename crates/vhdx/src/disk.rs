@@ -69,6 +69,10 @@ pub struct Vhdx {
     pub(crate) durable_len: u64,
     pub(crate) log: Option<LogWriter>,
     pub(crate) data_write_guid_changed: bool,
+    /// Whether every chunk of a differencing file is known to have its
+    /// sector bitmap block (always true of other files); checked before the
+    /// first change (`io.rs`).
+    pub(crate) sector_bitmaps_complete: bool,
     pub(crate) closed: bool,
     pub(crate) stats: Stats,
 }
@@ -294,6 +298,7 @@ impl Vhdx {
             durable_len: effective_len,
             log: None,
             data_write_guid_changed: false,
+            sector_bitmaps_complete: false,
             closed: false,
             stats: Stats::default(),
         };

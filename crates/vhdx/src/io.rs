@@ -237,6 +237,36 @@ impl Vhdx {
         Ok(())
     }
 
+    /// Gives every chunk of a differencing file its sector bitmap block, as
+    /// [`crate::create_child`] does when it makes one (`create.rs` says why:
+    /// §2.5.1.2 lets a chunk go without, libvhdi does not). A file made
+    /// without them, by another tool or an older refpoint, gets them before
+    /// its first change: zeros (every sector from the parent, which is what
+    /// a missing bitmap means for the blocks that are not partially present),
+    /// in fresh space taken by one extension of the file, their BAT entries
+    /// committed through the log like any other.
+    fn complete_sector_bitmaps(&mut self) -> Result<()> {
+        if self.sector_bitmaps_complete {
+            return Ok(());
+        }
+        let g = self.geometry;
+        let missing: Vec<u64> = (0..g.sector_bitmap_blocks)
+            .filter(|&c| {
+                g.has_parent && self.bat[g.sector_bitmap_index(c)].state() != SB_BLOCK_PRESENT
+            })
+            .collect();
+        if !missing.is_empty() {
+            let at = self.allocate(missing.len() as u64 * SECTOR_BITMAP_BLOCK_SIZE)?;
+            for (i, chunk) in missing.into_iter().enumerate() {
+                let e = BatEntry::new(SB_BLOCK_PRESENT, at + i as u64 * SECTOR_BITMAP_BLOCK_SIZE);
+                self.set_bat(g.sector_bitmap_index(chunk), e);
+                self.commit_if_log_is_filling()?;
+            }
+        }
+        self.sector_bitmaps_complete = true;
+        Ok(())
+    }
+
     /// Writes `data` at virtual `offset`. On a differencing disk the range
     /// must be sector aligned (a [`crate::Chain`] fills partial sectors from
     /// the parent).
@@ -244,6 +274,7 @@ impl Vhdx {
         self.check_range(offset, data.len() as u64)?;
         self.before_data_change()?;
         self.check_alignment(offset, data.len() as u64)?;
+        self.complete_sector_bitmaps()?;
         for p in self.geometry.pieces(offset, data.len() as u64) {
             let at = (p.offset - offset) as usize;
             self.write_in_block(p.offset, &data[at..at + p.len as usize])?;
@@ -305,14 +336,25 @@ impl Vhdx {
     }
 
     /// Makes `offset..offset+len` read as zeros. Whole blocks become
-    /// PAYLOAD_BLOCK_ZERO (fixed disks write zeros instead); partial blocks
-    /// get zeros written where they are stored or where a parent shows.
+    /// PAYLOAD_BLOCK_ZERO (fixed disks write zeros instead, differencing
+    /// disks take fresh space, see [`Vhdx::trim`]); partial blocks get zeros
+    /// written where they are stored or where a parent shows.
     pub fn zero(&mut self, offset: u64, len: u64) -> Result<()> {
         self.discard(offset, len, PAYLOAD_BLOCK_ZERO, true)
     }
 
     /// Unmaps whole blocks in `offset..offset+len` (PAYLOAD_BLOCK_UNMAPPED,
     /// read as zeros); partial blocks are left as they are.
+    ///
+    /// On a differencing disk a whole block zeroed or unmapped becomes
+    /// PAYLOAD_BLOCK_FULLY_PRESENT on fresh space instead (sparse: the file
+    /// grows, nothing is written). §2.5.1.1 defines ZERO and UNMAPPED there
+    /// too, but libvhdi consults the sector bitmap of every block of a
+    /// differencing file that is not fully present, ZERO and UNMAPPED ones
+    /// included, and would show the parent's data (or, for sectors marked
+    /// present, whatever lies at the entry's reserved FileOffsetMB); a
+    /// fully present block of zeros reads as zeros everywhere. As with
+    /// ZERO on a dynamic disk, the block's old space is not reused.
     pub fn trim(&mut self, offset: u64, len: u64) -> Result<()> {
         self.discard(offset, len, PAYLOAD_BLOCK_UNMAPPED, false)
     }
@@ -332,6 +374,7 @@ impl Vhdx {
             self.check_alignment(offset, len)?;
         }
         self.before_data_change()?;
+        self.complete_sector_bitmaps()?;
         let g = self.geometry;
         let fixed = self.disk_type() == DiskType::Fixed;
         for Piece {
@@ -343,7 +386,14 @@ impl Vhdx {
         {
             let whole = in_block == 0 && piece == g.block_len(block);
             let state = self.bat[g.payload_index(block)].state();
-            if whole && !fixed {
+            if whole && g.has_parent {
+                let at = self.allocate(g.block_size as u64)?;
+                self.stats.blocks_allocated += 1;
+                self.set_bat(
+                    g.payload_index(block),
+                    BatEntry::new(PAYLOAD_BLOCK_FULLY_PRESENT, at),
+                );
+            } else if whole && !fixed {
                 self.set_bat(g.payload_index(block), BatEntry::new(whole_state, 0));
             } else if zero_partial {
                 let needs_zeros = match state {

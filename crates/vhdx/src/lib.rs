@@ -40,6 +40,16 @@
 //! whatever it carries. A crash before the flush loses those unflushed
 //! writes and nothing else; a crash during it is repaired by log replay.
 //!
+//! ## Differencing files for every reader
+//!
+//! Beyond what MS-VHDX requires, a differencing file keeps every chunk's
+//! sector bitmap block allocated from its creation on (`create.rs`; files
+//! made without them get them before their first change), and stores whole
+//! blocks zeroed or trimmed as fully present zeros rather than ZERO or
+//! UNMAPPED (`io.rs`): libvhdi reads the bitmap of every block that is not
+//! fully present, a missing one at file offset 0. Both cost file length
+//! only (sparse space), no writes.
+//!
 //! ## I/O model
 //!
 //! Synchronous, positional, through `Arc<dyn storage::Storage>`. Mapping

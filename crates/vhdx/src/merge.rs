@@ -111,13 +111,18 @@ pub fn merge_into_parent_as(
     let mut merged = 0u64;
     let mut buf = Vec::new();
     let mut pos = 0u64;
+    // Zeros, stored (a differencing child keeps zeroed blocks as fully
+    // present zeros, see `Vhdx::trim`) or not, are gathered into runs and
+    // zeroed in the parent at once, where whole blocks cost a BAT entry
+    // instead of a block of written zeros.
+    let mut zeros = ZeroRun::default();
     while pos < size {
         let len = bs.min(size - pos);
         for x in child.resolve(pos, len)? {
             match x.source {
-                Source::Parent => {}
+                Source::Parent => zeros.flush(&mut parent)?,
                 Source::Zero => {
-                    parent.zero(x.offset, x.len)?;
+                    zeros.add(&mut parent, x.offset, x.len)?;
                     merged += x.len;
                 }
                 Source::File(f) => {
@@ -126,7 +131,12 @@ pub fn merge_into_parent_as(
                         let n = COPY_CHUNK.min(x.len - done);
                         buf.resize(n as usize, 0);
                         child.read_file_data(f + done, &mut buf)?;
-                        parent.write(x.offset + done, &buf)?;
+                        if buf.iter().all(|&b| b == 0) {
+                            zeros.add(&mut parent, x.offset + done, n)?;
+                        } else {
+                            zeros.flush(&mut parent)?;
+                            parent.write(x.offset + done, &buf)?;
+                        }
                         done += n;
                     }
                     merged += x.len;
@@ -136,6 +146,7 @@ pub fn merge_into_parent_as(
         pos += len;
         progress(pos, size);
     }
+    zeros.flush(&mut parent)?;
     parent.close()?;
     child.close()?;
     if remove_child {
@@ -152,6 +163,35 @@ pub fn merge_into_parent_as(
         resumed,
         child_removed: remove_child,
     })
+}
+
+/// A run of virtual bytes to zero in the parent, extended while the next
+/// range to zero follows it.
+#[derive(Default)]
+struct ZeroRun {
+    offset: u64,
+    len: u64,
+}
+
+impl ZeroRun {
+    fn add(&mut self, parent: &mut Vhdx, offset: u64, len: u64) -> Result<()> {
+        if self.len > 0 && self.offset + self.len != offset {
+            self.flush(parent)?;
+        }
+        if self.len == 0 {
+            self.offset = offset;
+        }
+        self.len += len;
+        Ok(())
+    }
+
+    fn flush(&mut self, parent: &mut Vhdx) -> Result<()> {
+        if self.len > 0 {
+            parent.zero(self.offset, self.len)?;
+            self.len = 0;
+        }
+        Ok(())
+    }
 }
 
 impl Vhdx {
