@@ -1,4 +1,4 @@
-//! What the benchmark binaries (`backup`, `nbd`) share: running and timing
+//! What the benchmark binaries (`backup`, `nbd`, `capi`) share: running and timing
 //! commands ([`runner`]), and setting a run up ([`setup`]): sizes on the
 //! command line, the refpoint build, the work directory, the page cache.
 

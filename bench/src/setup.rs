@@ -31,24 +31,56 @@ impl Binaries {
 /// Builds the release refpoint binary and returns its path (next to the
 /// running benchmark's own binary).
 pub fn build_refpoint() -> Result<PathBuf> {
-    eprintln!("cargo build --release -p refpoint…");
-    let st = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "-p", "refpoint"])
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .status()
-        .context("cannot run cargo")?;
-    ensure!(st.success(), "cargo build --release -p refpoint failed");
-    let exe = std::env::current_exe()?;
-    let p = exe
-        .parent()
-        .context("the benchmark binary has no directory")?
-        .join("refpoint");
+    let p = build_release(&["refpoint"])?.join("refpoint");
     ensure!(
         p.exists(),
         "{} does not exist; give --refpoint",
         p.display()
     );
     Ok(p)
+}
+
+/// `cargo build --release -p PACKAGE…` in the workspace; returns the
+/// release directory of the target directory the running benchmark was
+/// built in.
+///
+/// Cargo unifies the features of the dependencies over the packages built
+/// together: building a package with `refpoint-bench` keeps the shared
+/// dependencies as the benchmark's own build has them, so neither build
+/// undoes the other's.
+pub fn build_release(packages: &[&str]) -> Result<PathBuf> {
+    let args: Vec<&str> = packages.iter().flat_map(|p| ["-p", p]).collect();
+    let line = format!("cargo build --release {}", args.join(" "));
+    eprintln!("{line}…");
+    let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cargo
+        .args(["build", "--release"])
+        .args(&args)
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."));
+    // What `cargo run` tells the benchmark about its own package: build
+    // scripts that watch these variables (ring's) would run again and
+    // rebuild everything above them.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy();
+        if k.starts_with("CARGO_PKG_")
+            || k.starts_with("CARGO_MANIFEST_")
+            || matches!(
+                &*k,
+                "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            cargo.env_remove(&*k);
+        }
+    }
+    let st = cargo.status().context("cannot run cargo")?;
+    ensure!(st.success(), "{line} failed");
+    let exe = std::env::current_exe()?;
+    // target/{release,debug}/BIN → target/release
+    let target = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("the benchmark binary is not in a target directory")?;
+    Ok(target.join("release"))
 }
 
 /// The directory of the work files: the one given (created if needed),
