@@ -17,7 +17,7 @@ pub struct DaemonStatus {
     pub jobs_running: u64,
     /// The port of NBD over TCP (TLS required), on the host the API was
     /// reached at; `null` when the daemon serves NBD on its socket only.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nbd_port: Option<u16>,
 }
 
