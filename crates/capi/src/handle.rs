@@ -238,9 +238,15 @@ impl Handle {
 
     // --- change tracking -------------------------------------------------
 
-    pub fn tracking_status(&mut self) -> Result<TrackingStatus> {
+    /// Runs a tracking operation where the handle's tracking lives: on its
+    /// own disk, or through its machine's API (a frozen view has none).
+    fn tracked<T>(
+        &mut self,
+        own: impl FnOnce(&mut Disk, &str) -> Result<T, api::ApiError>,
+        through: impl FnOnce(&dyn Machines, &str, &str) -> Result<T, api::ApiError>,
+    ) -> Result<T> {
         match (&mut self.data, &self.control) {
-            (Data::Own(d), _) => Ok(tracking::status_of(d, self.name.clone())?),
+            (Data::Own(d), _) => Ok(own(d, &self.name)?),
             (
                 _,
                 Control::Machine {
@@ -248,104 +254,55 @@ impl Handle {
                     machine,
                     disk,
                 },
-            ) => Ok(machines.tracking_status(machine, disk)?),
+            ) => Ok(through(&**machines, machine, disk)?),
             _ => Err(self.no_tracking()),
         }
+    }
+
+    pub fn tracking_status(&mut self) -> Result<TrackingStatus> {
+        self.tracked(
+            |d, name| tracking::status_of(d, name.to_string()),
+            |ms, m, d| ms.tracking_status(m, d),
+        )
     }
 
     pub fn enable_tracking(&mut self, granularity: Option<u64>) -> Result<()> {
         self.writable("enable tracking")?;
-        match (&mut self.data, &self.control) {
-            (Data::Own(d), _) => {
-                let g = granularity.unwrap_or(rct::DEFAULT_GRANULARITY);
-                tracking::enable(d, g)?;
-            }
-            (
-                _,
-                Control::Machine {
-                    machines,
-                    machine,
-                    disk,
-                },
-            ) => {
-                machines.enable_tracking(machine, disk, &EnableTrackingRequest { granularity })?;
-            }
-            _ => return Err(self.no_tracking()),
-        }
-        Ok(())
+        let g = granularity.unwrap_or(rct::DEFAULT_GRANULARITY);
+        let request = EnableTrackingRequest { granularity };
+        self.tracked(
+            |d, _| tracking::enable(d, g).map(drop),
+            |ms, m, d| ms.enable_tracking(m, d, &request).map(drop),
+        )
     }
 
     pub fn disable_tracking(&mut self) -> Result<()> {
         self.writable("disable tracking")?;
-        match (&mut self.data, &self.control) {
-            (Data::Own(d), _) => {
-                tracking::disable(d)?;
-            }
-            (
-                _,
-                Control::Machine {
-                    machines,
-                    machine,
-                    disk,
-                },
-            ) => {
-                machines.disable_tracking(machine, disk)?;
-            }
-            _ => return Err(self.no_tracking()),
-        }
-        Ok(())
+        self.tracked(
+            |d, _| tracking::disable(d).map(drop),
+            |ms, m, d| ms.disable_tracking(m, d).map(drop),
+        )
     }
 
     pub fn seal(&mut self) -> Result<String> {
         self.writable("seal a tracking generation")?;
-        match (&mut self.data, &self.control) {
-            (Data::Own(d), _) => Ok(tracking::seal(d)?.id),
-            (
-                _,
-                Control::Machine {
-                    machines,
-                    machine,
-                    disk,
-                },
-            ) => Ok(machines.seal(machine, disk)?.id),
-            _ => Err(self.no_tracking()),
-        }
+        let sealed = self.tracked(|d, _| tracking::seal(d), |ms, m, d| ms.seal(m, d))?;
+        Ok(sealed.id)
     }
 
     pub fn release(&mut self, id: &str) -> Result<()> {
         self.writable("release an RCT ID")?;
-        match (&mut self.data, &self.control) {
-            (Data::Own(d), _) => {
-                tracking::release(d, id)?;
-            }
-            (
-                _,
-                Control::Machine {
-                    machines,
-                    machine,
-                    disk,
-                },
-            ) => {
-                machines.release(machine, disk, id)?;
-            }
-            _ => return Err(self.no_tracking()),
-        }
-        Ok(())
+        self.tracked(
+            |d, _| tracking::release(d, id).map(drop),
+            |ms, m, d| ms.release(m, d, id).map(drop),
+        )
     }
 
     pub fn changes(&mut self, q: &ChangesQuery) -> Result<api::Changes> {
-        match (&mut self.data, &self.control) {
-            (Data::Own(d), _) => Ok(tracking::changes_of(d, q)?),
-            (
-                _,
-                Control::Machine {
-                    machines,
-                    machine,
-                    disk,
-                },
-            ) => Ok(machines.changes(machine, disk, q)?),
-            _ => Err(self.no_tracking()),
-        }
+        self.tracked(
+            |d, _| tracking::changes_of(d, q),
+            |ms, m, d| ms.changes(m, d, q),
+        )
     }
 
     // --- the machine's checkpoints and reference points ------------------

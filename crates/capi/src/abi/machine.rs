@@ -11,6 +11,7 @@
 
 use super::args::{self, call, put_text, refpoint_disk, Out};
 use crate::error::{Failure, Result, REFPOINT_E_BUFFER_TOO_SMALL, REFPOINT_E_NOT_FOUND};
+use crate::handle::Handle;
 use api::CheckpointKind;
 use std::ffi::{c_char, c_int};
 
@@ -66,18 +67,15 @@ pub unsafe extern "C" fn refpoint_checkpoint_rct_id(
         // SAFETY: as the caller promises.
         let out = unsafe { args::bytes_mut(id_out.cast(), id_out_len, "id_out") }?;
         let h = unsafe { args::handle(disk) }?;
-        let (m, name) = (h.machine()?, h.machine_disk()?);
-        let cp = m
-            .checkpoints
-            .iter()
-            .find(|c| c.id == checkpoint)
-            .ok_or_else(|| not_found(&m.name, "checkpoint", checkpoint))?;
-        let id = cp
-            .disks
-            .iter()
-            .find(|d| d.name == name)
-            .and_then(|d| d.rct_id.clone())
-            .ok_or_else(|| untracked(&m.name, &name, "checkpoint", checkpoint))?;
+        let id = rct_id_at(&h, "checkpoint", checkpoint, |m, disk| {
+            let cp = m.checkpoints.iter().find(|c| c.id == checkpoint)?;
+            Some(
+                cp.disks
+                    .iter()
+                    .find(|d| d.name == disk)
+                    .and_then(|d| d.rct_id.clone()),
+            )
+        })?;
         put_text(&id, out, "the RCT ID")
     })
 }
@@ -178,18 +176,18 @@ pub unsafe extern "C" fn refpoint_reference_point_rct_id(
         // SAFETY: as the caller promises.
         let out = unsafe { args::bytes_mut(id_out.cast(), id_out_len, "id_out") }?;
         let h = unsafe { args::handle(disk) }?;
-        let (m, name) = (h.machine()?, h.machine_disk()?);
-        let rp = m
-            .reference_points
-            .iter()
-            .find(|r| r.id == reference_point)
-            .ok_or_else(|| not_found(&m.name, "reference point", reference_point))?;
-        let id = rp
-            .disks
-            .iter()
-            .find(|d| d.name == name)
-            .and_then(|d| d.rct_id.clone())
-            .ok_or_else(|| untracked(&m.name, &name, "reference point", reference_point))?;
+        let id = rct_id_at(&h, "reference point", reference_point, |m, disk| {
+            let rp = m
+                .reference_points
+                .iter()
+                .find(|r| r.id == reference_point)?;
+            Some(
+                rp.disks
+                    .iter()
+                    .find(|d| d.name == disk)
+                    .and_then(|d| d.rct_id.clone()),
+            )
+        })?;
         put_text(&id, out, "the RCT ID")
     })
 }
@@ -227,6 +225,23 @@ unsafe fn put_ids(all: &[u64], ids: *mut u64, max_ids: usize, count: Out<usize>)
     }
     count.set(all.len());
     Ok(())
+}
+
+/// The RCT ID the handle's disk had at `what` `id` of its machine:
+/// `find` gives `None` when there is no such point, `Some(None)` when the
+/// disk was not tracked then (a tracking error: take a full backup).
+fn rct_id_at(
+    h: &Handle,
+    what: &str,
+    id: u64,
+    find: impl FnOnce(&api::Machine, &str) -> Option<Option<String>>,
+) -> Result<String> {
+    let (m, disk) = (h.machine()?, h.machine_disk()?);
+    match find(&m, &disk) {
+        None => Err(not_found(&m.name, what, id)),
+        Some(None) => Err(untracked(&m.name, &disk, what, id)),
+        Some(Some(rct)) => Ok(rct),
+    }
 }
 
 fn not_found(machine: &str, what: &str, id: u64) -> Failure {

@@ -8,7 +8,7 @@
  * at the disk's end for any length, refuse an offset past it, and stay
  * defined when their count out-parameters alias each other.
  */
-#include "refpoint.h"
+#include "check.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,15 +16,6 @@
 
 static int failures;
 
-#define CHECK(call)                                                                \
-    do {                                                                           \
-        int rc_ = (call);                                                          \
-        if (rc_ != REFPOINT_OK) {                                                  \
-            fprintf(stderr, "%s:%d: %s: %s (%s)\n", __FILE__, __LINE__, #call,     \
-                    refpoint_last_error(), refpoint_error_name(rc_));              \
-            exit(1);                                                               \
-        }                                                                          \
-    } while (0)
 #define EXPECT(cond, ...)                                                          \
     do {                                                                           \
         if (!(cond)) {                                                             \

@@ -11,7 +11,7 @@
  * phase prints "key=value" lines the test checks.
  */
 #define _GNU_SOURCE
-#include "refpoint.h"
+#include "check.h"
 
 #include <fcntl.h>
 #include <pthread.h>
@@ -20,15 +20,6 @@
 #include <string.h>
 #include <unistd.h>
 
-#define CHECK(call)                                                        \
-    do {                                                                   \
-        int rc_ = (call);                                                  \
-        if (rc_ != REFPOINT_OK) {                                          \
-            fprintf(stderr, "%s:%d: %s: %s (%s)\n", __FILE__, __LINE__,    \
-                    #call, refpoint_last_error(), refpoint_error_name(rc_)); \
-            exit(1);                                                       \
-        }                                                                  \
-    } while (0)
 
 static const char *state;
 
