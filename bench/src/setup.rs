@@ -138,3 +138,73 @@ pub fn drop_cached(f: &File) -> nix::Result<()> {
         nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
     )
 }
+
+/// A file removed when dropped (a random source may live in /dev/shm,
+/// outside the work directory).
+pub struct RemoveOnDrop(pub PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A random source of `size` bytes, named after this process: in
+/// `explicit`, else in /dev/shm when it has room (writing it there keeps
+/// the disk under test quiet), else in `fallback`. Sources of killed runs
+/// (`prefix<pid>.raw` of a dead pid) are removed first.
+pub fn random_source(
+    explicit: Option<&Path>,
+    fallback: &Path,
+    prefix: &str,
+    size: u64,
+) -> RemoveOnDrop {
+    let dir = match explicit {
+        Some(d) => d.to_path_buf(),
+        None => {
+            let shm = Path::new("/dev/shm");
+            if shm.is_dir() && free_bytes(shm).unwrap_or(0) > size + (2 << 30) {
+                shm.to_path_buf()
+            } else {
+                fallback.to_path_buf()
+            }
+        }
+    };
+    remove_stale_sources(&dir, prefix);
+    RemoveOnDrop(dir.join(format!("{prefix}{}.raw", std::process::id())))
+}
+
+fn remove_stale_sources(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(prefix)
+            .and_then(|r| r.strip_suffix(".raw"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// The type of the file system holding `p` (`stat -f -c %T`).
+pub fn fs_type(p: &Path) -> Result<String> {
+    let out = Command::new("stat")
+        .args(["-f", "-c", "%T"])
+        .arg(p)
+        .output()
+        .context("cannot run stat")?;
+    ensure!(out.status.success(), "stat -f {} failed", p.display());
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+pub fn free_bytes(p: &Path) -> Result<u64> {
+    let st = nix::sys::statvfs::statvfs(p)?;
+    Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
+}

@@ -43,7 +43,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use refpoint_bench::runner::{loadavg, median, run, settle, version};
-use refpoint_bench::setup::{build_release, parse_size, WorkDir};
+use refpoint_bench::setup::{self, build_release, parse_size, WorkDir};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -209,7 +209,7 @@ fn main() -> Result<()> {
     };
     let work = WorkDir::new(o.dir.as_deref(), "refpoint-capi-bench.")?;
     let dir = work.path().to_path_buf();
-    let fs = fs_type(&dir)?;
+    let fs = setup::fs_type(&dir)?;
     if fs == "tmpfs" {
         eprintln!(
             "warning: {} is on a tmpfs: nothing is read from a disk there; give --dir on a disk",
@@ -233,20 +233,8 @@ fn main() -> Result<()> {
     let cflags = compile(&prefix, &read_disk)?;
 
     // 2. The disk.
-    let src_dir = match &o.src_dir {
-        Some(d) => d.clone(),
-        None => {
-            let shm = Path::new("/dev/shm");
-            if shm.is_dir() && free_bytes(shm).unwrap_or(0) > size + 2 * GIB {
-                shm.to_path_buf()
-            } else {
-                dir.clone()
-            }
-        }
-    };
-    remove_stale_sources(&src_dir);
-    let src = src_dir.join(format!("{SRC_PREFIX}{}.raw", std::process::id()));
-    let src_guard = RemoveOnDrop(src.clone());
+    let src_guard = setup::random_source(o.src_dir.as_deref(), &dir, SRC_PREFIX, size);
+    let src = src_guard.0.clone();
     eprintln!(
         "writing {} of random data to {}…",
         human(size),
@@ -653,47 +641,6 @@ fn checksum(buf: &[u8], offset: u64) -> u64 {
             let granule = offset / GRANULE + i as u64;
             total.wrapping_add(s.wrapping_mul(2 * granule + 1))
         })
-}
-
-/// A file removed when dropped (the raw source may live in /dev/shm,
-/// outside the work directory).
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// Removes sources left by runs that were killed (named after their pid).
-fn remove_stale_sources(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(SRC_PREFIX)
-            .and_then(|r| r.strip_suffix(".raw"))
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-}
-
-fn fs_type(p: &Path) -> Result<String> {
-    Ok(run(Command::new("stat").args(["-f", "-c", "%T"]).arg(p))?
-        .trim()
-        .to_string())
-}
-
-fn free_bytes(p: &Path) -> Result<u64> {
-    let st = nix::sys::statvfs::statvfs(p)?;
-    Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
 }
 
 #[cfg(test)]

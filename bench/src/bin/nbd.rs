@@ -44,7 +44,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use refpoint_bench::runner::{self, loadavg, median};
-use refpoint_bench::setup::{drop_cached, parse_size, Binaries, WorkDir};
+use refpoint_bench::setup::{self, drop_cached, parse_size, Binaries, WorkDir};
 
 const MIB: u64 = 1 << 20;
 const GIB: u64 = 1 << 30;
@@ -235,37 +235,7 @@ fn check_interrupted() -> Result<()> {
     Ok(())
 }
 
-/// Removes sources left by runs that were killed (named after their pid).
-fn remove_stale_sources(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(SRC_PREFIX)
-            .and_then(|r| r.strip_suffix(".raw"))
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-}
-
 const SRC_PREFIX: &str = "refpoint-nbd-bench-";
-
-/// A file removed when dropped (the random source may live in /dev/shm,
-/// outside the work directory).
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
 
 /// A running server process; stopped (SIGTERM, then SIGKILL) when
 /// dropped, whatever happened in between.
@@ -414,7 +384,7 @@ fn main() -> Result<()> {
     let built = o.bin.refpoint()?;
     let work = WorkDir::new(o.dir.as_deref(), "refpoint-nbd-bench.")?;
     let dir = work.path().to_path_buf();
-    if fs_type(&dir)? == "tmpfs" {
+    if setup::fs_type(&dir)? == "tmpfs" {
         eprintln!(
             "warning: {} is on a tmpfs: the flushes cost nothing there; give --dir on a disk",
             dir.display()
@@ -426,20 +396,8 @@ fn main() -> Result<()> {
     std::fs::copy(&built, &refpoint)
         .with_context(|| format!("cannot copy {} to {}", built.display(), refpoint.display()))?;
 
-    let src_dir = match &o.src_dir {
-        Some(d) => d.clone(),
-        None => {
-            let shm = Path::new("/dev/shm");
-            if shm.is_dir() && free_bytes(shm).unwrap_or(0) > size + 2 * GIB {
-                shm.to_path_buf()
-            } else {
-                dir.clone()
-            }
-        }
-    };
-    remove_stale_sources(&src_dir);
-    let src = src_dir.join(format!("{SRC_PREFIX}{}.raw", std::process::id()));
-    let _src_guard = RemoveOnDrop(src.clone());
+    let src_guard = setup::random_source(o.src_dir.as_deref(), &dir, SRC_PREFIX, size);
+    let src = src_guard.0.clone();
     eprintln!(
         "generating {} of random data in {}…",
         human(size),
@@ -488,7 +446,7 @@ fn main() -> Result<()> {
     eprintln!(
         "work dir {} ({}); refpoint {}; {}",
         dir.display(),
-        fs_type(&dir)?,
+        setup::fs_type(&dir)?,
         built.display(),
         qv.lines().next().unwrap_or("")
     );
@@ -998,17 +956,6 @@ fn outcome(out: &Output, ok: &str) -> String {
             String::from_utf8_lossy(&out.stderr)
         )
     }
-}
-
-fn fs_type(p: &Path) -> Result<String> {
-    Ok(run(Command::new("stat").args(["-f", "-c", "%T"]).arg(p))?
-        .trim()
-        .to_string())
-}
-
-fn free_bytes(p: &Path) -> Result<u64> {
-    let st = nix::sys::statvfs::statvfs(p)?;
-    Ok(st.blocks_available() as u64 * st.fragment_size() as u64)
 }
 
 #[cfg(test)]
