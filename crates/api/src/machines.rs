@@ -51,6 +51,19 @@ pub trait Machines {
         request: &BackupRequest,
         progress: Progress<'_>,
     ) -> Result<BackupSummary, ApiError>;
+
+    /// Creates a machine on a backup point at once (instant restore).
+    fn instant_restore(&self, request: &InstantRequest) -> Result<InstantRestored, ApiError>;
+    /// Makes an instant machine's disks standalone while it runs; resumes
+    /// an interrupted finish.
+    fn finish_instant(
+        &self,
+        machine: &str,
+        request: &FinishRequest,
+        progress: Progress<'_>,
+    ) -> Result<FinishSummary, ApiError>;
+    /// Drops an instant machine and its files.
+    fn discard_instant(&self, machine: &str) -> Result<Discarded, ApiError>;
 }
 
 impl Machines for Client {
@@ -119,5 +132,21 @@ impl Machines for Client {
         self.run_backup(machine, request, &mut |job: &Job| {
             progress(&job.item, job.done, job.total)
         })
+    }
+    fn instant_restore(&self, request: &InstantRequest) -> Result<InstantRestored, ApiError> {
+        Client::instant_restore(self, request)
+    }
+    fn finish_instant(
+        &self,
+        machine: &str,
+        request: &FinishRequest,
+        progress: Progress<'_>,
+    ) -> Result<FinishSummary, ApiError> {
+        self.run_finish(machine, request, &mut |job: &Job| {
+            progress(&job.item, job.done, job.total)
+        })
+    }
+    fn discard_instant(&self, machine: &str) -> Result<Discarded, ApiError> {
+        Client::discard_instant(self, machine)
     }
 }

@@ -11,6 +11,10 @@
 //!        └──── convert to reference point ◄─ manifest (BLAKE3 per MiB)
 //! ```
 //!
+//! `instant::restore_instant` starts a machine on a point at once: its
+//! disks are differencing children of the point's files (see
+//! `machine`'s instant module for making them standalone).
+//!
 //! The repository is itself a VHDX chain per disk (each differential's
 //! parent locator points at the previous point's file), so any VHDX reader
 //! that understands differencing files can open a point directly.
@@ -28,12 +32,14 @@
 pub mod cv;
 pub mod error;
 pub mod export;
+pub mod instant;
 pub mod manifest;
 pub mod repo;
 pub mod restore;
 pub mod run;
 
 pub use error::{BackupError, Result};
+pub use instant::restore_instant;
 pub use manifest::{DiskManifest, Manifest};
 pub use repo::Repo;
 pub use restore::{consolidate, flatten, restore, verify, BadBlock, VerifyReport};

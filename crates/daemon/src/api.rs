@@ -172,6 +172,9 @@ pub fn mounts() -> Vec<(&'static Route, MethodRouter<Api>)> {
         mount(&routes::CHANGES, changes),
         mount(&routes::START_BACKUP, start_backup),
         mount(&routes::START_RESTORE, start_restore),
+        mount(&routes::INSTANT_RESTORE, instant_restore),
+        mount(&routes::START_FINISH, start_finish),
+        mount(&routes::DISCARD_INSTANT, discard_instant),
         mount(&routes::START_VERIFY, start_verify),
         mount(&routes::JOBS, jobs),
         mount(&routes::JOB, job),
@@ -382,6 +385,48 @@ async fn start_restore(
                 .map(JobResult::Restore)
         },
     )))
+}
+
+async fn instant_restore(
+    State(api): State<Api>,
+    Required(r): Required<InstantRequest>,
+) -> Answer<InstantRestored> {
+    blocking(move || api.service.instant_restore(&r)).await
+}
+
+async fn start_finish(
+    State(api): State<Api>,
+    Segments(name): Segments<String>,
+    Body(r): Body<FinishRequest>,
+) -> Answer<Job> {
+    // A machine that cannot be finished is refused now, not as a failed job.
+    let a = api.clone();
+    let n = name.clone();
+    let m = blocking(move || a.service.machine(&n)).await?.0;
+    if m.instant.is_none() {
+        return Err(Failure(invalid(format!(
+            "machine {name} is not an instantly restored machine (nothing to finish)"
+        ))));
+    }
+    Ok(Json(start_finish_job(&api, &name, r)))
+}
+
+/// Starts the job that finishes instant machine `name`.
+pub fn start_finish_job(api: &Api, name: &str, r: FinishRequest) -> Job {
+    let service = api.service.clone();
+    let n = name.to_string();
+    api.jobs.start(JobKind::Finish, name, move |progress| {
+        service
+            .finish_instant(&n, &r, progress)
+            .map(JobResult::Finish)
+    })
+}
+
+async fn discard_instant(
+    State(api): State<Api>,
+    Segments(name): Segments<String>,
+) -> Answer<Discarded> {
+    blocking(move || api.service.discard_instant(&name)).await
 }
 
 async fn start_verify(State(api): State<Api>, Required(r): Required<VerifyRequest>) -> Answer<Job> {

@@ -26,6 +26,35 @@ pub fn machine(m: machine::Machine) -> api::Machine {
             .map(reference_point)
             .collect(),
         next_id: m.next_id,
+        instant: m.instant.map(|i| api::InstantOrigin {
+            repository: i.repository,
+            point: i.point,
+            source_machine: i.source_machine,
+            created: i.created,
+            finishing: i.finishing,
+            throttle: i.throttle,
+        }),
+    }
+}
+
+pub fn finish_summary(s: machine::FinishSummary) -> api::FinishSummary {
+    api::FinishSummary {
+        machine: s.machine,
+        disks: s
+            .disks
+            .into_iter()
+            .map(|d| api::FinishedDisk {
+                name: d.name,
+                file: d.file,
+                bytes_copied: d.bytes_copied,
+                rounds: d.rounds,
+                paused_seconds: d.paused_seconds,
+                already_standalone: d.already_standalone,
+            })
+            .collect(),
+        bytes_copied: s.bytes_copied,
+        seconds: s.seconds,
+        resumed: s.resumed,
     }
 }
 

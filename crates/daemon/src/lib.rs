@@ -22,7 +22,8 @@
 //! * `exports.rs`  export names and the NBD export catalog
 //! * `device.rs`   NBD block devices over live and frozen disks
 //! * `disks.rs`    what a disk is (format, geometry, chain, tracking)
-//! * `jobs.rs`     long operations (backup, restore, verify) with progress
+//! * `jobs.rs`     long operations (backup, restore, verify, finishing an
+//!   instant machine) with progress; an interrupted finish resumes at start
 //! * `tracking.rs` tracking status and changes as the API answers them
 //! * `error.rs`    [`DaemonError`]
 //!
@@ -202,6 +203,16 @@ async fn serve(o: ServeOptions) -> Result<()> {
             .and_then(|l| l.local_addr().ok())
             .map(|a| a.port()),
     };
+    // A finish that a kill or a restart interrupted goes on.
+    for m in store.list_each().map(|(ms, _)| ms).unwrap_or_default() {
+        if let Some(i) = m.instant.as_ref().filter(|i| i.finishing) {
+            eprintln!("resuming the finish of instant machine {}", m.name);
+            let r = ::api::FinishRequest {
+                throttle: i.throttle,
+            };
+            api::start_finish_job(&api_state, &m.name, r);
+        }
+    }
 
     let mut tasks = tokio::task::JoinSet::new();
     {

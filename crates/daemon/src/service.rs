@@ -226,4 +226,52 @@ impl Machines for Service {
             backup::backup(&self.store, machine, &to, &mut tick).map_err(convert::backup_error)?;
         Ok(convert::backup_summary(s))
     }
+
+    fn instant_restore(&self, r: &InstantRequest) -> Result<InstantRestored, ApiError> {
+        let start = std::time::Instant::now();
+        let _lock = self.store.lock_machine(&r.name);
+        let repo = vhdx::paths::absolute(&r.repository);
+        let m = backup::restore_instant(&self.store, &repo, r.point, r.machine.as_deref(), &r.name)
+            .map_err(convert::backup_error)?;
+        if self.hold {
+            // Opened now, so the first read of an export waits for nothing.
+            for d in &m.disks {
+                self.store.hold(&m.name, &d.name).map_err(machine_error)?;
+            }
+        }
+        Ok(InstantRestored {
+            exports: m
+                .disks
+                .iter()
+                .map(|d| format!("{}/{}", m.name, d.name))
+                .collect(),
+            machine: convert::machine(m),
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+
+    fn finish_instant(
+        &self,
+        machine: &str,
+        r: &FinishRequest,
+        progress: Progress<'_>,
+    ) -> Result<FinishSummary, ApiError> {
+        let _lock = self.store.lock_machine(machine);
+        let opts = machine::FinishOptions {
+            throttle: r.throttle,
+        };
+        let s = self
+            .store
+            .finish_instant(machine, &opts, progress)
+            .map_err(machine_error)?;
+        Ok(convert::finish_summary(s))
+    }
+
+    fn discard_instant(&self, machine: &str) -> Result<Discarded, ApiError> {
+        let _lock = self.store.lock_machine(machine);
+        self.store.discard_instant(machine).map_err(machine_error)?;
+        Ok(Discarded {
+            discarded: machine.into(),
+        })
+    }
 }

@@ -57,6 +57,10 @@ pub enum MachineError {
     #[error("{} is not a valid machine file: {reason}", path.display())]
     Corrupt { path: PathBuf, reason: String },
     /// A disk the pool holds could not be reopened after a file switch.
+    #[error("machine {name} is not an instantly restored machine (nothing to finish or discard)")]
+    NotInstant { name: String },
+    #[error("machine {name} has checkpoints; an instant machine is finished without any (delete or convert them first)")]
+    InstantHasCheckpoints { name: String },
     #[error("{machine}/{disk} is not open (reopening it failed; see the log)")]
     NotOpen { machine: String, disk: String },
     #[error("{}: I/O error while {op}: {source}", path.display())]
@@ -142,6 +146,8 @@ impl MachineError {
                 | MachineError::NotNewest { .. }
                 | MachineError::NotRecovery { .. }
                 | MachineError::HasCheckpoints { .. }
+                | MachineError::NotInstant { .. }
+                | MachineError::InstantHasCheckpoints { .. }
                 | MachineError::Frozen { .. }
         ) || matches!(
             self,

@@ -11,6 +11,7 @@
 //!  ├─ model.rs       Machine, MachineDisk, Checkpoint, ReferencePoint (the file format)
 //!  ├─ checkpoint.rs  create / delete / apply / convert, destroy reference points
 //!  ├─ hooks.rs       freeze / thaw commands (exit code and stderr on failure)
+//!  ├─ instant.rs     machines running on a backup point: create, finish, discard
 //!  ├─ pool.rs        disks held open (the daemon), parked while files switch
 //!  ├─ resolve.rs     MACHINE/DISK arguments and the frozen-file rule
 //!  └─ home.rs        the state directory
@@ -29,15 +30,17 @@ mod checkpoint;
 mod error;
 pub mod home;
 mod hooks;
+mod instant;
 mod model;
 mod pool;
 mod resolve;
 mod store;
 
 pub use error::{MachineError, Result};
+pub use instant::{FinishOptions, FinishSummary, InstantDisk};
 pub use model::{
-    BackupLink, Checkpoint, CheckpointDisk, CheckpointKind, Consistency, Machine, MachineDisk,
-    ReferenceDisk, ReferencePoint,
+    BackupLink, Checkpoint, CheckpointDisk, CheckpointKind, Consistency, Instant, Machine,
+    MachineDisk, ReferenceDisk, ReferencePoint,
 };
 pub use pool::{MachineLock, Parked, Slot};
 pub use resolve::Target;

@@ -88,6 +88,30 @@ pub struct Machine {
     pub reference_points: Vec<ReferencePoint>,
     /// Next checkpoint / reference point number.
     pub next_id: u64,
+    /// Set while the machine runs on a backup point (instant restore):
+    /// its disks are differencing children of the point's files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instant: Option<Instant>,
+}
+
+/// Where an instantly restored machine's data comes from, and whether
+/// its disks are being made standalone.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Instant {
+    /// The repository the point is in (a per-machine repository).
+    pub repository: PathBuf,
+    pub point: u32,
+    /// The machine the point is a backup of.
+    pub source_machine: String,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+    /// A finish was started and has not completed: it resumes (the
+    /// daemon resumes it at start).
+    #[serde(default)]
+    pub finishing: bool,
+    /// The finish's copy rate limit in bytes per second, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<u64>,
 }
 
 impl Machine {

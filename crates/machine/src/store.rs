@@ -229,6 +229,7 @@ impl Store {
             checkpoints: vec![],
             reference_points: vec![],
             next_id: 1,
+            instant: None,
         };
         self.save(&m)?;
         Ok(m)

@@ -75,7 +75,7 @@ enum Noun {
     /// Back up a machine (full or incremental), or manage a backup repository.
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Backup(BackupArgs),
-    /// Restore a backup point as one flat image.
+    /// Restore a backup point as one flat image, or start a machine on it at once (--instant).
     Restore(RestoreArgs),
     /// Re-hash a repository's chains against the manifests.
     Verify(VerifyArgs),

@@ -44,6 +44,20 @@ impl Client {
         }
     }
 
+    /// Finishes an instant machine and waits for the job.
+    pub fn run_finish(
+        &self,
+        machine: &str,
+        request: &FinishRequest,
+        progress: &mut dyn FnMut(&Job),
+    ) -> Result<FinishSummary, ApiError> {
+        let job = self.start_finish(machine, request)?;
+        match self.wait_job(job.id, progress)?.result {
+            Some(JobResult::Finish(s)) => Ok(s),
+            other => Err(self.unexpected_result(job.id, "FinishSummary", other)),
+        }
+    }
+
     /// Restores and waits for the job: the files written.
     pub fn run_restore(
         &self,

@@ -141,6 +141,18 @@ impl Client {
         self.call(&routes::START_BACKUP, &[&machine], None, Some(request))
     }
 
+    pub fn instant_restore(&self, request: &InstantRequest) -> Result<InstantRestored, ApiError> {
+        self.call(&routes::INSTANT_RESTORE, &[], None, Some(request))
+    }
+
+    pub fn start_finish(&self, machine: &str, request: &FinishRequest) -> Result<Job, ApiError> {
+        self.call(&routes::START_FINISH, &[&machine], None, Some(request))
+    }
+
+    pub fn discard_instant(&self, machine: &str) -> Result<Discarded, ApiError> {
+        self.call(&routes::DISCARD_INSTANT, &[&machine], None, None::<&()>)
+    }
+
     pub fn start_restore(&self, request: &RestoreRequest) -> Result<Job, ApiError> {
         self.call(&routes::START_RESTORE, &[], None, Some(request))
     }

@@ -225,6 +225,39 @@ pub const START_RESTORE: Route = Route {
     response_description: "the job",
 };
 
+pub const INSTANT_RESTORE: Route = Route {
+    method: Method::Post,
+    path: "/v1/instant-restores",
+    operation_id: "instant_restore",
+    summary: "Create a machine that runs on a backup point at once (its disks are differencing children of the point's files, exported read-write and tracked)",
+    body: Body::Required(Payload::of::<InstantRequest>()),
+    query: None,
+    response: Payload::of::<InstantRestored>(),
+    response_description: "the machine",
+};
+
+pub const START_FINISH: Route = Route {
+    method: Method::Post,
+    path: "/v1/machines/{machine}/finish",
+    operation_id: "start_finish",
+    summary: "Copy an instant machine's data into standalone disks while it runs, then switch to them (a job; resumes after a restart)",
+    body: Body::Optional(Payload::of::<FinishRequest>()),
+    query: None,
+    response: Payload::of::<Job>(),
+    response_description: "the job",
+};
+
+pub const DISCARD_INSTANT: Route = Route {
+    method: Method::Delete,
+    path: "/v1/machines/{machine}/instant",
+    operation_id: "discard_instant",
+    summary: "Drop an instant machine and its files (the backup point is untouched)",
+    body: Body::None,
+    query: None,
+    response: Payload::of::<Discarded>(),
+    response_description: "discarded",
+};
+
 pub const START_VERIFY: Route = Route {
     method: Method::Post,
     path: "/v1/verifications",
@@ -280,6 +313,9 @@ pub const ROUTES: &[&Route] = &[
     &CHANGES,
     &START_BACKUP,
     &START_RESTORE,
+    &INSTANT_RESTORE,
+    &START_FINISH,
+    &DISCARD_INSTANT,
     &START_VERIFY,
     &JOBS,
     &JOB,

@@ -1,7 +1,7 @@
 //! `/v1/jobs`: long operations (backups, restores, verifications) run as
 //! jobs; the API answers at once with the job and clients poll it.
 
-use super::{BackupSummary, RestoreResult, VerifyReport};
+use super::{BackupSummary, FinishSummary, RestoreResult, VerifyReport};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -32,6 +32,8 @@ pub enum JobKind {
     Backup,
     Restore,
     Verify,
+    /// Making an instant machine's disks standalone.
+    Finish,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
@@ -51,6 +53,7 @@ pub enum JobResult {
     Backup(BackupSummary),
     Restore(RestoreResult),
     Verify(VerifyReport),
+    Finish(FinishSummary),
     #[schema(value_type = Object)]
     Other(serde_json::Value),
 }

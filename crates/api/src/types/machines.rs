@@ -21,6 +21,9 @@ pub struct Machine {
     pub reference_points: Vec<ReferencePoint>,
     /// Number the next checkpoint or reference point gets.
     pub next_id: u64,
+    /// Set while the machine runs on a backup point (instant restore).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instant: Option<super::InstantOrigin>,
 }
 
 /// A machine's disk: the file it was created with (which also names its

@@ -13,6 +13,7 @@ mod checkpoints;
 mod disks;
 mod errors;
 mod exports;
+mod instant;
 mod jobs;
 mod machines;
 mod references;
@@ -30,6 +31,10 @@ pub use checkpoints::{
 pub use disks::DiskInfo;
 pub use errors::{ErrorBody, ErrorKind};
 pub use exports::Export;
+pub use instant::{
+    Discarded, FinishRequest, FinishSummary, FinishedDisk, InstantOrigin, InstantRequest,
+    InstantRestored,
+};
 pub use jobs::{Job, JobKind, JobResult, JobState};
 pub use machines::{Machine, MachineDisk};
 pub use references::{Destroyed, ReferenceDisk, ReferencePoint};

@@ -121,20 +121,30 @@ pub(crate) fn run(b: BackupArgs) -> Result<ExitCode> {
 }
 
 #[derive(Args)]
+#[command(after_help = "Examples:
+  refpoint restore /backups/vm1 --to vm1-os.vhdx
+  refpoint restore /backups/vm1 --point 3 --instant --as vm1-restored
+  refpoint restore --finish vm1-restored --throttle 200M
+  refpoint restore --discard vm1-restored")]
 pub(crate) struct RestoreArgs {
     /// The backup repository.
-    dir: PathBuf,
+    dir: Option<PathBuf>,
     /// Point number (see `refpoint backup list DIR`) or "latest".
     #[arg(long, default_value = "latest")]
     point: String,
     /// Where to write the image (a directory when restoring several disks).
     #[arg(long)]
-    to: PathBuf,
+    to: Option<PathBuf>,
     #[arg(long, value_enum, default_value = "vhdx")]
     format: FormatArg,
     /// Only this disk.
     #[arg(long)]
     disk: Option<String>,
+    /// Of a host repository: the machine of the host point.
+    #[arg(long)]
+    machine: Option<String>,
+    #[command(flatten)]
+    instant: super::instant::InstantArgs,
 }
 
 pub(crate) fn restore(a: RestoreArgs) -> Result<ExitCode> {
@@ -147,6 +157,14 @@ pub(crate) fn restore(a: RestoreArgs) -> Result<ExitCode> {
                 .context("--point takes a number or \"latest\"")?,
         )
     };
+    if a.instant.given() {
+        return super::instant::run(a.dir, point, a.machine, a.instant);
+    }
+    let (Some(dir), Some(to)) = (a.dir, a.to) else {
+        anyhow::bail!(
+            "restore needs the repository and --to: refpoint restore DIR --to FILE (or --instant --as NAME)"
+        );
+    };
     let fmt = match a.format {
         FormatArg::Vhdx => vdisk::copy::Format::Vhdx,
         FormatArg::Raw => vdisk::copy::Format::Raw,
@@ -154,10 +172,10 @@ pub(crate) fn restore(a: RestoreArgs) -> Result<ExitCode> {
     let pb = bar(0, "restore", false);
     let out = ::backup::restore(
         &LocalFs,
-        &a.dir,
+        &dir,
         point,
         a.disk.as_deref(),
-        &a.to,
+        &to,
         fmt,
         &mut |d, t| {
             pb.set_length(t);

@@ -5,6 +5,7 @@ pub(crate) mod backup;
 pub(crate) mod checkpoint;
 pub(crate) mod disk;
 pub(crate) mod hints;
+pub(crate) mod instant;
 pub(crate) mod machine;
 pub(crate) mod rct;
 pub(crate) mod reference;

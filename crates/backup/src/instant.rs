@@ -1,0 +1,68 @@
+//! Instant restore: a machine that runs on a backup point at once, its
+//! disks differencing children of the point's files. The repository is
+//! only read; `machine`'s finish later makes the disks standalone.
+
+use crate::error::Result;
+use crate::repo::Repo;
+use machine::{Instant, InstantDisk, Machine, Store};
+use std::path::{Path, PathBuf};
+use storage::Fs;
+
+/// The per-machine repository and point a request names.
+fn resolve(
+    fs: &dyn Fs,
+    dir: &Path,
+    point: Option<u32>,
+    machine: Option<&str>,
+) -> Result<(PathBuf, Option<u32>)> {
+    let repo = Repo::new(fs, dir);
+    if let Some(want) = machine {
+        let n = repo.resolve_point(point)?;
+        let m = repo.manifest(n)?;
+        if m.machine != want {
+            return Err(crate::BackupError::NoPoint {
+                dir: repo.dir.clone(),
+                point: n,
+            });
+        }
+    }
+    Ok((repo.dir, point))
+}
+
+/// Creates machine `name` on point `point` (latest if `None`) of
+/// repository `dir`; of a host repository, on machine `machine` of host
+/// point `point`.
+pub fn restore_instant(
+    store: &Store,
+    dir: &Path,
+    point: Option<u32>,
+    machine: Option<&str>,
+    name: &str,
+) -> Result<Machine> {
+    let (dir, point) = resolve(&**store.fs(), dir, point, machine)?;
+    let repo = Repo::new(&**store.fs(), &dir);
+    let n = repo.resolve_point(point)?;
+    let manifest = repo.manifest(n)?;
+    let disks = manifest
+        .disks
+        .iter()
+        .map(|d| {
+            Ok(InstantDisk {
+                name: d.name.clone(),
+                parent: repo.disk_file(n, &d.name)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let origin = Instant {
+        repository: repo.dir.clone(),
+        point: n,
+        source_machine: manifest.machine.clone(),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        finishing: false,
+        throttle: None,
+    };
+    Ok(store.create_instant(name, &disks, origin)?)
+}
