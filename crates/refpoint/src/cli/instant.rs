@@ -97,8 +97,12 @@ pub(crate) fn run(
         }
         finish = finish.map(|n| n.or(Some(name)));
     }
-    let Some(name) = finish.flatten() else {
-        anyhow::bail!("--finish needs the machine: refpoint restore --finish NAME");
+    let name = match finish {
+        None => return Ok(ExitCode::SUCCESS),
+        Some(None) => {
+            anyhow::bail!("--finish needs the machine: refpoint restore --finish NAME")
+        }
+        Some(Some(name)) => name,
     };
     let request = FinishRequest {
         throttle: a.throttle,

@@ -61,11 +61,12 @@ pub(crate) fn run(c: MachineCmd) -> Result<ExitCode> {
             } else {
                 for m in ms {
                     println!(
-                        "{}  {} disk(s), {} checkpoint(s), {} reference point(s)",
+                        "{}  {} disk(s), {} checkpoint(s), {} reference point(s){}",
                         m.name,
                         m.disks.len(),
                         m.checkpoints.len(),
-                        m.reference_points.len()
+                        m.reference_points.len(),
+                        m.instant.as_ref().map(instant_text).unwrap_or_default()
                     );
                 }
             }
@@ -75,7 +76,11 @@ pub(crate) fn run(c: MachineCmd) -> Result<ExitCode> {
             if json {
                 print_json(&m)?;
             } else {
-                println!("machine {}", m.name);
+                println!(
+                    "machine {}{}",
+                    m.name,
+                    m.instant.as_ref().map(instant_text).unwrap_or_default()
+                );
                 for d in &m.disks {
                     println!(
                         "  disk {}: {} (writing to {})",
@@ -115,4 +120,14 @@ pub(crate) fn run(c: MachineCmd) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How `machine list|show` tell that a machine runs on a backup point.
+fn instant_text(i: &::machine::Instant) -> String {
+    format!(
+        ", instant on point {} of {}{}",
+        i.point,
+        i.repository.display(),
+        if i.finishing { " (finishing)" } else { "" }
+    )
 }
