@@ -43,7 +43,8 @@ pub struct InstantDisk {
 
 #[derive(Debug, Clone, Default)]
 pub struct FinishOptions {
-    /// Copy at most this many bytes per second.
+    /// Copy the point's data at most this fast, in bytes per second (the
+    /// catch-up of what the machine writes meanwhile is not held to it).
     pub throttle: Option<u64>,
 }
 
@@ -303,6 +304,10 @@ impl Store {
             copy.ranges(&ranges, false, &mut out, &mut |o, b| {
                 held(&mut |disk| Ok(disk.read(o, b)?))
             })?;
+            // The throttle spares the machine's storage during the bulk
+            // copy; held to it, catching up with a machine that writes
+            // faster than the limit would never end.
+            copy.throttle = None;
             while rounds < MAX_ROUNDS {
                 rounds += 1;
                 let mut changed = Vec::new();
@@ -329,7 +334,6 @@ impl Store {
         let parked = self.park(machine)?;
         let m = self.load(machine)?;
         let mut disk = self.open_disk(&m, &d.name, true)?;
-        copy.throttle = None;
         match &since {
             Some(since) => {
                 let last = disk.seal()?;

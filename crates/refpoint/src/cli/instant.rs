@@ -21,7 +21,8 @@ pub(crate) struct InstantArgs {
     /// an interrupted finish (the daemon resumes one by itself at start).
     #[arg(long, value_name = "NAME", num_args = 0..=1, conflicts_with = "discard")]
     pub finish: Option<Option<String>>,
-    /// Copy at most this many bytes per second while finishing (e.g. 100M).
+    /// Copy the point's data at most this fast while finishing, in bytes per
+    /// second (e.g. 100M); catching up with new writes is not held to it.
     #[arg(long, value_name = "RATE", value_parser = parse_size)]
     pub throttle: Option<u64>,
     /// With a daemon: start the finish as a job and return at once
