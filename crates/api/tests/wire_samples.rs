@@ -330,3 +330,32 @@ fn plain_enums_travel_as_snake_case() {
     assert_eq!(name(BadBlockScope::File), "file");
     assert_eq!(name(BadBlockScope::Content), "content");
 }
+
+#[test]
+fn instant_restore_finish_and_discard() {
+    let r: InstantRequest = round_trip(samples::INSTANT_REQUEST);
+    assert_eq!((r.point, r.machine.as_deref()), (Some(3), Some("vm1")));
+    let r: InstantRequest = round_trip(samples::INSTANT_REQUEST_PLAIN);
+    assert_eq!((r.point, r.machine), (None, None));
+    let r: InstantRestored = round_trip(samples::INSTANT_RESTORED);
+    let origin = r.machine.instant.expect("an instant machine says so");
+    assert_eq!((origin.point, origin.finishing), (2, false));
+    assert_eq!(r.exports, ["vm1r/disk0"]);
+    // A machine that is not instant leaves the field out.
+    let m: Machine = round_trip(samples::BARE_MACHINE);
+    assert!(m.instant.is_none());
+    assert_eq!(
+        round_trip::<FinishRequest>(samples::FINISH_REQUEST).throttle,
+        Some(100 << 20)
+    );
+    let j: Job = round_trip(samples::JOB_FINISH_DONE);
+    assert_eq!(j.kind, JobKind::Finish);
+    let Some(JobResult::Finish(s)) = j.result else {
+        panic!("a finish summary: {:?}", j.result)
+    };
+    assert!(s.resumed && s.disks[0].rounds == 2);
+    assert_eq!(
+        round_trip::<Discarded>(samples::DISCARDED).discarded,
+        "vm1r"
+    );
+}

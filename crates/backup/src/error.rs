@@ -30,6 +30,14 @@ pub enum BackupError {
     /// The point an incremental builds on does not hash the whole disk.
     #[error("the previous point has {have} hashes for a disk of {blocks} blocks")]
     HashCount { have: usize, blocks: usize },
+    /// An instant machine runs on a point of the repository: rewriting its
+    /// files would pull the ground from under it.
+    #[error("machine {machine} runs on point {point} of {} (instant restore); finish it (refpoint restore --finish {machine}) or discard it first", dir.display())]
+    InUse {
+        dir: PathBuf,
+        machine: String,
+        point: u32,
+    },
     /// Consolidation must keep at least one point.
     #[error("consolidation must keep at least 1 point")]
     KeepNone,

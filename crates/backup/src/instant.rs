@@ -63,6 +63,28 @@ pub fn restore_instant(
             .unwrap_or(0),
         finishing: false,
         throttle: None,
+        sealed: vec![],
     };
     Ok(store.create_instant(name, &disks, origin)?)
+}
+
+/// Refuses when an instant machine of `store` runs on a point of
+/// repository `dir` (or of a repository inside it): operations that
+/// rewrite or remove a repository's files (consolidation) ask first.
+pub fn check_not_in_use(store: &Store, dir: &Path) -> Result<()> {
+    let dir = vhdx::paths::absolute(dir);
+    for m in store.list_each()?.0 {
+        if let Some(i) = m
+            .instant
+            .as_ref()
+            .filter(|i| i.repository.starts_with(&dir))
+        {
+            return Err(crate::BackupError::InUse {
+                dir: i.repository.clone(),
+                machine: m.name.clone(),
+                point: i.point,
+            });
+        }
+    }
+    Ok(())
 }

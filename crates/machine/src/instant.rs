@@ -200,11 +200,36 @@ impl Store {
             return Err(MachineError::InstantHasCheckpoints { name: name.into() });
         }
         let resumed = inst.finishing;
-        if !inst.finishing || inst.throttle != opts.throttle {
-            inst.finishing = true;
-            inst.throttle = opts.throttle;
-            self.save(&m)?;
+        // IDs an interrupted finish sealed: nobody else knows them.
+        let sealed = std::mem::take(&mut inst.sealed);
+        for (disk, before) in sealed {
+            let before = before.and_then(|s| s.parse::<RctId>().ok());
+            let kept: Vec<String> = m
+                .reference_points
+                .iter()
+                .flat_map(|r| &r.disks)
+                .filter(|r| r.name == disk)
+                .filter_map(|r| r.rct_id.clone())
+                .collect();
+            let _ = self.with_held(name, &disk, |d| {
+                for id in d.retained_ids()? {
+                    let ours = match &before {
+                        Some(b) => b.tracking == id.tracking && id.generation > b.generation,
+                        None => true,
+                    };
+                    if ours && !kept.contains(&id.to_string()) {
+                        let _ = d.release(&id);
+                    }
+                }
+                Ok(())
+            });
         }
+        let Some(inst) = m.instant.as_mut() else {
+            unreachable!("checked above")
+        };
+        inst.finishing = true;
+        inst.throttle = opts.throttle;
+        self.save(&m)?;
         let mut disks = Vec::new();
         for d in &m.disks {
             let standalone = Vhdx::open(&**self.fs(), &d.base, false)?
@@ -233,6 +258,16 @@ impl Store {
             seconds: start.elapsed().as_secs_f64(),
             resumed,
         })
+    }
+
+    /// Records that the finish seals IDs of `disk` after `before`.
+    fn note_sealing(&self, machine: &str, disk: &str, before: Option<&RctId>) -> Result<()> {
+        let mut m = self.load(machine)?;
+        if let Some(i) = m.instant.as_mut() {
+            i.sealed = vec![(disk.to_string(), before.map(|b| b.to_string()))];
+            self.save(&m)?;
+        }
+        Ok(())
     }
 
     fn make_standalone(
@@ -285,6 +320,13 @@ impl Store {
         let mut extents = Vec::new();
         held(&mut |disk| {
             if disk.is_tracked() {
+                // Noted before sealing, so a cut right after leaves no ID
+                // nobody knows.
+                let before = match disk.tracking_status() {
+                    vdisk::TrackingStatus::On(s) => s.most_recent_id,
+                    _ => None,
+                };
+                self.note_sealing(machine, &d.name, before.as_ref())?;
                 since = Some(disk.seal()?);
             }
             extents = disk.extents(0, size)?;

@@ -112,6 +112,12 @@ pub struct Instant {
     /// The finish's copy rate limit in bytes per second, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throttle: Option<u64>,
+    /// Per disk, the newest RCT ID before the finish began sealing its own
+    /// (`disk`, `id`; `None`: there was none): the IDs after it that no
+    /// reference point keeps are the finish's, released when an
+    /// interrupted finish resumes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sealed: Vec<(String, Option<String>)>,
 }
 
 impl Machine {

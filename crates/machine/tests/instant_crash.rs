@@ -100,6 +100,7 @@ impl World {
             created: 0,
             finishing: false,
             throttle: None,
+            sealed: vec![],
         };
         let disk = InstantDisk {
             name: "disk0".into(),
@@ -233,6 +234,9 @@ impl World {
             TrackingStatus::On(_) => {}
             other => panic!("{ctx}: tracking after the switch: {other:?}"),
         }
+        // The finish's own IDs are all released, interrupted ones too.
+        let retained = d.retained_ids().unwrap();
+        assert!(retained == [self.since], "{ctx}: retained {retained:?}");
         let c = d
             .query_changes(&self.since, None, 0, SIZE, usize::MAX)
             .unwrap_or_else(|e| panic!("{ctx}: changes since the sealed ID: {e}"));
@@ -325,6 +329,7 @@ fn discard_removes_the_machine_and_its_files_and_not_the_point() {
         created: 0,
         finishing: false,
         throttle: None,
+        sealed: vec![],
     };
     st.create_instant(NAME, &[disk], origin).unwrap();
     let e = st.discard_instant("nope").unwrap_err();

@@ -358,6 +358,12 @@ fn without_a_daemon_and_on_bad_requests() {
     env.ok(&["restore", s(&repo), "--instant", "--as", "r2", "--finish"]);
     assert!(machine_json(&env, "r2").get("instant").is_none());
     env.ok(&["restore", s(&repo), "--instant", "--as", "r3"]);
+    let o = env.run(&["backup", "consolidate", s(&repo), "--keep", "1"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("machine r3 runs on point 1"),
+        "{e}"
+    );
     let out = env.ok(&["restore", "--discard", "r3"]);
     assert!(out.contains("discarded"), "{out}");
     assert!(!env.home.join("instant/r3").exists());

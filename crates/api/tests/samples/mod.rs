@@ -182,3 +182,20 @@ pub const VERIFY_REQUEST_ALL: &str = r#"{"repository":"/backups/vm1"}"#;
 /// axum decodes either way).
 pub const CHANGES_QUERY_CLI: &str =
     "since=rct:5b1f0c2e-8d7a-4b6e-9f3c-2a1d4e6f8b90:00000001&offset=0&max_ranges=18446744073709551615&until=rct:5b1f0c2e-8d7a-4b6e-9f3c-2a1d4e6f8b90:00000002&length=1048576";
+
+pub const INSTANT_REQUEST: &str =
+    r#"{"repository":"/backups/host","point":3,"machine":"vm1","name":"vm1-restored"}"#;
+pub const INSTANT_REQUEST_PLAIN: &str = r#"{"repository":"/backups/vm1","name":"vm1r"}"#;
+pub const INSTANT_RESTORED: &str = r#"{"machine":{"name":"vm1r",
+  "disks":[{"name":"disk0","base":"/srv/refpoint/instant/vm1r/disk0.vhdx","active":"/srv/refpoint/instant/vm1r/disk0.vhdx"}],
+  "freeze":null,"thaw":null,"checkpoints":[],"reference_points":[],"next_id":1,
+  "instant":{"repository":"/backups/vm1","point":2,"source_machine":"vm1","created":1767226400,"finishing":false}},
+  "exports":["vm1r/disk0"],"seconds":0.08}"#;
+pub const FINISH_REQUEST: &str = r#"{"throttle":104857600}"#;
+pub const JOB_FINISH_DONE: &str = r#"{"id":13,"kind":"finish","target":"vm1r","state":"succeeded",
+  "item":"disk0","done":67108864,"total":67108864,
+  "result":{"machine":"vm1r","disks":[{"name":"disk0","file":"/srv/refpoint/instant/vm1r/disk0.vhdx",
+    "bytes_copied":67108864,"rounds":2,"paused_seconds":0.05,"already_standalone":false}],
+    "bytes_copied":67108864,"seconds":3.5,"resumed":true},
+  "error":null,"started":1767226500,"finished":1767226504}"#;
+pub const DISCARDED: &str = r#"{"discarded":"vm1r"}"#;

@@ -57,6 +57,7 @@ pub(crate) fn run(b: BackupArgs) -> Result<ExitCode> {
             }
         }
         Some(BackupCmd::Consolidate { dir, keep }) => {
+            ::backup::instant::check_not_in_use(&refpoint_cli::machines::store(), &dir)?;
             let removed = ::backup::consolidate(&LocalFs, &dir, keep, &mut |_, _| {})?;
             if removed.is_empty() {
                 println!("nothing to consolidate: at most {keep} point(s)");
