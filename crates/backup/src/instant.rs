@@ -18,7 +18,7 @@ fn resolve(
     let repo = Repo::new(fs, dir);
     if let Some(want) = machine {
         let n = repo.resolve_point(point)?;
-        let m = repo.manifest(n)?;
+        let m = repo.manifest_head(n)?;
         if m.machine != want {
             return Err(crate::BackupError::NoPoint {
                 dir: repo.dir.clone(),
@@ -42,21 +42,15 @@ pub fn restore_instant(
     let (dir, point) = resolve(&**store.fs(), dir, point, machine)?;
     let repo = Repo::new(&**store.fs(), &dir);
     let n = repo.resolve_point(point)?;
-    let manifest = repo.manifest(n)?;
-    let disks = manifest
-        .disks
-        .iter()
-        .map(|d| {
-            Ok(InstantDisk {
-                name: d.name.clone(),
-                parent: repo.disk_file(n, &d.name)?,
-            })
-        })
-        .collect::<Result<Vec<_>>>()?;
+    let (source_machine, files) = repo.point_files(n)?;
+    let disks: Vec<InstantDisk> = files
+        .into_iter()
+        .map(|(name, parent)| InstantDisk { name, parent })
+        .collect();
     let origin = Instant {
         repository: repo.dir.clone(),
         point: n,
-        source_machine: manifest.machine.clone(),
+        source_machine,
         created: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())

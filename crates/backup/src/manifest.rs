@@ -55,3 +55,19 @@ pub struct DiskManifest {
     #[serde(default)]
     pub file_hashes: Vec<String>,
 }
+
+/// What a manifest says about a point without its hashes (which, at one
+/// per MiB, make a large disk's manifest tens of MiB): enough to open the
+/// point's files.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ManifestHead {
+    pub machine: String,
+    pub point: u32,
+    pub disks: Vec<DiskHead>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DiskHead {
+    pub name: String,
+    pub file: String,
+}

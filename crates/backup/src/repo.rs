@@ -11,7 +11,7 @@
 
 use crate::cv;
 use crate::error::{BackupError, Result};
-use crate::manifest::{Manifest, HASH_BLOCK, MANIFEST_NAME};
+use crate::manifest::{Manifest, ManifestHead, HASH_BLOCK, MANIFEST_NAME};
 use std::path::{Path, PathBuf};
 use storage::{Fs, OpenMode};
 
@@ -74,6 +74,52 @@ impl<'a> Repo<'a> {
     }
 
     pub fn manifest(&self, point: u32) -> Result<Manifest> {
+        let (m, p): (Manifest, _) = self.read_manifest(point)?;
+        check_names(&p, m.disks.iter().map(|d| (&*d.name, &*d.file)))?;
+        Ok(m)
+    }
+
+    /// A point's manifest without its hashes: quick on any disk size.
+    pub fn manifest_head(&self, point: u32) -> Result<ManifestHead> {
+        let (m, p): (ManifestHead, _) = self.read_manifest(point)?;
+        check_names(&p, m.disks.iter().map(|d| (&*d.name, &*d.file)))?;
+        Ok(m)
+    }
+
+    /// The disks of complete point `point` and their files, from the
+    /// point's directory, and the machine it is a backup of, from the
+    /// start of its manifest: what opening a point takes, in a time that
+    /// does not grow with the disk (a manifest holds a hash per MiB).
+    pub fn point_files(&self, point: u32) -> Result<(String, Vec<(String, PathBuf)>)> {
+        let n = self.resolve_point(Some(point))?;
+        let d = point_dir(&self.dir, n);
+        let mut disks: Vec<(String, PathBuf)> = self
+            .fs
+            .list_dir(&d)
+            .map_err(self.io(&d, "listing"))?
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "vhdx" || e == "avhdx"))
+            .filter_map(|p| {
+                let stem = p.file_stem()?.to_str()?.to_string();
+                (!stem.starts_with('.')).then_some((stem, p))
+            })
+            .collect();
+        disks.sort();
+        let m = d.join(MANIFEST_NAME);
+        let f = self
+            .fs
+            .open(&m, OpenMode::ReadOnly)
+            .map_err(self.io(&m, "opening"))?;
+        let mut head = vec![0u8; 4096.min(f.len().map_err(self.io(&m, "reading"))? as usize)];
+        f.read_at(0, &mut head).map_err(self.io(&m, "reading"))?;
+        let machine = match machine_in_head(&head) {
+            Some(name) => name,
+            None => self.manifest_head(n)?.machine,
+        };
+        Ok((machine, disks))
+    }
+
+    fn read_manifest<T: serde::de::DeserializeOwned>(&self, point: u32) -> Result<(T, PathBuf)> {
         let p = point_dir(&self.dir, point).join(MANIFEST_NAME);
         if !self.exists(&p)? {
             return Err(BackupError::NoPoint {
@@ -82,25 +128,11 @@ impl<'a> Repo<'a> {
             });
         }
         let b = self.fs.read_file(&p).map_err(self.io(&p, "reading"))?;
-        let m: Manifest = serde_json::from_slice(&b).map_err(|e| BackupError::BadManifest {
+        let m = serde_json::from_slice(&b).map_err(|e| BackupError::BadManifest {
             path: p.clone(),
             reason: e.to_string(),
         })?;
-        // Names become paths inside the point's directory (and a restore's
-        // destination): a manifest must not lead outside them.
-        let plain = |s: &str| {
-            !s.is_empty() && s != "." && s != ".." && !s.contains('/') && !s.contains('\0')
-        };
-        if let Some(d) = m.disks.iter().find(|d| !plain(&d.name) || !plain(&d.file)) {
-            return Err(BackupError::BadManifest {
-                path: p,
-                reason: format!(
-                    "disk {:?} with file {:?} is not a plain file name",
-                    d.name, d.file
-                ),
-            });
-        }
-        Ok(m)
+        Ok((m, p))
     }
 
     /// Writes a point's manifest atomically and durably: the point is
@@ -215,21 +247,81 @@ impl<'a> Repo<'a> {
         Ok(point_dir(&self.dir, point).join(&d.file))
     }
 
-    /// Resolves "latest" / a number to a point number.
+    /// Resolves "latest" / a number to the number of a complete point
+    /// (one whose manifest exists; no manifest is read).
     pub fn resolve_point(&self, point: Option<u32>) -> Result<u32> {
-        let points = self.points()?;
+        let complete = |n: u32| self.exists(&point_dir(&self.dir, n).join(MANIFEST_NAME));
         match point {
-            Some(n) if points.iter().any(|m| m.point == n) => Ok(n),
+            Some(n) if complete(n)? => Ok(n),
             Some(n) => Err(BackupError::NoPoint {
                 dir: self.dir.clone(),
                 point: n,
             }),
-            None => points
-                .last()
-                .map(|m| m.point)
-                .ok_or_else(|| BackupError::Empty {
+            None => {
+                for n in self.point_dirs()?.into_iter().rev() {
+                    if complete(n)? {
+                        return Ok(n);
+                    }
+                }
+                Err(BackupError::Empty {
                     dir: self.dir.clone(),
-                }),
+                })
+            }
         }
+    }
+}
+
+/// Names become paths inside the point's directory (and a restore's
+/// destination): a manifest must not lead outside them.
+fn check_names<'n>(path: &Path, mut disks: impl Iterator<Item = (&'n str, &'n str)>) -> Result<()> {
+    let plain =
+        |s: &str| !s.is_empty() && s != "." && s != ".." && !s.contains('/') && !s.contains('\0');
+    match disks.find(|(name, file)| !plain(name) || !plain(file)) {
+        Some((name, file)) => Err(BackupError::BadManifest {
+            path: path.to_path_buf(),
+            reason: format!("disk {name:?} with file {file:?} is not a plain file name"),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The `"machine"` of a manifest from its first bytes (it is the second
+/// field written, and machine names need no escapes), if it is there.
+fn machine_in_head(head: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(head).ok().or_else(|| {
+        // Cut inside a character: what comes before is enough.
+        let e = std::str::from_utf8(head).err()?;
+        std::str::from_utf8(&head[..e.valid_up_to()]).ok()
+    })?;
+    let rest = text.split_once("\"machine\"")?.1.trim_start();
+    let rest = rest.strip_prefix(':')?.trim_start().strip_prefix('"')?;
+    let name = rest.split_once('"')?.0;
+    machine::valid_name(name).then(|| name.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::machine_in_head;
+
+    #[test]
+    fn the_machine_is_read_from_the_start_of_a_manifest() {
+        let m = crate::Manifest {
+            format: crate::manifest::MANIFEST_FORMAT.into(),
+            machine: "web-01.prod".into(),
+            point: 3,
+            kind: "full".into(),
+            created: 1,
+            checkpoint: 2,
+            disks: vec![],
+        };
+        let b = serde_json::to_vec_pretty(&m).unwrap();
+        assert_eq!(machine_in_head(&b).as_deref(), Some("web-01.prod"));
+        assert_eq!(machine_in_head(&b[..20]), None);
+        assert_eq!(machine_in_head(br#"{"machine": "a\"b"}"#), None);
+        assert_eq!(
+            machine_in_head(br#"{"machine":"vm1","point":1}"#).as_deref(),
+            Some("vm1")
+        );
+        assert_eq!(machine_in_head(&[0xff, 0xfe]), None);
     }
 }
