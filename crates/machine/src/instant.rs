@@ -86,18 +86,7 @@ impl Store {
         disks: &[InstantDisk],
         origin: Instant,
     ) -> Result<Machine> {
-        if !valid_name(name) {
-            return Err(MachineError::BadName {
-                what: "machine",
-                name: name.into(),
-            });
-        }
-        if self.exists(name)? {
-            return Err(MachineError::Exists { name: name.into() });
-        }
-        if disks.is_empty() {
-            return Err(MachineError::NoDisks);
-        }
+        self.check_new(name, disks.len())?;
         let fs = &**self.fs();
         let dir = self.instant_dir(name);
         // Files of a create cut short: no machine file names them.

@@ -149,6 +149,23 @@ impl Store {
         Ok((out, bad))
     }
 
+    /// Refuses a bad or taken name for a new machine, or one without disks.
+    pub(crate) fn check_new(&self, name: &str, disks: usize) -> Result<()> {
+        if !valid_name(name) {
+            return Err(MachineError::BadName {
+                what: "machine",
+                name: name.into(),
+            });
+        }
+        if self.exists(name)? {
+            return Err(MachineError::Exists { name: name.into() });
+        }
+        if disks == 0 {
+            return Err(MachineError::NoDisks);
+        }
+        Ok(())
+    }
+
     /// Forgets a machine; its disk files stay. Refused while it has
     /// checkpoints (each disk must be one file again).
     pub fn remove(&self, name: &str) -> Result<()> {
@@ -170,18 +187,7 @@ impl Store {
         freeze: Option<String>,
         thaw: Option<String>,
     ) -> Result<Machine> {
-        if !valid_name(name) {
-            return Err(MachineError::BadName {
-                what: "machine",
-                name: name.into(),
-            });
-        }
-        if self.exists(name)? {
-            return Err(MachineError::Exists { name: name.into() });
-        }
-        if disks.is_empty() {
-            return Err(MachineError::NoDisks);
-        }
+        self.check_new(name, disks.len())?;
         let mut out = Vec::new();
         for (i, (n, p)) in disks.iter().enumerate() {
             let n = n.clone().unwrap_or_else(|| format!("disk{i}"));

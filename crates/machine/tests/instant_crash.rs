@@ -27,15 +27,6 @@ const SIZE: u64 = 6 << 20;
 const SECTOR: u64 = 512;
 const NAME: &str = "vm1r";
 
-fn seed() -> u64 {
-    let seed = std::env::var("REFPOINT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!("seed {seed} (REFPOINT_SEED={seed} repeats this run)");
-    seed
-}
-
 /// A write cut short: the range and its content before and as written.
 struct Uncertain {
     offset: u64,
@@ -56,6 +47,24 @@ struct World {
 
 fn store(fs: &CrashFs) -> Store {
     Store::new(Arc::new(fs.clone()), Path::new(HOME))
+}
+
+/// Machine NAME on the point's file.
+fn create_on_point(st: &Store) {
+    let origin = Instant {
+        repository: "/repo".into(),
+        point: 1,
+        source_machine: "vm1".into(),
+        created: 0,
+        finishing: false,
+        throttle: None,
+        sealed: vec![],
+    };
+    let disk = InstantDisk {
+        name: "disk0".into(),
+        parent: PARENT.into(),
+    };
+    st.create_instant(NAME, &[disk], origin).unwrap();
 }
 
 fn random_write(rng: &mut SmallRng) -> (u64, Vec<u8>) {
@@ -93,20 +102,7 @@ impl World {
         drop(chain);
         let parent_bytes = fs.file(Path::new(PARENT)).unwrap().contents();
         let st = store(&fs);
-        let origin = Instant {
-            repository: "/repo".into(),
-            point: 1,
-            source_machine: "vm1".into(),
-            created: 0,
-            finishing: false,
-            throttle: None,
-            sealed: vec![],
-        };
-        let disk = InstantDisk {
-            name: "disk0".into(),
-            parent: PARENT.into(),
-        };
-        st.create_instant(NAME, &[disk], origin).unwrap();
+        create_on_point(&st);
         let slot = st.hold(NAME, "disk0").unwrap();
         let mut g = slot.write();
         let d = g.as_mut().unwrap();
@@ -270,7 +266,7 @@ impl World {
 
 #[test]
 fn power_cuts_inside_finish_lose_no_write_and_no_change() {
-    let seed = seed();
+    let seed = testkit::seed();
     let mut rng = SmallRng::seed_from_u64(seed);
     // Uncut: how many operations a finish takes.
     let mut w = World::new(&mut rng);
@@ -309,7 +305,7 @@ fn power_cuts_inside_finish_lose_no_write_and_no_change() {
 
 #[test]
 fn discard_removes_the_machine_and_its_files_and_not_the_point() {
-    let mut rng = SmallRng::seed_from_u64(seed());
+    let mut rng = SmallRng::seed_from_u64(testkit::seed());
     let w = World::new(&mut rng);
     let st = store(&w.fs);
     st.hold(NAME, "disk0").unwrap();
@@ -318,20 +314,7 @@ fn discard_removes_the_machine_and_its_files_and_not_the_point() {
     assert!(!w.fs.exists(&st.instant_dir(NAME)).unwrap());
     assert!(w.fs.file(Path::new(PARENT)).unwrap().contents() == w.parent_bytes);
     // The name is free again, on the same point.
-    let disk = InstantDisk {
-        name: "disk0".into(),
-        parent: PARENT.into(),
-    };
-    let origin = Instant {
-        repository: "/repo".into(),
-        point: 1,
-        source_machine: "vm1".into(),
-        created: 0,
-        finishing: false,
-        throttle: None,
-        sealed: vec![],
-    };
-    st.create_instant(NAME, &[disk], origin).unwrap();
+    create_on_point(&st);
     let e = st.discard_instant("nope").unwrap_err();
     assert_eq!(e.kind(), "not_found");
 }

@@ -21,15 +21,6 @@ const MIB: u64 = 1 << 20;
 const SIZE: u64 = 64 * MIB;
 const T: Duration = Duration::from_secs(30);
 
-fn seed() -> u64 {
-    let seed = std::env::var("REFPOINT_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random);
-    eprintln!("seed {seed} (REFPOINT_SEED={seed} repeats this run)");
-    seed
-}
-
 /// Every file under `dir` with its bytes.
 fn snapshot(dir: &Path) -> BTreeMap<PathBuf, Vec<u8>> {
     let mut out = BTreeMap::new();
@@ -122,6 +113,40 @@ fn backed_up(env: &Env, rng: &mut SmallRng) -> (PathBuf, Vec<u8>) {
     (repo, want)
 }
 
+/// What both tests with the daemon start from.
+struct Setup {
+    rng: SmallRng,
+    env: Env,
+    daemon: common::Daemon,
+    repo: PathBuf,
+    /// Point 2's content.
+    point: Vec<u8>,
+    /// The repository's files.
+    before: BTreeMap<PathBuf, Vec<u8>>,
+}
+
+/// Machine vm1 backed up twice through a running daemon; `None` (the test
+/// skips) without qemu-img.
+fn setup() -> Option<Setup> {
+    if !testkit::tools::available(&["qemu-img"]) {
+        return None;
+    }
+    let mut rng = SmallRng::seed_from_u64(testkit::seed());
+    let env = Env::new();
+    env.machine(SIZE, "1M", None);
+    let daemon = env.serve(&[]);
+    let (repo, point) = backed_up(&env, &mut rng);
+    let before = snapshot(&repo);
+    Some(Setup {
+        rng,
+        env,
+        daemon,
+        repo,
+        point,
+        before,
+    })
+}
+
 fn machine_json(env: &Env, name: &str) -> serde_json::Value {
     env.json(&["machine", "show", name, "--json"])
 }
@@ -160,15 +185,17 @@ fn assert_standalone(env: &Env, name: &str, want: &[u8]) {
 
 #[test]
 fn instant_machine_serves_the_point_at_once_and_finishes_while_written() {
-    if !testkit::tools::available(&["qemu-img"]) {
+    let Some(Setup {
+        mut rng,
+        env,
+        daemon,
+        repo,
+        point,
+        before,
+    }) = setup()
+    else {
         return;
-    }
-    let mut rng = SmallRng::seed_from_u64(seed());
-    let env = Env::new();
-    env.machine(SIZE, "1M", None);
-    let daemon = env.serve(&[]);
-    let (repo, point) = backed_up(&env, &mut rng);
-    let before = snapshot(&repo);
+    };
 
     // Command to first byte over NBD.
     let t = Instant::now();
@@ -253,15 +280,17 @@ fn instant_machine_serves_the_point_at_once_and_finishes_while_written() {
 
 #[test]
 fn a_finish_cut_by_kill_9_resumes_when_the_daemon_starts() {
-    if !testkit::tools::available(&["qemu-img"]) {
+    let Some(Setup {
+        mut rng,
+        env,
+        daemon,
+        repo,
+        point,
+        before,
+    }) = setup()
+    else {
         return;
-    }
-    let mut rng = SmallRng::seed_from_u64(seed());
-    let env = Env::new();
-    env.machine(SIZE, "1M", None);
-    let daemon = env.serve(&[]);
-    let (repo, point) = backed_up(&env, &mut rng);
-    let before = snapshot(&repo);
+    };
     env.ok(&["restore", s(&repo), "--instant", "--as", "vm1r"]);
     let model = Arc::new(Mutex::new(point));
     let mut d = connect(&env, "vm1r/disk0");

@@ -42,3 +42,24 @@ pub mod pattern;
 pub mod pki;
 pub mod ranges;
 pub mod tools;
+
+/// A random seed for a randomized test, printed so a failing run can be
+/// repeated: `REFPOINT_SEED=N` gives that seed instead.
+pub fn seed() -> u64 {
+    let seed = std::env::var("REFPOINT_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u128(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos())
+                    .unwrap_or(0),
+            );
+            h.finish()
+        });
+    eprintln!("seed {seed} (REFPOINT_SEED={seed} repeats this run)");
+    seed
+}
