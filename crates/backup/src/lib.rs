@@ -11,6 +11,12 @@
 //!        └──── convert to reference point ◄─ manifest (BLAKE3 per MiB)
 //! ```
 //!
+//! A host repository ([`host`]) holds one such repository per machine
+//! and the host points that tie their points into one consistent cut of
+//! several machines; [`host::resolve_point`] turns "host point N, machine
+//! M" into the machine repository and point (and takes plain repositories
+//! too).
+//!
 //! The repository is itself a VHDX chain per disk (each differential's
 //! parent locator points at the previous point's file), so any VHDX reader
 //! that understands differencing files can open a point directly.
@@ -28,6 +34,7 @@
 pub mod cv;
 pub mod error;
 pub mod export;
+pub mod host;
 pub mod manifest;
 pub mod repo;
 pub mod restore;

@@ -62,6 +62,11 @@ impl<'a> Repo<'a> {
         Ok(out)
     }
 
+    /// Whether any directory looks like a point, complete or not.
+    pub(crate) fn has_point_dirs(&self) -> Result<bool> {
+        Ok(!self.point_dirs()?.is_empty())
+    }
+
     /// The complete points, oldest first.
     pub fn points(&self) -> Result<Vec<Manifest>> {
         let mut out = Vec::new();

@@ -213,8 +213,15 @@ pub fn backup_error(e: backup::BackupError) -> ApiError {
         backup::BackupError::Disk(d) => disk_error(d),
         e @ (backup::BackupError::NoPoint { .. }
         | backup::BackupError::Empty { .. }
-        | backup::BackupError::NoDisk { .. }) => answer(ErrorKind::NotFound, e.to_string()),
-        e @ backup::BackupError::KeepNone => answer(ErrorKind::Invalid, e.to_string()),
+        | backup::BackupError::NoDisk { .. }
+        | backup::BackupError::NoHostPoint { .. }
+        | backup::BackupError::NoHostMachine { .. }) => answer(ErrorKind::NotFound, e.to_string()),
+        e @ (backup::BackupError::KeepNone
+        | backup::BackupError::IsHostRepo { .. }
+        | backup::BackupError::NotHostRepo { .. }
+        | backup::BackupError::NeedMachine { .. }
+        | backup::BackupError::NoMachines
+        | backup::BackupError::SharedDisk { .. }) => answer(ErrorKind::Invalid, e.to_string()),
         e @ backup::BackupError::Io { .. } => answer(ErrorKind::Io, e.to_string()),
         e => answer(ErrorKind::Internal, e.to_string()),
     }
