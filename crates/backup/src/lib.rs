@@ -43,7 +43,7 @@ pub mod run;
 pub use error::{BackupError, Result};
 pub use manifest::{DiskManifest, Manifest};
 pub use repo::Repo;
-pub use restore::{consolidate, flatten, restore, verify, BadBlock, VerifyReport};
+pub use restore::{consolidate, flatten, restore, verify, BadBlock, MachineVerified, VerifyReport};
 pub use run::{backup, Summary};
 /// The output format of a restore: `vdisk`'s copy engine's.
 pub use vdisk::copy::Format;

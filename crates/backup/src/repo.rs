@@ -132,6 +132,19 @@ impl<'a> Repo<'a> {
         Ok(removed)
     }
 
+    /// Removes the point directories numbered above `point`, complete or
+    /// not, newest first (so every point still complete keeps the chain it
+    /// reads through); returns their numbers.
+    pub fn remove_points_after(&self, point: u32) -> Result<Vec<u32>> {
+        let mut removed = Vec::new();
+        for n in self.point_dirs()?.into_iter().rev().filter(|&n| n > point) {
+            self.remove_point_files(&point_dir(&self.dir, n))?;
+            removed.push(n);
+        }
+        removed.reverse();
+        Ok(removed)
+    }
+
     /// Removes a point directory, manifest first and durably: removal cut
     /// short leaves an incomplete point (which the next backup removes),
     /// never a point that looks complete but lacks files.

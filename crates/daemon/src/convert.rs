@@ -134,12 +134,33 @@ pub fn backup_summary(s: backup::Summary) -> api::BackupSummary {
     }
 }
 
+pub fn host_summary(s: backup::host::HostSummary) -> api::HostBackupSummary {
+    api::HostBackupSummary {
+        host_point: s.host_point,
+        repository: s.repository,
+        machines: s.machines.into_iter().map(backup_summary).collect(),
+        bytes_read: s.bytes_read,
+        bytes_written: s.bytes_written,
+        seconds: s.seconds,
+        recovered: s.recovered,
+    }
+}
+
 pub fn verify_report(r: backup::VerifyReport) -> api::VerifyReport {
     api::VerifyReport {
         points_checked: r.points_checked,
         bytes_checked: r.bytes_checked,
         file_bytes_checked: r.file_bytes_checked,
+        machines: r
+            .machines
+            .into_iter()
+            .map(|m| api::MachineVerified {
+                machine: m.machine,
+                points_checked: m.points_checked,
+            })
+            .collect(),
         first_bad: r.first_bad.map(|b| api::BadBlock {
+            machine: b.machine,
             point: b.point,
             disk: b.disk,
             scope: if b.scope == "file" {

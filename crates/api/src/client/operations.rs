@@ -141,6 +141,10 @@ impl Client {
         self.call(&routes::START_BACKUP, &[&machine], None, Some(request))
     }
 
+    pub fn start_host_backup(&self, request: &HostBackupRequest) -> Result<Job, ApiError> {
+        self.call(&routes::START_HOST_BACKUP, &[], None, Some(request))
+    }
+
     pub fn start_restore(&self, request: &RestoreRequest) -> Result<Job, ApiError> {
         self.call(&routes::START_RESTORE, &[], None, Some(request))
     }

@@ -20,6 +20,13 @@
 //! repository never mix: a single-machine backup into a host repository,
 //! or a host backup into a plain one, is refused.
 
+pub(crate) mod journal;
+mod read;
+mod run;
+
+pub use read::{consolidate, list, verify};
+pub use run::{backup, HostOptions, HostProgress, HostSummary};
+
 use crate::error::{BackupError, Result};
 use crate::repo::Repo;
 use serde::{Deserialize, Serialize};
@@ -146,8 +153,12 @@ impl<'a> HostRepo<'a> {
     /// refuses a plain repository.
     pub fn create(&self) -> Result<()> {
         let marker = self.dir.join(MARKER_NAME);
+        let points = self.points_dir();
         if self.exists(&marker)? {
-            return Ok(());
+            return self
+                .fs
+                .create_dir_all(&points)
+                .map_err(self.io(&points, "creating"));
         }
         if Repo::new(self.fs, &self.dir).has_point_dirs()? {
             return Err(BackupError::NotHostRepo {
@@ -155,8 +166,8 @@ impl<'a> HostRepo<'a> {
             });
         }
         self.fs
-            .create_dir_all(&self.dir)
-            .map_err(self.io(&self.dir, "creating"))?;
+            .create_dir_all(&points)
+            .map_err(self.io(&points, "creating"))?;
         let b = serde_json::to_vec_pretty(&Marker {
             format: HOST_FORMAT.into(),
         })
