@@ -221,7 +221,7 @@ pub fn machine_error(e: MachineError) -> ApiError {
         ref e if e.is_no_space() => ErrorKind::NoSpace,
         ref e if e.is_invalid() => ErrorKind::Invalid,
         // As it always answered: the checkpoint was refused.
-        MachineError::HookFailed { .. } => ErrorKind::Invalid,
+        MachineError::HookFailed { .. } | MachineError::HookTimedOut { .. } => ErrorKind::Invalid,
         MachineError::Io { .. } => ErrorKind::Io,
         _ => ErrorKind::Internal,
     };

@@ -116,9 +116,10 @@ fn checkpoints_of_several_machines_are_one_cut_while_a_writer_writes() {
     }
     // The same check catches checkpoints taken one machine after another
     // while the writer goes on (here it gets two rounds further between
-    // two machines, so the later machine's disks hold a higher round).
+    // two machines, so the later machine's disks hold a higher round: the
+    // rounds increase in the writer's order).
     let mut one_by_one = Vec::new();
-    for m in ["a", "b", "c"] {
+    for m in ["c", "b", "a"] {
         let cp = st
             .create_checkpoint(m, CheckpointKind::Recovery, Consistency::Crash)
             .unwrap();
