@@ -20,6 +20,15 @@ pub struct Repo<'a> {
     pub dir: PathBuf,
 }
 
+/// The error of an I/O operation `op` on `path`, for `map_err`.
+pub(crate) fn io_error(
+    path: &Path,
+    op: &'static str,
+) -> impl FnOnce(std::io::Error) -> BackupError {
+    let path = path.display().to_string();
+    move |source| BackupError::Io { path, op, source }
+}
+
 pub fn point_dir(dir: &Path, point: u32) -> PathBuf {
     dir.join(format!("{point:04}"))
 }
@@ -37,8 +46,7 @@ impl<'a> Repo<'a> {
         path: &Path,
         op: &'static str,
     ) -> impl FnOnce(std::io::Error) -> BackupError {
-        let path = path.display().to_string();
-        move |source| BackupError::Io { path, op, source }
+        io_error(path, op)
     }
 
     /// Whether a file exists (an error when that cannot be told).

@@ -17,6 +17,8 @@
 //!
 //! Seeds are random per run and printed; `REFPOINT_CRASH_SEED=N` replays.
 
+mod common;
+
 use backup::host::{self, HostOptions, HostRepo};
 use backup::{restore, verify, Format};
 use machine::Store;
@@ -27,7 +29,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use storage::{CrashFs, Fs};
-use vhdx::{create, CreateOptions, DiskType};
 
 /// (machine, disk, file, virtual size, logical sector size).
 const DISKS: [(&str, &str, &str, u64, u32); 4] = [
@@ -51,14 +52,7 @@ impl World {
     fn new() -> World {
         let fs = CrashFs::new();
         for (_, _, path, size, sector) in DISKS {
-            let o = CreateOptions {
-                virtual_size: size,
-                disk_type: DiskType::Dynamic,
-                block_size: 1 << 20,
-                logical_sector_size: sector,
-                physical_sector_size: 4096,
-            };
-            create(&fs, Path::new(path), &o).unwrap().close().unwrap();
+            common::make_disk(&fs, path, size, sector);
         }
         let w = World {
             fs,
@@ -84,17 +78,10 @@ impl World {
     /// Random sector-aligned writes through the machines' tracked disks.
     fn scribble(&mut self, rng: &mut SmallRng, n: usize) {
         let store = self.store();
-        for (i, (m, name, _, size, sector)) in DISKS.iter().enumerate() {
+        for (i, (m, name, _, _, sector)) in DISKS.iter().enumerate() {
             let mach = store.load(m).unwrap();
             let mut d = store.open_disk(&mach, name, true).unwrap();
-            for _ in 0..n {
-                let sector = *sector as u64;
-                let len = rng.gen_range(1..=32u64) * sector;
-                let off = rng.gen_range(0..(size - len) / sector) * sector;
-                let data: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
-                d.write(off, &data).unwrap();
-                self.models[i][off as usize..(off + len) as usize].copy_from_slice(&data);
-            }
+            common::scribble(&mut d, &mut self.models[i], rng, n, *sector, 32);
             d.close().unwrap();
         }
     }
@@ -375,7 +362,7 @@ fn campaign(name: &str, cases: u64, history: Option<usize>) {
         assert_eq!(r.first_bad, None, "{ctx}: verify");
         // Keep the repository small: every file is copied at every crash.
         if w.saved.len() > 3 {
-            let removed = host::consolidate(&w.fs, Path::new(REPO), 2, &mut |_, _| {}).unwrap();
+            let removed = backup::consolidate(&w.fs, Path::new(REPO), 2, &mut |_, _| {}).unwrap();
             for hp in removed {
                 w.saved.remove(&hp);
             }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use storage::LocalFs;
-use testkit::cut::{check_cut, round_of, round_sector};
+use testkit::cut::{check_cut, round_of, round_sector, wait_rounds};
 use vhdx::{create, CreateOptions};
 
 const MIB: u64 = 1 << 20;
@@ -44,6 +44,15 @@ fn machines(dir: &Path, hooks: impl Fn(&str) -> Option<(String, String)>) -> Sto
     st
 }
 
+/// Recovery checkpoints of a, b and c as one cut, with the defaults.
+fn all_at_once(st: &Store) -> machine::Result<Vec<machine::Checkpoint>> {
+    st.create_checkpoints(
+        &["a", "b", "c"],
+        CheckpointKind::Recovery,
+        &GroupOptions::default(),
+    )
+}
+
 /// The rounds the checkpoints froze, in the writer's order.
 fn frozen_rounds(st: &Store, cps: &[(&str, machine::Checkpoint)]) -> Vec<u64> {
     ORDER
@@ -56,16 +65,6 @@ fn frozen_rounds(st: &Store, cps: &[(&str, machine::Checkpoint)]) -> Vec<u64> {
             round_of(&b)
         })
         .collect()
-}
-
-/// Waits until the writer has finished `n` more rounds.
-fn rounds_pass(rounds: &AtomicU64, n: u64) {
-    let start = rounds.load(Ordering::SeqCst);
-    let t = Instant::now();
-    while rounds.load(Ordering::SeqCst) < start + n {
-        assert!(t.elapsed() < Duration::from_secs(60), "the writer stalled");
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 #[test]
@@ -97,14 +96,8 @@ fn checkpoints_of_several_machines_are_one_cut_while_a_writer_writes() {
     };
     let mut cuts = Vec::new();
     for _ in 0..6 {
-        rounds_pass(&rounds, 3);
-        let cps = st
-            .create_checkpoints(
-                &["a", "b", "c"],
-                CheckpointKind::Recovery,
-                &GroupOptions::default(),
-            )
-            .unwrap();
+        wait_rounds(&rounds, 3);
+        let cps = all_at_once(&st).unwrap();
         let named: Vec<_> = ["a", "b", "c"].into_iter().zip(cps).collect();
         let got = frozen_rounds(&st, &named);
         check_cut(&got).unwrap_or_else(|e| panic!("create_checkpoints: {e}"));
@@ -124,7 +117,7 @@ fn checkpoints_of_several_machines_are_one_cut_while_a_writer_writes() {
             .create_checkpoint(m, CheckpointKind::Recovery, Consistency::Crash)
             .unwrap();
         one_by_one.push((m, cp));
-        rounds_pass(&rounds, 2);
+        wait_rounds(&rounds, 2);
     }
     let got = frozen_rounds(&st, &one_by_one);
     assert!(
@@ -246,13 +239,7 @@ fn a_failing_checkpoint_merges_back_the_ones_taken_and_thaws() {
     let c0 = dir.path().join("c0.vhdx");
     let away = dir.path().join("c0.away");
     std::fs::rename(&c0, &away).unwrap();
-    let e = st
-        .create_checkpoints(
-            &["a", "b", "c"],
-            CheckpointKind::Recovery,
-            &GroupOptions::default(),
-        )
-        .unwrap_err();
+    let e = all_at_once(&st).unwrap_err();
     assert!(!matches!(e, MachineError::HookFailed { .. }), "{e}");
     std::fs::rename(&away, &c0).unwrap();
     untouched(&st);

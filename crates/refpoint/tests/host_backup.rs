@@ -17,13 +17,11 @@ use common::{s, Cli, Env};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use testkit::cut::{check_cut, round_of, round_sector};
+use testkit::cut::{check_cut, round_of, round_sector, wait_rounds};
 use testkit::nbd_client::Disk;
 
 const MIB: u64 = 1 << 20;
@@ -206,15 +204,6 @@ fn writer(
             d.disconnect();
         }
     })
-}
-
-fn wait_rounds(rounds: &AtomicU64, n: u64) {
-    let start = rounds.load(Ordering::SeqCst);
-    let t = Instant::now();
-    while rounds.load(Ordering::SeqCst) < start + n {
-        assert!(t.elapsed() < Duration::from_secs(60), "the writer stalled");
-        std::thread::sleep(Duration::from_millis(2));
-    }
 }
 
 /// The round at the start of a raw image or an NBD export.
@@ -541,21 +530,11 @@ fn host_backups_killed_with_sigkill_recover_and_restore_exactly() {
                 env.rows_or_none(&repo),
             );
             let delay = max_delay.mul_f64(rng.gen_range(0.05..1.0));
-            let mut child = env
-                .cmd(&["backup", "--all", "--to", s(&repo), "--json"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            std::thread::sleep(delay);
-            let _ = child.kill();
-            let st = child.wait().unwrap();
-            if st.signal() == Some(9) {
+            if env.killed_after(&["backup", "--all", "--to", s(&repo), "--json"], delay) {
                 killed_here += 1;
                 kills += 1;
                 max_delay = max_delay.mul_f64(1.1);
             } else {
-                assert!(st.success(), "the host backup failed on its own: {st}");
                 max_delay = max_delay.mul_f64(0.7);
             }
             let after = env.host_points_or_none(&repo);

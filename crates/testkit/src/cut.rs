@@ -9,6 +9,20 @@
 //! disk after disk while the writer runs sees a later disk at a later
 //! round: a number that increases, or a span above 1.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Waits until the writer, which counts its finished rounds in `rounds`,
+/// has finished `n` more (panics after a minute without).
+pub fn wait_rounds(rounds: &AtomicU64, n: u64) {
+    let start = rounds.load(Ordering::SeqCst);
+    let t = Instant::now();
+    while rounds.load(Ordering::SeqCst) < start + n {
+        assert!(t.elapsed() < Duration::from_secs(60), "the writer stalled");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// The sector the writer puts at the start of a disk for round `r`.
 pub fn round_sector(r: u64) -> Vec<u8> {
     let mut b = vec![0u8; 512];

@@ -22,7 +22,7 @@
 //! that is still there is converted to a reference point.
 
 use super::HostRepo;
-use crate::error::{BackupError, Result};
+use crate::error::Result;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -69,18 +69,12 @@ impl HostRepo<'_> {
         if !self.exists(&p)? {
             return Ok(None);
         }
-        let b = self.fs.read_file(&p).map_err(self.io(&p, "reading"))?;
-        let bad = |reason: String| BackupError::BadHostPoint {
-            path: p.clone(),
-            reason,
-        };
-        let j: Pending = serde_json::from_slice(&b).map_err(|e| bad(e.to_string()))?;
-        if j.format != PENDING_FORMAT {
-            return Err(bad(format!("unknown format {:?}", j.format)));
-        }
-        if let Some(m) = j.machines.iter().find(|m| !machine::valid_name(&m.machine)) {
-            return Err(bad(format!("{:?} is not a machine name", m.machine)));
-        }
+        let j = self.read_record(&p, PENDING_FORMAT, |j: &Pending| {
+            (
+                &j.format,
+                j.machines.iter().map(|m| m.machine.as_str()).collect(),
+            )
+        })?;
         Ok(Some(j))
     }
 

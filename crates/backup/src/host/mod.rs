@@ -24,7 +24,8 @@ pub(crate) mod journal;
 mod read;
 mod run;
 
-pub use read::{consolidate, list, verify};
+pub use read::list;
+pub(crate) use read::{consolidate, verify};
 pub use run::{backup, HostOptions, HostProgress, HostSummary};
 
 use crate::error::{BackupError, Result};
@@ -93,10 +94,8 @@ pub fn is_host_repo(fs: &dyn Fs, dir: &Path) -> Result<bool> {
 
 impl<'a> HostRepo<'a> {
     pub fn new(fs: &'a dyn Fs, dir: &Path) -> Self {
-        Self {
-            fs,
-            dir: vhdx::paths::absolute(dir),
-        }
+        let Repo { fs, dir } = Repo::new(fs, dir);
+        Self { fs, dir }
     }
 
     pub(crate) fn io(
@@ -104,12 +103,19 @@ impl<'a> HostRepo<'a> {
         path: &Path,
         op: &'static str,
     ) -> impl FnOnce(std::io::Error) -> BackupError {
-        let path = path.display().to_string();
-        move |source| BackupError::Io { path, op, source }
+        crate::repo::io_error(path, op)
     }
 
     pub(crate) fn exists(&self, path: &Path) -> Result<bool> {
         self.fs.exists(path).map_err(self.io(path, "looking up"))
+    }
+
+    /// The entries of directory `d`; none if it does not exist.
+    fn entries(&self, d: &Path) -> Result<Vec<PathBuf>> {
+        if !self.exists(d)? {
+            return Ok(vec![]);
+        }
+        self.fs.list_dir(d).map_err(self.io(d, "listing"))
     }
 
     pub(crate) fn points_dir(&self) -> PathBuf {
@@ -132,14 +138,8 @@ impl<'a> HostRepo<'a> {
 
     /// The machines that have a repository here, sorted.
     pub fn machines(&self) -> Result<Vec<String>> {
-        let d = self.dir.join(MACHINES_DIR);
-        if !self.exists(&d)? {
-            return Ok(vec![]);
-        }
         let mut out: Vec<String> = self
-            .fs
-            .list_dir(&d)
-            .map_err(self.io(&d, "listing"))?
+            .entries(&self.dir.join(MACHINES_DIR))?
             .iter()
             .filter_map(|p| Some(p.file_name()?.to_str()?.to_string()))
             .filter(|n| machine::valid_name(n))
@@ -179,14 +179,8 @@ impl<'a> HostRepo<'a> {
 
     /// The numbers of the host point records, ascending.
     fn record_numbers(&self) -> Result<Vec<u32>> {
-        let d = self.points_dir();
-        if !self.exists(&d)? {
-            return Ok(vec![]);
-        }
         let mut out: Vec<u32> = self
-            .fs
-            .list_dir(&d)
-            .map_err(self.io(&d, "listing"))?
+            .entries(&self.points_dir())?
             .iter()
             .filter(|p| p.extension().is_some_and(|e| e == "json"))
             .filter_map(|p| p.file_stem()?.to_str()?.parse().ok())
@@ -212,27 +206,44 @@ impl<'a> HostRepo<'a> {
                 host_point: n,
             });
         }
-        let b = self.fs.read_file(&p).map_err(self.io(&p, "reading"))?;
-        let bad = |reason: String| BackupError::BadHostPoint {
-            path: p.clone(),
-            reason,
-        };
-        let hp: HostPoint = serde_json::from_slice(&b).map_err(|e| bad(e.to_string()))?;
-        if hp.format != HOST_POINT_FORMAT {
-            return Err(bad(format!("unknown format {:?}", hp.format)));
-        }
+        let hp: HostPoint = self.read_record(&p, HOST_POINT_FORMAT, |hp: &HostPoint| {
+            (
+                &hp.format,
+                hp.machines.iter().map(|m| m.machine.as_str()).collect(),
+            )
+        })?;
         if hp.host_point != n {
-            return Err(bad(format!("it says it is host point {}", hp.host_point)));
-        }
-        // Machine names become directories: none may lead elsewhere.
-        if let Some(m) = hp
-            .machines
-            .iter()
-            .find(|m| !machine::valid_name(&m.machine))
-        {
-            return Err(bad(format!("{:?} is not a machine name", m.machine)));
+            return Err(BackupError::BadHostPoint {
+                path: p,
+                reason: format!("it says it is host point {}", hp.host_point),
+            });
         }
         Ok(hp)
+    }
+
+    /// Reads one of the repository's JSON records: its format (the first of
+    /// what `parts` gives) must be `format`, and the machine names (the
+    /// rest) plain, for they become directories.
+    pub(crate) fn read_record<T: serde::de::DeserializeOwned>(
+        &self,
+        p: &Path,
+        format: &str,
+        parts: impl Fn(&T) -> (&str, Vec<&str>),
+    ) -> Result<T> {
+        let b = self.fs.read_file(p).map_err(self.io(p, "reading"))?;
+        let bad = |reason: String| BackupError::BadHostPoint {
+            path: p.to_path_buf(),
+            reason,
+        };
+        let v: T = serde_json::from_slice(&b).map_err(|e| bad(e.to_string()))?;
+        let (have, names) = parts(&v);
+        if have != format {
+            return Err(bad(format!("unknown format {have:?}")));
+        }
+        if let Some(n) = names.iter().find(|n| !machine::valid_name(n)) {
+            return Err(bad(format!("{n:?} is not a machine name")));
+        }
+        Ok(v)
     }
 
     /// Writes a host point record atomically and durably: the host point

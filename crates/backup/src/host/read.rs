@@ -30,7 +30,8 @@ pub fn list(fs: &dyn Fs, dir: &Path) -> Result<Vec<(HostPoint, Vec<Manifest>)>> 
 /// record names complete machine points taken from the recorded
 /// checkpoints, and those points (every point of every machine for
 /// `None`) re-hash against their manifests. Stops at the first bad block.
-pub fn verify(
+/// [`crate::verify`] calls it for a host repository.
+pub(crate) fn verify(
     fs: &dyn Fs,
     dir: &Path,
     host_point: Option<u32>,
@@ -102,23 +103,21 @@ pub fn verify(
     Ok(r)
 }
 
-/// Keeps the newest `keep` host points: the older records go, then each
-/// machine's repository is consolidated so that its oldest point is the
-/// oldest a kept host point names (a machine no kept host point names
-/// loses its points). Returns the host points removed.
+/// Keeps the newest `keep` (at least 1) host points: the older records
+/// go, then each machine's repository is consolidated so that its oldest
+/// point is the oldest a kept host point names (a machine no kept host
+/// point names loses its points). Returns the host points removed.
+/// [`crate::consolidate`] calls it for a host repository.
 ///
 /// Cut short, it leaves fewer records with every point they name intact;
 /// the next consolidation (or the clean-up of the next host backup, for a
 /// machine no record names any more) finishes it.
-pub fn consolidate(
+pub(crate) fn consolidate(
     fs: &dyn Fs,
     dir: &Path,
     keep: usize,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Vec<u32>> {
-    if keep == 0 {
-        return Err(BackupError::KeepNone);
-    }
     let h = HostRepo::new(fs, dir);
     let records = h.host_points()?;
     let cut = records.len().saturating_sub(keep);

@@ -304,6 +304,15 @@ fn finish(
     run::finish(store, &e.machine, cp.id, notes)
 }
 
+/// The machine, or `None` if it was removed since.
+fn load_if_there(store: &Store, name: &str) -> Result<Option<machine::Machine>> {
+    match store.load(name) {
+        Ok(m) => Ok(Some(m)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Step 0: the journal of an interrupted run (finished or undone), then
 /// the machine points no host point names.
 fn recover(store: &Store, h: &HostRepo, options: &HostOptions) -> Result<Vec<String>> {
@@ -350,10 +359,8 @@ fn undo_journal(
         }
     }
     for pm in &j.machines {
-        let m = match store.load(&pm.machine) {
-            Ok(m) => m,
-            Err(e) if e.is_not_found() => continue,
-            Err(e) => return Err(e.into()),
+        let Some(m) = load_if_there(store, &pm.machine)? else {
+            continue;
         };
         let id = pm.checkpoint_id();
         let ours = m
