@@ -11,11 +11,30 @@
 //!        └──── convert to reference point ◄─ manifest (BLAKE3 per MiB)
 //! ```
 //!
-//! A host repository ([`host`]) holds one such repository per machine
-//! and the host points that tie their points into one consistent cut of
-//! several machines; [`host::resolve_point`] turns "host point N, machine
-//! M" into the machine repository and point (and takes plain repositories
-//! too).
+//! A host backup ([`host::backup`], `refpoint backup --all`) takes one
+//! host point of several machines, all or nothing:
+//!
+//! ```text
+//! host::backup(machines, dir)
+//!   journal ─► freeze all ─► park all, one checkpoint each ─► thaw all
+//!     ─► per machine, in parallel: the export and manifest above
+//!     ─► host point record (the commit) ─► convert each checkpoint
+//! ```
+//!
+//! ## Map
+//!
+//! * [`run`] — one machine's backup: clean-up, plan, export, manifest,
+//!   convert; the plan and export steps serve the host backup too.
+//! * [`host`] — host repositories: `machines/<machine>/` (a repository
+//!   each) and `host-points/` (the records, the journal of a run);
+//!   [`host::backup`], [`host::list`], and [`host::resolve_point`], which
+//!   turns "host point N, machine M" into a machine repository and point
+//!   (and takes plain repositories too).
+//! * [`repo`] / [`manifest`] — a repository's points and their manifests.
+//! * [`export`] / [`cv`] — full and differential exports with their
+//!   hashes; the chaining values kept next to each export.
+//! * [`mod@restore`] — restore, verify, consolidate (of host repositories
+//!   too).
 //!
 //! The repository is itself a VHDX chain per disk (each differential's
 //! parent locator points at the previous point's file), so any VHDX reader

@@ -209,8 +209,9 @@ fn check_file(
 /// manifests, stopping at the first bad block: first the bytes of every
 /// file of its chain (the full and each differential up to the point), so
 /// damage anywhere in a file is found, then the content the chain reads as.
-/// A host repository is verified as [`crate::host::verify`] does (`point`
-/// is then a host point).
+/// A host repository is verified host point by host point (`point` is
+/// then a host point): each record must name complete machine points from
+/// the recorded checkpoints, and those points re-hash as above.
 pub fn verify(
     fs: &dyn Fs,
     dir: &Path,
@@ -348,7 +349,8 @@ pub fn verify(
 /// Merges the oldest points into a synthetic full so that `keep` points
 /// remain; returns the points removed. A consolidation that was cut short
 /// is finished first (see [`finish_interrupted_consolidation`]). A host
-/// repository keeps `keep` host points ([`crate::host::consolidate`]).
+/// repository keeps `keep` host points: the older records go, then each
+/// machine's repository is consolidated down to the points they name.
 pub fn consolidate(
     fs: &dyn Fs,
     dir: &Path,
