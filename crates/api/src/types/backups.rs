@@ -23,7 +23,7 @@ pub struct HostBackupRequest {
     /// The machines to back up together (at least one).
     pub machines: Vec<String>,
     /// How long each freeze (and thaw) command may run, in seconds, before
-    /// it is killed and the host backup fails (default 60).
+    /// it is killed and the host backup fails (default 60; 0: no limit).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub freeze_timeout_seconds: Option<u64>,
 }
