@@ -22,8 +22,7 @@
 //! * `exports.rs`  export names and the NBD export catalog
 //! * `device.rs`   NBD block devices over live and frozen disks
 //! * `disks.rs`    what a disk is (format, geometry, chain, tracking)
-//! * `jobs.rs`     long operations (backup, host backup, restore, verify) with
-//!                 progress (of each machine too, for a host backup)
+//! * `jobs.rs`     long operations (backups, host backups, restores, verifies)
 //! * `tracking.rs` tracking status and changes as the API answers them
 //! * `error.rs`    [`DaemonError`]
 //!
