@@ -22,7 +22,7 @@
 //! * `exports.rs`  export names and the NBD export catalog
 //! * `device.rs`   NBD block devices over live and frozen disks
 //! * `disks.rs`    what a disk is (format, geometry, chain, tracking)
-//! * `jobs.rs`     long operations (backups, host backups, restores, verifies)
+//! * `jobs.rs`     long operations with progress (backups, host backups, restores, verifications)
 //! * `tracking.rs` tracking status and changes as the API answers them
 //! * `error.rs`    [`DaemonError`]
 //!
