@@ -28,7 +28,8 @@
 //! * [`openapi()`] — the OpenAPI document, built from the table and the
 //!   types' schemas, error answers and bearer scheme included.
 //! * [`Client`] — one method per route, named as its operation id, plus
-//!   [`Client::wait_job`] and `run_backup` / `run_restore` / `run_verify`.
+//!   [`Client::wait_job`] and `run_backup` / `run_host_backup` / `run_restore` /
+//!   `run_verify`.
 //! * [`Machines`] — the machines as a trait: [`Client`] implements it
 //!   through the daemon, the daemon's service over a local store, so every
 //!   command is written once.
@@ -61,6 +62,6 @@ pub mod types;
 
 pub use client::{Client, DEFAULT_POLL_INTERVAL, SOCKET_NAME};
 pub use error::ApiError;
-pub use machines::{Machines, Progress};
+pub use machines::{HostProgress, Machines, Progress};
 pub use openapi::{openapi, BEARER};
 pub use types::*;

@@ -10,6 +10,11 @@ use crate::{ApiError, Client};
 /// the bytes it will take.
 pub type Progress<'a> = &'a mut dyn FnMut(&str, u64, u64);
 
+/// Progress of a host backup: the whole (`item` `host point N`) and one
+/// part per machine (`item` the machine, or `machine/disk` while a disk is
+/// copied). Called from several threads at once.
+pub type HostProgress<'a> = &'a (dyn Fn(&JobPart, &[JobPart]) + Sync);
+
 pub trait Machines {
     fn machines(&self) -> Result<Vec<Machine>, ApiError>;
     fn machine(&self, name: &str) -> Result<Machine, ApiError>;
@@ -64,6 +69,13 @@ pub trait Machines {
     ) -> Result<FinishSummary, ApiError>;
     /// Drops an instant machine and its files.
     fn discard_instant(&self, machine: &str) -> Result<Discarded, ApiError>;
+    /// Backs `request.machines` up into host repository `request.to` as one
+    /// host point: a consistent cut of all of them, all or nothing.
+    fn host_backup(
+        &self,
+        request: &HostBackupRequest,
+        progress: HostProgress<'_>,
+    ) -> Result<HostBackupSummary, ApiError>;
 }
 
 impl Machines for Client {
@@ -148,5 +160,19 @@ impl Machines for Client {
     }
     fn discard_instant(&self, machine: &str) -> Result<Discarded, ApiError> {
         Client::discard_instant(self, machine)
+    }
+    fn host_backup(
+        &self,
+        request: &HostBackupRequest,
+        progress: HostProgress<'_>,
+    ) -> Result<HostBackupSummary, ApiError> {
+        self.run_host_backup(request, &mut |job: &Job| {
+            let whole = JobPart {
+                item: job.item.clone(),
+                done: job.done,
+                total: job.total,
+            };
+            progress(&whole, &job.parts)
+        })
     }
 }

@@ -428,3 +428,36 @@ fn errors_can_travel_between_threads_and_into_anyhow_style_boxes() {
     fn boxable<E: std::error::Error + Send + Sync + 'static>() {}
     boxable::<ApiError>();
 }
+
+#[test]
+fn a_host_backup_is_a_job_whose_parts_are_the_machines() {
+    use api::Machines;
+    let d = FakeDaemon::start();
+    d.will_answer(200, samples::JOB_HOST_RUNNING);
+    d.will_answer(200, samples::JOB_HOST_RUNNING);
+    d.will_answer(200, samples::JOB_HOST_DONE);
+    let request: api::HostBackupRequest =
+        serde_json::from_str(samples::HOST_BACKUP_REQUEST).unwrap();
+    let seen_progress = std::sync::Mutex::new(Vec::new());
+    let s = Machines::host_backup(&d.client(), &request, &|whole, parts| {
+        let items: Vec<String> = parts.iter().map(|p| p.item.clone()).collect();
+        seen_progress.lock().unwrap().push((whole.done, items));
+    })
+    .unwrap();
+    assert_eq!(s.host_point, 4);
+    assert_eq!(s.machines[0].machine, "db");
+    let seen = d.seen();
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].target.as_str()),
+        ("POST", "/v1/backups")
+    );
+    let body: serde_json::Value = serde_json::from_str(&seen[0].body).unwrap();
+    assert_eq!(body["machines"], serde_json::json!(["db", "web"]));
+    assert!(seen[1..].iter().all(|s| s.target == "/v1/jobs/13"));
+    let p = seen_progress.into_inner().unwrap();
+    assert_eq!(
+        p[0],
+        (3 << 20, vec!["db/disk1".to_string(), "web".to_string()])
+    );
+    assert_eq!(p.last().unwrap().0, 96 << 20);
+}

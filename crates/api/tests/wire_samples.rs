@@ -136,6 +136,27 @@ fn jobs_and_their_results() {
     assert_eq!(v.first_bad.unwrap().scope, BadBlockScope::Content);
     let j: Job = round_trip(samples::JOB_FAILED);
     assert_eq!((j.kind, j.state), (JobKind::Restore, JobState::Failed));
+    let j: Job = round_trip(samples::JOB_HOST_RUNNING);
+    assert_eq!(j.kind, JobKind::HostBackup);
+    assert_eq!(j.parts[0].item, "db/disk1");
+    let j: Job = round_trip(samples::JOB_HOST_DONE);
+    let Some(JobResult::HostBackup(h)) = j.result else {
+        panic!("a host backup summary: {:?}", j.result)
+    };
+    assert_eq!((h.host_point, h.machines.len()), (4, 2));
+    assert_eq!(h.machines[1].kind, BackupKind::Full);
+    let j: Job = round_trip(samples::JOB_HOST_VERIFY_BAD);
+    let Some(JobResult::Verify(v)) = j.result else {
+        panic!("a verify report: {:?}", j.result)
+    };
+    assert_eq!(v.first_bad.unwrap().machine.as_deref(), Some("web"));
+    assert_eq!(v.machines[1].points_checked, [2]);
+    // A plain job and report leave the host-only fields out.
+    let j: Job = serde_json::from_str(samples::JOB_VERIFY_BAD).unwrap();
+    let back = serde_json::to_value(&j).unwrap();
+    assert!(back.get("parts").is_none());
+    assert!(back["result"].get("machines").is_none());
+    assert!(back["result"]["first_bad"].get("machine").is_none());
     let j: Job = round_trip(samples::JOB_OTHER_RESULT);
     assert!(matches!(j.result, Some(JobResult::Other(_))));
     round_trip::<Vec<Job>>(&format!(
@@ -169,6 +190,12 @@ fn request_bodies() {
     assert_eq!((r.point, r.disk, r.format), (None, None, None));
     round_trip::<VerifyRequest>(samples::VERIFY_REQUEST);
     round_trip::<VerifyRequest>(samples::VERIFY_REQUEST_ALL);
+    let h: HostBackupRequest = round_trip(samples::HOST_BACKUP_REQUEST);
+    assert_eq!((h.machines.len(), h.freeze_timeout_seconds), (2, Some(30)));
+    let h: HostBackupRequest = round_trip(samples::HOST_BACKUP_REQUEST_MINIMAL);
+    assert_eq!(h.freeze_timeout_seconds, None);
+    let r: RestoreRequest = round_trip(samples::RESTORE_REQUEST_HOST);
+    assert_eq!((r.point, r.machine.as_deref()), (Some(4), Some("db")));
 }
 
 #[test]
@@ -322,6 +349,7 @@ fn plain_enums_travel_as_snake_case() {
     assert_eq!(name(JobKind::Backup), "backup");
     assert_eq!(name(JobKind::Restore), "restore");
     assert_eq!(name(JobKind::Verify), "verify");
+    assert_eq!(name(JobKind::HostBackup), "host_backup");
     assert_eq!(name(BackupKind::Full), "full");
     assert_eq!(name(BackupKind::Incremental), "incremental");
     assert_eq!(name(BackupKind::Mixed), "mixed");

@@ -14,19 +14,16 @@ fn resolve(
     dir: &Path,
     point: Option<u32>,
     machine: Option<&str>,
-) -> Result<(PathBuf, Option<u32>)> {
-    let repo = Repo::new(fs, dir);
-    if let Some(want) = machine {
-        let n = repo.resolve_point(point)?;
-        let m = repo.manifest_head(n)?;
-        if m.machine != want {
-            return Err(crate::BackupError::NoPoint {
-                dir: repo.dir.clone(),
-                point: n,
-            });
+) -> Result<(PathBuf, u32)> {
+    match machine {
+        Some(m) => crate::host::resolve_point(fs, dir, point, m),
+        None => {
+            crate::host::refuse_without_machine(fs, dir, point)?;
+            let repo = Repo::new(fs, dir);
+            let n = repo.resolve_point(point)?;
+            Ok((repo.dir, n))
         }
     }
-    Ok((repo.dir, point))
 }
 
 /// Creates machine `name` on point `point` (latest if `None`) of
@@ -39,10 +36,17 @@ pub fn restore_instant(
     machine: Option<&str>,
     name: &str,
 ) -> Result<Machine> {
-    let (dir, point) = resolve(&**store.fs(), dir, point, machine)?;
+    let (dir, n) = resolve(&**store.fs(), dir, point, machine)?;
     let repo = Repo::new(&**store.fs(), &dir);
-    let n = repo.resolve_point(point)?;
     let (source_machine, files) = repo.point_files(n)?;
+    if let Some(m) = machine.filter(|m| *m != source_machine) {
+        return Err(crate::BackupError::OtherMachine {
+            dir: repo.dir.clone(),
+            point: n,
+            of: source_machine,
+            machine: m.into(),
+        });
+    }
     let disks: Vec<InstantDisk> = files
         .into_iter()
         .map(|(name, parent)| InstantDisk { name, parent })

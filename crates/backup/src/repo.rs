@@ -20,6 +20,15 @@ pub struct Repo<'a> {
     pub dir: PathBuf,
 }
 
+/// The error of an I/O operation `op` on `path`, for `map_err`.
+pub(crate) fn io_error(
+    path: &Path,
+    op: &'static str,
+) -> impl FnOnce(std::io::Error) -> BackupError {
+    let path = path.display().to_string();
+    move |source| BackupError::Io { path, op, source }
+}
+
 pub fn point_dir(dir: &Path, point: u32) -> PathBuf {
     dir.join(format!("{point:04}"))
 }
@@ -37,8 +46,7 @@ impl<'a> Repo<'a> {
         path: &Path,
         op: &'static str,
     ) -> impl FnOnce(std::io::Error) -> BackupError {
-        let path = path.display().to_string();
-        move |source| BackupError::Io { path, op, source }
+        io_error(path, op)
     }
 
     /// Whether a file exists (an error when that cannot be told).
@@ -60,6 +68,11 @@ impl<'a> Repo<'a> {
             .collect();
         out.sort();
         Ok(out)
+    }
+
+    /// Whether any directory looks like a point, complete or not.
+    pub(crate) fn has_point_dirs(&self) -> Result<bool> {
+        Ok(!self.point_dirs()?.is_empty())
     }
 
     /// The complete points, oldest first.
@@ -156,6 +169,19 @@ impl<'a> Repo<'a> {
                 removed.push(n);
             }
         }
+        Ok(removed)
+    }
+
+    /// Removes the point directories numbered above `point`, complete or
+    /// not, newest first (so every point still complete keeps the chain it
+    /// reads through); returns their numbers.
+    pub fn remove_points_after(&self, point: u32) -> Result<Vec<u32>> {
+        let mut removed = Vec::new();
+        for n in self.point_dirs()?.into_iter().rev().filter(|&n| n > point) {
+            self.remove_point_files(&point_dir(&self.dir, n))?;
+            removed.push(n);
+        }
+        removed.reverse();
         Ok(removed)
     }
 

@@ -45,6 +45,7 @@ pub fn restore(
     format: Format,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<Vec<PathBuf>> {
+    crate::host::refuse_without_machine(fs, dir, point)?;
     let repo = Repo::new(fs, dir);
     let n = repo.resolve_point(point)?;
     let m = repo.manifest(n)?;
@@ -76,6 +77,9 @@ pub fn restore(
 /// The first block of a point that does not match its manifest.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct BadBlock {
+    /// In a host repository: the machine whose point it is.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
     pub point: u32,
     pub disk: String,
     /// `"file"`: `offset` is a byte offset in `file` (its bytes differ from
@@ -97,6 +101,17 @@ pub struct VerifyReport {
     /// File bytes re-hashed against the file hashes.
     pub file_bytes_checked: u64,
     pub first_bad: Option<BadBlock>,
+    /// In a host repository (whose `points_checked` are host points): the
+    /// points checked of each machine.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub machines: Vec<MachineVerified>,
+}
+
+/// The points of one machine a verification of a host repository checked.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct MachineVerified {
+    pub machine: String,
+    pub points_checked: Vec<u32>,
 }
 
 /// The files of a disk's chain at point `m`, oldest (the full) first:
@@ -186,12 +201,18 @@ fn check_file(
 /// manifests, stopping at the first bad block: first the bytes of every
 /// file of its chain (the full and each differential up to the point), so
 /// damage anywhere in a file is found, then the content the chain reads as.
+/// A host repository is verified host point by host point (`point` is
+/// then a host point): each record must name complete machine points from
+/// the recorded checkpoints, and those points re-hash as above.
 pub fn verify(
     fs: &dyn Fs,
     dir: &Path,
     point: Option<u32>,
     progress: &mut dyn FnMut(u64, u64),
 ) -> Result<VerifyReport> {
+    if crate::host::is_host_repo(fs, dir)? {
+        return crate::host::verify(fs, dir, point, progress);
+    }
     let repo = Repo::new(fs, dir);
     let points: Vec<Manifest> = match point {
         Some(n) => vec![repo.manifest(repo.resolve_point(Some(n))?)?],
@@ -211,6 +232,7 @@ pub fn verify(
         for d in &m.disks {
             let file = point_dir(&repo.dir, m.point).join(&d.file);
             let bad = |scope, offset, file: String, problem: String| BadBlock {
+                machine: None,
                 point: m.point,
                 disk: d.name.clone(),
                 scope,
@@ -318,7 +340,9 @@ pub fn verify(
 
 /// Merges the oldest points into a synthetic full so that `keep` points
 /// remain; returns the points removed. A consolidation that was cut short
-/// is finished first (see [`finish_interrupted_consolidation`]).
+/// is finished first (see [`finish_interrupted_consolidation`]). A host
+/// repository keeps `keep` host points: the older records go, then each
+/// machine's repository is consolidated down to the points they name.
 pub fn consolidate(
     fs: &dyn Fs,
     dir: &Path,
@@ -327,6 +351,9 @@ pub fn consolidate(
 ) -> Result<Vec<u32>> {
     if keep == 0 {
         return Err(BackupError::KeepNone);
+    }
+    if crate::host::is_host_repo(fs, dir)? {
+        return crate::host::consolidate(fs, dir, keep, progress);
     }
     let repo = Repo::new(fs, dir);
     let (mut removed, _) = finish_interrupted(&repo, progress)?;

@@ -15,11 +15,11 @@
 //! ```
 
 use crate::cv;
-use crate::error::Result;
+use crate::error::{BackupError, Result};
 use crate::export::{export_diff, export_full, Exported};
 use crate::manifest::{DiskManifest, Manifest, HASH_BLOCK, MANIFEST_FORMAT};
 use crate::repo::{point_dir, Repo};
-use machine::{BackupLink, CheckpointKind, Consistency, Store};
+use machine::{BackupLink, Checkpoint, CheckpointKind, ReferencePoint, Store};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -58,27 +58,103 @@ pub type Progress<'a> = &'a mut dyn FnMut(&str, u64, u64);
 pub fn backup(store: &Store, machine: &str, dir: &Path, progress: Progress) -> Result<Summary> {
     let start = Instant::now();
     let fs = &**store.fs();
+    if crate::host::is_host_repo(fs, dir)? {
+        return Err(BackupError::IsHostRepo {
+            dir: vhdx::paths::absolute(dir),
+            machine: machine.into(),
+        });
+    }
     let repo = Repo::new(fs, dir);
     fs.create_dir_all(&repo.dir)
         .map_err(repo.io(&repo.dir, "creating"))?;
     let mut recovered = recover(store, machine, &repo)?;
+    let plan = plan(store, machine, &repo)?;
+    let consistency = Store::default_consistency(&store.load(machine)?);
+    let cp = store.create_checkpoint(machine, CheckpointKind::Recovery, consistency)?;
+    let exported = export_point(store, &repo, &plan, &cp, progress)?;
+    link(store, machine, &repo, cp.id, plan.point)?;
+    finish(store, machine, cp.id, &mut recovered)?;
+    Ok(exported.summary(&repo, start, recovered))
+}
+
+/// What the next point of a machine in a repository builds on, decided
+/// before its checkpoint is taken.
+pub(crate) struct Plan {
+    pub machine: String,
+    /// The number the point gets.
+    pub point: u32,
+    /// The repository's last point, the parent of differentials.
+    prev: Option<Manifest>,
+    /// The machine's reference point of that last point, if it has one.
+    reference: Option<ReferencePoint>,
+    /// The disks whose tracking was restarted, and why.
+    untrusted: HashMap<String, String>,
+}
+
+/// Step 1 up to the checkpoint: the point's number, what it is based on,
+/// and tracking that cannot be trusted restarted.
+pub(crate) fn plan(store: &Store, machine: &str, repo: &Repo) -> Result<Plan> {
     let points = repo.points()?;
     let point = points.last().map(|p| p.point + 1).unwrap_or(1);
     let prev = points.last().cloned();
     let m = store.load(machine)?;
-    let reference = m.reference_points.iter().rev().find(|r| {
-        r.backup.as_ref().is_some_and(|b| {
-            vhdx::paths::absolute(&b.dir) == repo.dir
-                && prev.as_ref().is_some_and(|p| p.point == b.point)
+    let reference = m
+        .reference_points
+        .iter()
+        .rev()
+        .find(|r| {
+            r.backup.as_ref().is_some_and(|b| {
+                vhdx::paths::absolute(&b.dir) == repo.dir
+                    && prev.as_ref().is_some_and(|p| p.point == b.point)
+            })
         })
-    });
-    let consistency = if m.freeze.is_some() {
-        Consistency::Application
-    } else {
-        Consistency::Crash
-    };
+        .cloned();
     let untrusted = restart_untrusted_tracking(store, &m)?;
-    let cp = store.create_checkpoint(machine, CheckpointKind::Recovery, consistency)?;
+    Ok(Plan {
+        machine: machine.into(),
+        point,
+        prev,
+        reference,
+        untrusted,
+    })
+}
+
+/// A point written: its manifest and what each disk's export did.
+pub(crate) struct Written {
+    pub manifest: Manifest,
+    pub disks: Vec<DiskSummary>,
+}
+
+impl Written {
+    pub(crate) fn summary(self, repo: &Repo, start: Instant, recovered: Vec<String>) -> Summary {
+        let m = self.manifest;
+        Summary {
+            machine: m.machine,
+            repository: repo.dir.display().to_string(),
+            point: m.point,
+            kind: m.kind,
+            bytes_read: self.disks.iter().map(|d| d.bytes_read).sum(),
+            bytes_written: self.disks.iter().map(|d| d.bytes_written).sum(),
+            disks: self.disks,
+            seconds: start.elapsed().as_secs_f64(),
+            recovered,
+        }
+    }
+}
+
+/// Steps 2 and 3: exports every disk of checkpoint `cp` as point
+/// `plan.point` of `repo` (differential where tracking proves what
+/// changed, else full) and writes its manifest: the point exists once this
+/// returns.
+pub(crate) fn export_point(
+    store: &Store,
+    repo: &Repo,
+    plan: &Plan,
+    cp: &Checkpoint,
+    progress: Progress,
+) -> Result<Written> {
+    let fs = repo.fs;
+    let (machine, point, prev) = (&plan.machine, plan.point, &plan.prev);
     let pdir = point_dir(&repo.dir, point);
     fs.create_dir_all(&pdir)
         .map_err(repo.io(&pdir, "creating"))?;
@@ -87,20 +163,22 @@ pub fn backup(store: &Store, machine: &str, dir: &Path, progress: Progress) -> R
     let mut summaries = Vec::new();
     let m = store.load(machine)?;
     for cd in &cp.disks {
-        let src = store.open_checkpoint_disk(&cp, &cd.name)?;
+        let src = store.open_checkpoint_disk(cp, &cd.name)?;
         let size = src.virtual_size();
         // Differential if tracking can prove what changed since the point
         // this repository holds; otherwise full, with the reason.
         let prev_disk = prev
             .as_ref()
             .and_then(|p| p.disks.iter().find(|d| d.name == cd.name));
-        let since = reference
+        let since = plan
+            .reference
+            .as_ref()
             .and_then(|r| r.disks.iter().find(|d| d.name == cd.name))
             .and_then(|d| d.rct_id.clone());
-        let plan: std::result::Result<Vec<(u64, u64)>, String> =
+        let ranges_or_why: std::result::Result<Vec<(u64, u64)>, String> =
             match (prev_disk, &since, &cd.rct_id) {
-                (Some(_), _, _) if untrusted.contains_key(&cd.name) => {
-                    Err(untrusted[&cd.name].clone())
+                (Some(_), _, _) if plan.untrusted.contains_key(&cd.name) => {
+                    Err(plan.untrusted[&cd.name].clone())
                 }
                 (None, _, _) => Err(if prev.is_none() {
                     "no earlier backup in this repository".into()
@@ -118,7 +196,7 @@ pub fn backup(store: &Store, machine: &str, dir: &Path, progress: Progress) -> R
             };
         let mut tick = |n: u64| progress(&cd.name, n, size);
         let (kind, file, parent_point, reason, changed, ex): (_, _, _, _, u64, Exported) =
-            match plan {
+            match ranges_or_why {
                 Ok(ranges) => {
                     let pd = prev_disk.unwrap();
                     let pp = prev.as_ref().unwrap().point;
@@ -187,37 +265,31 @@ pub fn backup(store: &Store, machine: &str, dir: &Path, progress: Progress) -> R
     } else {
         "mixed"
     };
-    repo.write_manifest(&Manifest {
+    let manifest = Manifest {
         format: MANIFEST_FORMAT.into(),
-        machine: machine.into(),
+        machine: machine.clone(),
         point,
         kind: kind.into(),
         created: cp.created,
         checkpoint: cp.id,
         disks,
-    })?;
-    store.set_checkpoint_backup(
-        machine,
-        cp.id,
-        BackupLink {
-            dir: repo.dir.clone(),
-            point,
-        },
-    )?;
-    finish(store, machine, cp.id, &mut recovered)?;
-    Ok(Summary {
-        machine: machine.into(),
-        repository: repo.dir.display().to_string(),
-        point,
-        kind: kind.into(),
-        bytes_read: summaries.iter().map(|d| d.bytes_read).sum(),
-        bytes_written: summaries.iter().map(|d| d.bytes_written).sum(),
+    };
+    repo.write_manifest(&manifest)?;
+    Ok(Written {
+        manifest,
         disks: summaries,
-        seconds: start.elapsed().as_secs_f64(),
-        recovered,
     })
 }
 
+/// Records in the machine file that checkpoint `cp` is backed up as
+/// `point` of `repo` (the reference point it becomes keeps the link).
+pub(crate) fn link(store: &Store, machine: &str, repo: &Repo, cp: u64, point: u32) -> Result<()> {
+    let link = BackupLink {
+        dir: repo.dir.clone(),
+        point,
+    };
+    Ok(store.set_checkpoint_backup(machine, cp, link)?)
+}
 /// The changed ranges of a disk between two RCT IDs, or why there are none
 /// to trust.
 fn changed_ranges(
@@ -296,7 +368,7 @@ fn restart_untrusted_tracking(
 }
 
 /// Converts the checkpoint to a reference point and releases older ones.
-fn finish(store: &Store, machine: &str, cp: u64, notes: &mut Vec<String>) -> Result<()> {
+pub(crate) fn finish(store: &Store, machine: &str, cp: u64, notes: &mut Vec<String>) -> Result<()> {
     let rp = store.convert_checkpoint(machine, cp)?;
     let m = store.load(machine)?;
     for old in m.reference_points.iter().filter(|r| r.id != rp.id) {
@@ -308,7 +380,7 @@ fn finish(store: &Store, machine: &str, cp: u64, notes: &mut Vec<String>) -> Res
 }
 
 /// Step 0: leftovers of an interrupted run never block this one.
-fn recover(store: &Store, machine: &str, repo: &Repo) -> Result<Vec<String>> {
+pub(crate) fn recover(store: &Store, machine: &str, repo: &Repo) -> Result<Vec<String>> {
     let mut notes = Vec::new();
     let m = store.load(machine)?;
     let mut leftovers: Vec<_> = m

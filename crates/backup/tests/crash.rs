@@ -12,6 +12,8 @@
 //!
 //! Sometimes the recovering backup is itself cut first.
 
+mod common;
+
 use backup::{backup, consolidate, restore, verify, Format, Repo};
 use machine::{CheckpointKind, Consistency, Store};
 use rand::rngs::SmallRng;
@@ -21,7 +23,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use storage::{CrashFs, Fs};
-use vhdx::{create, CreateOptions, DiskType};
 
 /// The machine's disks: name, file, virtual size, logical sector size.
 const DISKS: [(&str, &str, u64, u32); 2] = [
@@ -48,14 +49,7 @@ impl World {
     fn new() -> Self {
         let fs = CrashFs::new();
         for (_, path, size, sector) in DISKS {
-            let o = CreateOptions {
-                virtual_size: size,
-                disk_type: DiskType::Dynamic,
-                block_size: 1 << 20,
-                logical_sector_size: sector,
-                physical_sector_size: 4096,
-            };
-            create(&fs, Path::new(path), &o).unwrap().close().unwrap();
+            common::make_disk(&fs, path, size, sector);
         }
         let w = World {
             fs,
@@ -91,20 +85,9 @@ impl World {
     fn scribble(&mut self, rng: &mut SmallRng, n: usize) {
         let store = self.store();
         let m = store.load(VM).unwrap();
-        for (i, (name, _, size, sector)) in DISKS.iter().enumerate() {
+        for (i, (name, _, _, sector)) in DISKS.iter().enumerate() {
             let mut d = store.open_disk(&m, name, true).unwrap();
-            for _ in 0..n {
-                let sector = *sector as u64;
-                let len = rng.gen_range(1..=64u64) * sector;
-                let off = rng.gen_range(0..(size - len) / sector) * sector;
-                let data: Vec<u8> = if rng.gen_bool(0.2) {
-                    vec![0; len as usize]
-                } else {
-                    (0..len).map(|_| rng.gen()).collect()
-                };
-                d.write(off, &data).unwrap();
-                self.models[i][off as usize..(off + len) as usize].copy_from_slice(&data);
-            }
+            common::scribble(&mut d, &mut self.models[i], rng, n, *sector, 64);
             d.close().unwrap();
         }
     }

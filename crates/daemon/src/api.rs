@@ -171,6 +171,7 @@ pub fn mounts() -> Vec<(&'static Route, MethodRouter<Api>)> {
         mount(&routes::RELEASE, release),
         mount(&routes::CHANGES, changes),
         mount(&routes::START_BACKUP, start_backup),
+        mount(&routes::START_HOST_BACKUP, start_host_backup),
         mount(&routes::START_RESTORE, start_restore),
         mount(&routes::INSTANT_RESTORE, instant_restore),
         mount(&routes::START_FINISH, start_finish),
@@ -367,6 +368,39 @@ async fn start_backup(
         JobKind::Backup,
         &target,
         move |progress| service.backup(&name, &r, progress).map(JobResult::Backup),
+    )))
+}
+
+async fn start_host_backup(
+    State(api): State<Api>,
+    Required(r): Required<HostBackupRequest>,
+) -> Answer<Job> {
+    // No machine, or an unknown one, is refused now, not as a failed job.
+    let a = api.clone();
+    let names = r.machines.clone();
+    let _known = blocking(move || {
+        if names.is_empty() {
+            return Err(invalid("a host backup needs at least one machine"));
+        }
+        names
+            .iter()
+            .try_for_each(|n| a.service.machine(n).map(drop))
+    })
+    .await?;
+    let service = api.service.clone();
+    let target = r.to.display().to_string();
+    Ok(Json(api.jobs.start_reporting(
+        JobKind::HostBackup,
+        &target,
+        move |job| {
+            let progress = |whole: &JobPart, parts: &[JobPart]| {
+                job.set(&whole.item, whole.done, whole.total);
+                job.set_parts(parts);
+            };
+            service
+                .host_backup(&r, &progress)
+                .map(JobResult::HostBackup)
+        },
     )))
 }
 

@@ -163,12 +163,33 @@ pub fn backup_summary(s: backup::Summary) -> api::BackupSummary {
     }
 }
 
+pub fn host_summary(s: backup::host::HostSummary) -> api::HostBackupSummary {
+    api::HostBackupSummary {
+        host_point: s.host_point,
+        repository: s.repository,
+        machines: s.machines.into_iter().map(backup_summary).collect(),
+        bytes_read: s.bytes_read,
+        bytes_written: s.bytes_written,
+        seconds: s.seconds,
+        recovered: s.recovered,
+    }
+}
+
 pub fn verify_report(r: backup::VerifyReport) -> api::VerifyReport {
     api::VerifyReport {
         points_checked: r.points_checked,
         bytes_checked: r.bytes_checked,
         file_bytes_checked: r.file_bytes_checked,
+        machines: r
+            .machines
+            .into_iter()
+            .map(|m| api::MachineVerified {
+                machine: m.machine,
+                points_checked: m.points_checked,
+            })
+            .collect(),
         first_bad: r.first_bad.map(|b| api::BadBlock {
+            machine: b.machine,
             point: b.point,
             disk: b.disk,
             scope: if b.scope == "file" {
@@ -229,7 +250,7 @@ pub fn machine_error(e: MachineError) -> ApiError {
         ref e if e.is_no_space() => ErrorKind::NoSpace,
         ref e if e.is_invalid() => ErrorKind::Invalid,
         // As it always answered: the checkpoint was refused.
-        MachineError::HookFailed { .. } => ErrorKind::Invalid,
+        MachineError::HookFailed { .. } | MachineError::HookTimedOut { .. } => ErrorKind::Invalid,
         MachineError::Io { .. } => ErrorKind::Io,
         _ => ErrorKind::Internal,
     };
@@ -242,8 +263,15 @@ pub fn backup_error(e: backup::BackupError) -> ApiError {
         backup::BackupError::Disk(d) => disk_error(d),
         e @ (backup::BackupError::NoPoint { .. }
         | backup::BackupError::Empty { .. }
-        | backup::BackupError::NoDisk { .. }) => answer(ErrorKind::NotFound, e.to_string()),
-        e @ backup::BackupError::KeepNone => answer(ErrorKind::Invalid, e.to_string()),
+        | backup::BackupError::NoDisk { .. }
+        | backup::BackupError::NoHostPoint { .. }
+        | backup::BackupError::NoHostMachine { .. }) => answer(ErrorKind::NotFound, e.to_string()),
+        e @ (backup::BackupError::KeepNone
+        | backup::BackupError::IsHostRepo { .. }
+        | backup::BackupError::NotHostRepo { .. }
+        | backup::BackupError::NeedMachine { .. }
+        | backup::BackupError::NoMachines
+        | backup::BackupError::SharedDisk { .. }) => answer(ErrorKind::Invalid, e.to_string()),
         e @ backup::BackupError::Io { .. } => answer(ErrorKind::Io, e.to_string()),
         e => answer(ErrorKind::Internal, e.to_string()),
     }

@@ -22,8 +22,9 @@
 //! * `exports.rs`  export names and the NBD export catalog
 //! * `device.rs`   NBD block devices over live and frozen disks
 //! * `disks.rs`    what a disk is (format, geometry, chain, tracking)
-//! * `jobs.rs`     long operations (backup, restore, verify, finishing an
-//!   instant machine) with progress; an interrupted finish resumes at start
+//! * `jobs.rs`     long operations with progress (backups, host backups,
+//!   restores, verifications, finishing an instant machine); an
+//!   interrupted finish resumes at start
 //! * `tracking.rs` tracking status and changes as the API answers them
 //! * `error.rs`    [`DaemonError`]
 //!

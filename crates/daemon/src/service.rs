@@ -9,6 +9,7 @@ use crate::convert::{self, machine_error};
 use crate::tracking::{self, changes_of, status_of};
 use api::*;
 use machine::Store;
+use std::collections::BTreeMap;
 use vdisk::Disk;
 
 #[derive(Clone)]
@@ -81,10 +82,18 @@ impl Service {
             RestoreFormat::Vhdx => vdisk::copy::Format::Vhdx,
             RestoreFormat::Raw => vdisk::copy::Format::Raw,
         };
+        let fs = &**self.store.fs();
+        // One machine of a host point: its repository and point.
+        let (repository, point) = match &r.machine {
+            Some(m) => backup::host::resolve_point(fs, &r.repository, r.point, m)
+                .map(|(dir, p)| (dir, Some(p)))
+                .map_err(convert::backup_error)?,
+            None => (r.repository.clone(), r.point),
+        };
         let files = backup::restore(
-            &**self.store.fs(),
-            &r.repository,
-            r.point,
+            fs,
+            &repository,
+            point,
             r.disk.as_deref(),
             &r.to,
             format,
@@ -273,5 +282,81 @@ impl Machines for Service {
         Ok(Discarded {
             discarded: machine.into(),
         })
+    }
+
+    fn host_backup(
+        &self,
+        r: &HostBackupRequest,
+        progress: HostProgress<'_>,
+    ) -> Result<HostBackupSummary, ApiError> {
+        let mut names: Vec<&str> = r.machines.iter().map(String::as_str).collect();
+        names.sort();
+        names.dedup();
+        // Every operation on these machines waits for the whole run; the
+        // locks are taken in name order, as every run of several does.
+        let _locks: Vec<machine::MachineLock> =
+            names.iter().map(|n| self.store.lock_machine(n)).collect();
+        for n in &names {
+            self.load(n)?;
+        }
+        let to = vhdx::paths::absolute(&r.to);
+        let options = backup::host::HostOptions {
+            freeze_timeout: match r.freeze_timeout_seconds {
+                Some(0) => None,
+                Some(s) => Some(std::time::Duration::from_secs(s)),
+                None => backup::host::HostOptions::default().freeze_timeout,
+            },
+            workers: None,
+        };
+        let tally = Tally::default();
+        let tick = |m: &str, d: &str, n: u64, total: u64| tally.tick(m, d, n, total, progress);
+        let s = backup::host::backup(&self.store, &names, &to, &options, &tick)
+            .map_err(convert::backup_error)?;
+        Ok(convert::host_summary(s))
+    }
+}
+
+/// A host backup's progress as the API reports it: the export threads
+/// report bytes per disk; the whole and each machine are sums.
+#[derive(Default)]
+struct Tally {
+    /// (machine, disk) → (done, total).
+    disks: parking_lot::Mutex<BTreeMap<(String, String), (u64, u64)>>,
+}
+
+impl Tally {
+    fn tick(&self, machine: &str, disk: &str, n: u64, total: u64, progress: HostProgress<'_>) {
+        let mut disks = self.disks.lock();
+        let e = disks
+            .entry((machine.to_string(), disk.to_string()))
+            .or_default();
+        e.1 = total;
+        e.0 = (e.0 + n).min(total);
+        let mut parts: Vec<JobPart> = Vec::new();
+        for ((m, d), &(done, total)) in disks.iter() {
+            if parts
+                .last()
+                .is_none_or(|p| p.item.split('/').next() != Some(m))
+            {
+                parts.push(JobPart {
+                    item: m.clone(),
+                    done: 0,
+                    total: 0,
+                });
+            }
+            let p = parts.last_mut().expect("just pushed");
+            p.done += done;
+            p.total += total;
+            // The disk being copied, while one is.
+            if done > 0 && done < total {
+                p.item = format!("{m}/{d}");
+            }
+        }
+        let whole = JobPart {
+            item: "host backup".into(),
+            done: parts.iter().map(|p| p.done).sum(),
+            total: parts.iter().map(|p| p.total).sum(),
+        };
+        progress(&whole, &parts);
     }
 }

@@ -15,7 +15,6 @@
 //! crash at any point and never mistakes our own switch for a foreign write.
 
 use crate::error::{MachineError, Result};
-use crate::hooks;
 use crate::model::*;
 use crate::store::{now, Store};
 use std::path::{Path, PathBuf};
@@ -51,7 +50,10 @@ impl Store {
         )?)
     }
 
-    /// Creates a checkpoint of every disk of the machine.
+    /// Creates a checkpoint of every disk of the machine: freeze (when
+    /// application-consistent), park, switch every disk to a new child,
+    /// unpark, thaw. A failed freeze is thawed and refused; a failed thaw
+    /// is an error, the checkpoint is kept.
     pub fn create_checkpoint(
         &self,
         name: &str,
@@ -59,52 +61,51 @@ impl Store {
         consistency: Consistency,
     ) -> Result<Checkpoint> {
         let m = self.load(name)?;
-        let id = m.next_id;
-        let freeze = (consistency == Consistency::Application)
-            .then(|| m.freeze.clone())
-            .flatten();
-        if let Some(f) = &freeze {
-            if let Err(e) = hooks::run("freeze", f) {
-                // A freeze may fail half way (one file system of several):
-                // thaw whatever it froze.
-                if let Some(t) = &m.thaw {
-                    if let Err(te) = hooks::run("thaw", t) {
-                        tracing::error!("{name}: thawing after a failed freeze: {te}");
-                    }
-                }
-                return Err(e);
-            }
+        // A freeze may fail half way (one file system of several): its
+        // thaw runs then too.
+        let application = consistency == Consistency::Application;
+        if application {
+            self.freeze_all(&[&m], None)?;
         }
         // The guest writes while it freezes; the disks are parked (I/O
         // drained and flushed, new I/O waiting) only for the switch.
         let result = self.park(name).and_then(|guard| {
-            let r = self.checkpoint_disks(&m, id).and_then(|disks| {
-                let mut m = m.clone();
-                for (d, cd) in m.disks.iter_mut().zip(&disks) {
-                    d.active = cd.child.clone();
-                }
-                m.checkpoints.push(Checkpoint {
-                    id,
-                    kind,
-                    consistency,
-                    created: now(),
-                    disks: disks.clone(),
-                    backup: None,
-                });
-                m.next_id += 1;
-                self.save(&m)?;
-                Ok(m)
-            });
+            let r = self.checkpoint_parked(&m, kind, consistency);
             drop(guard);
             r
         });
-        if consistency == Consistency::Application {
-            if let Some(t) = &m.thaw {
-                hooks::run("thaw", t)?;
-            }
+        if application {
+            self.thaw_all(&[&m], None)?;
         }
-        let m = result?;
-        Ok(m.checkpoints.last().expect("just added").clone())
+        result
+    }
+
+    /// The checkpoint itself, with the machine parked by the caller:
+    /// every disk switched to a new child, the machine file saved.
+    pub(crate) fn checkpoint_parked(
+        &self,
+        m: &Machine,
+        kind: CheckpointKind,
+        consistency: Consistency,
+    ) -> Result<Checkpoint> {
+        let id = m.next_id;
+        let disks = self.checkpoint_disks(m, id)?;
+        let mut m = m.clone();
+        for (d, cd) in m.disks.iter_mut().zip(&disks) {
+            d.active = cd.child.clone();
+        }
+        let cp = Checkpoint {
+            id,
+            kind,
+            consistency,
+            created: now(),
+            disks,
+            backup: None,
+        };
+        m.checkpoints.push(cp.clone());
+        m.next_id += 1;
+        self.save(&m)?;
+        Ok(cp)
     }
 
     fn checkpoint_disks(&self, m: &Machine, id: u64) -> Result<Vec<CheckpointDisk>> {

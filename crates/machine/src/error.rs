@@ -45,8 +45,9 @@ pub enum MachineError {
         active: PathBuf,
     },
     /// A freeze or thaw command exited unsuccessfully.
-    #[error("{what} command `{command}` failed ({}){}", exit_text(*code), stderr_text(stderr))]
+    #[error("{what} command `{command}` of machine {machine} failed ({}){}", exit_text(*code), stderr_text(stderr))]
     HookFailed {
+        machine: String,
         what: &'static str,
         command: String,
         /// Exit code, `None` when killed by a signal.
@@ -54,6 +55,18 @@ pub enum MachineError {
         /// The end of what it wrote to stderr.
         stderr: String,
     },
+    /// A freeze or thaw command still running at its timeout; its process
+    /// group was killed.
+    #[error("{what} command `{command}` of machine {machine} did not finish within {}; it was killed", seconds_text(*timeout))]
+    HookTimedOut {
+        machine: String,
+        what: &'static str,
+        command: String,
+        timeout: std::time::Duration,
+    },
+    /// A machine named twice in one operation on several machines.
+    #[error("machine {name} is named twice")]
+    DuplicateMachine { name: String },
     #[error("{} is not a valid machine file: {reason}", path.display())]
     Corrupt { path: PathBuf, reason: String },
     /// A disk the pool holds could not be reopened after a file switch.
@@ -78,6 +91,15 @@ fn exit_text(code: Option<i32>) -> String {
     match code {
         Some(c) => format!("exit code {c}"),
         None => "killed by a signal".into(),
+    }
+}
+
+fn seconds_text(d: std::time::Duration) -> String {
+    let s = d.as_secs_f64();
+    if s == s.trunc() {
+        format!("{s} s")
+    } else {
+        format!("{s:.3} s")
     }
 }
 
@@ -140,6 +162,7 @@ impl MachineError {
             MachineError::Exists { .. }
                 | MachineError::BadName { .. }
                 | MachineError::DuplicateDisk { .. }
+                | MachineError::DuplicateMachine { .. }
                 | MachineError::NoDisks
                 | MachineError::DiskFileMissing { .. }
                 | MachineError::DiskInUse { .. }
@@ -164,7 +187,7 @@ impl MachineError {
             | MachineError::NoCheckpointDisk { .. }
             | MachineError::NoReferencePoint { .. } => "not_found",
             MachineError::Frozen { .. } => "frozen",
-            MachineError::HookFailed { .. } => "hook_failed",
+            MachineError::HookFailed { .. } | MachineError::HookTimedOut { .. } => "hook_failed",
             MachineError::NotOpen { .. } => "unavailable",
             MachineError::Disk(vdisk::VdiskError::Tracking(t)) => t.kind(),
             MachineError::Disk(vdisk::VdiskError::OutOfRange { .. }) => "out_of_range",

@@ -10,7 +10,10 @@
 //!  ├─ store.rs       load / save / list / create / remove machine files
 //!  ├─ model.rs       Machine, MachineDisk, Checkpoint, ReferencePoint (the file format)
 //!  ├─ checkpoint.rs  create / delete / apply / convert, destroy reference points
-//!  ├─ hooks.rs       freeze / thaw commands (exit code and stderr on failure)
+//!  ├─ group.rs       checkpoints of several machines as one consistent cut
+//!  │                 (freeze all at once, park all, checkpoint each, unpark, thaw all)
+//!  ├─ hooks.rs       freeze / thaw commands (exit code and stderr on failure,
+//!  │                 a timeout that kills the hook's process group)
 //!  ├─ instant.rs     machines running on a backup point: create, finish, discard
 //!  ├─ pool.rs        disks held open (the daemon), parked while files switch
 //!  ├─ resolve.rs     MACHINE/DISK arguments and the frozen-file rule
@@ -28,6 +31,7 @@
 
 mod checkpoint;
 mod error;
+mod group;
 pub mod home;
 mod hooks;
 mod instant;
@@ -37,6 +41,7 @@ mod resolve;
 mod store;
 
 pub use error::{MachineError, Result};
+pub use group::GroupOptions;
 pub use instant::{FinishOptions, FinishSummary, InstantDisk};
 pub use model::{
     BackupLink, Checkpoint, CheckpointDisk, CheckpointKind, Consistency, Instant, Machine,

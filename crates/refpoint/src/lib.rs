@@ -16,7 +16,8 @@
 //!        ├─ tracking.rs       rct / disk write on local files and machine disks
 //!        ├─ machines.rs       the state directory's store, and its daemon if one runs
 //!        ├─ demo.rs           `refpoint demo run`
-//!        ├─ progress.rs       progress bars (hidden off a terminal and with --json)
+//!        ├─ progress.rs       progress bars (hidden off a terminal and with --json),
+//!        │                    one for the whole and one per machine of a host backup
 //!        └─ units.rs          sizes with K/M/G/T suffixes, and back
 //! ```
 //!

@@ -24,7 +24,7 @@ fixed, dynamic and differencing disks with crash-safe metadata; resilient change
 that never misses a change, even across power cuts; machines, checkpoints and reference \
 points; full and incremental backups you can restore and verify.\n\n\
 Everything is `refpoint <noun> <verb>`. State lives in ./refpoint-data (or $REFPOINT_HOME).",
-    after_help = "Examples:\n  refpoint vhd create os.vhdx --size 10G\n  refpoint machine create vm1 --disk os.vhdx\n  refpoint backup vm1 --to /backups/vm1\n  refpoint rct changes vm1/disk0 --since rct:…:00000001 --json\n  refpoint restore /backups/vm1 --point latest --to os-restored.vhdx\n  refpoint demo run"
+    after_help = "Examples:\n  refpoint vhd create os.vhdx --size 10G\n  refpoint machine create vm1 --disk os.vhdx\n  refpoint backup vm1 --to /backups/vm1\n  refpoint backup --all --to /backups/host\n  refpoint rct changes vm1/disk0 --since rct:…:00000001 --json\n  refpoint restore /backups/vm1 --point latest --to os-restored.vhdx\n  refpoint demo run"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -72,12 +72,41 @@ enum Noun {
     ///   nbdinfo --map=qemu:dirty-bitmap:rct:... 'nbd+unix:///vm1/disk0?socket=refpoint-data/nbd.sock'
     #[command(verbatim_doc_comment)]
     Serve(ServeArgs),
-    /// Back up a machine (full or incremental), or manage a backup repository.
-    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    /// Back up a machine, or several as one host point (full or incremental), or manage a repository
+    ///
+    /// `refpoint backup vm1 --to DIR` backs one machine up into a plain
+    /// repository: a recovery checkpoint (freeze/thaw around it when the
+    /// machine has hooks), an export of each disk (full, or the ranges
+    /// changed since the repository's last point), a manifest, and the
+    /// checkpoint converted into a reference point.
+    ///
+    /// `refpoint backup --all --to DIR` (or `--machine A --machine B`) takes
+    /// one host point of several machines, as Hyper-V's VSS writer does:
+    /// every freeze hook at once, then all recovery checkpoints together
+    /// (writes to every disk of every machine held for that instant only,
+    /// so the checkpoints are one consistent cut), thaw, export each machine
+    /// (in parallel), convert every checkpoint. All or nothing: a freeze
+    /// that fails or outlives --freeze-timeout, a failed checkpoint or a
+    /// killed run changes no machine's reference point, and the next run
+    /// cleans up and is a normal incremental. DIR is then a host
+    /// repository: `DIR/machines/<machine>/` per machine and
+    /// `DIR/host-points/`; the two kinds of repository never mix.
+    ///
+    /// Examples:
+    ///   refpoint backup vm1 --to /backups/vm1
+    ///   refpoint backup --all --to /backups/host --freeze-timeout 30
+    ///   refpoint backup --machine db --machine web --to /backups/app --json
+    ///   refpoint backup list /backups/host
+    ///   refpoint restore /backups/host --point 4 --machine db --to db-restored
+    #[command(
+        args_conflicts_with_subcommands = true,
+        subcommand_negates_reqs = true,
+        verbatim_doc_comment
+    )]
     Backup(BackupArgs),
-    /// Restore a backup point as one flat image, or start a machine on it at once (--instant).
+    /// Restore a backup point as one flat image (of a host point: one machine's, --machine), or start a machine on it at once (--instant).
     Restore(RestoreArgs),
-    /// Re-hash a repository's chains against the manifests.
+    /// Re-hash a repository's chains against the manifests (a host repository: every machine's).
     Verify(VerifyArgs),
     /// A guided run on local files in the state directory.
     #[command(subcommand)]

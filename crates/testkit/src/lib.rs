@@ -21,6 +21,7 @@
 //!             (`py/read_vhdx.py`, in the Python of `$REFPOINT_PYTHON`)
 //! pattern     deterministic, never-zero byte patterns
 //! compare     content equality that names the first differing byte
+//! cut         whether checkpoints of several disks are one consistent cut
 //! ranges      whether a set of (offset, length) ranges covers a range
 //! ```
 //!
@@ -35,6 +36,7 @@
 #![forbid(unsafe_code)]
 
 pub mod compare;
+pub mod cut;
 #[cfg(feature = "nbd")]
 pub mod nbd_client;
 pub mod pattern;

@@ -58,6 +58,20 @@ impl Client {
         }
     }
 
+    /// Backs several machines up as one host point and waits for the job:
+    /// its summary.
+    pub fn run_host_backup(
+        &self,
+        request: &HostBackupRequest,
+        progress: &mut dyn FnMut(&Job),
+    ) -> Result<HostBackupSummary, ApiError> {
+        let job = self.start_host_backup(request)?;
+        match self.wait_job(job.id, progress)?.result {
+            Some(JobResult::HostBackup(s)) => Ok(s),
+            other => Err(self.unexpected_result(job.id, "HostBackupSummary", other)),
+        }
+    }
+
     /// Restores and waits for the job: the files written.
     pub fn run_restore(
         &self,

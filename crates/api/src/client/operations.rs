@@ -153,6 +153,10 @@ impl Client {
         self.call(&routes::DISCARD_INSTANT, &[&machine], None, None::<&()>)
     }
 
+    pub fn start_host_backup(&self, request: &HostBackupRequest) -> Result<Job, ApiError> {
+        self.call(&routes::START_HOST_BACKUP, &[], None, Some(request))
+    }
+
     pub fn start_restore(&self, request: &RestoreRequest) -> Result<Job, ApiError> {
         self.call(&routes::START_RESTORE, &[], None, Some(request))
     }

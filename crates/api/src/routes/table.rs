@@ -214,6 +214,17 @@ pub const START_BACKUP: Route = Route {
     response_description: "the job",
 };
 
+pub const START_HOST_BACKUP: Route = Route {
+    method: Method::Post,
+    path: "/v1/backups",
+    operation_id: "start_host_backup",
+    summary: "Back several machines up as one host point (a job): every freeze at once, all checkpoints as one consistent cut, thaw, export each machine; all or nothing",
+    body: Body::Required(Payload::of::<HostBackupRequest>()),
+    query: None,
+    response: Payload::of::<Job>(),
+    response_description: "the job",
+};
+
 pub const START_RESTORE: Route = Route {
     method: Method::Post,
     path: "/v1/restores",
@@ -312,6 +323,7 @@ pub const ROUTES: &[&Route] = &[
     &RELEASE,
     &CHANGES,
     &START_BACKUP,
+    &START_HOST_BACKUP,
     &START_RESTORE,
     &INSTANT_RESTORE,
     &START_FINISH,

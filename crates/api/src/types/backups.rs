@@ -13,6 +13,36 @@ pub struct BackupRequest {
     pub to: PathBuf,
 }
 
+/// Body of `POST /v1/backups`: one host point of several machines, a
+/// consistent cut taken all or nothing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct HostBackupRequest {
+    /// The host repository directory (made absolute by the daemon).
+    #[schema(value_type = String)]
+    pub to: PathBuf,
+    /// The machines to back up together (at least one).
+    pub machines: Vec<String>,
+    /// How long each freeze (and thaw) command may run, in seconds, before
+    /// it is killed and the host backup fails (default 60; 0: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub freeze_timeout_seconds: Option<u64>,
+}
+
+/// What a host backup did (the result of a finished host backup job;
+/// `refpoint backup --all --json` prints the same).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HostBackupSummary {
+    pub host_point: u32,
+    pub repository: String,
+    /// Each machine's backup (its point in `machines/<machine>`), by name.
+    pub machines: Vec<BackupSummary>,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub seconds: f64,
+    /// What the run had to clean up from an interrupted one.
+    pub recovered: Vec<String>,
+}
+
 /// Full, or only the blocks changed since the repository's last point.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
@@ -81,8 +111,12 @@ pub enum RestoreFormat {
 pub struct RestoreRequest {
     #[schema(value_type = String)]
     pub repository: PathBuf,
+    /// A point, or in a host repository a host point.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub point: Option<u32>,
+    /// In a host repository: the machine of the host point to restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
     /// Restore only this disk.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk: Option<String>,
@@ -106,7 +140,7 @@ pub struct RestoreResult {
 pub struct VerifyRequest {
     #[schema(value_type = String)]
     pub repository: PathBuf,
-    /// Verify only this point (default: all).
+    /// Verify only this point, or host point (default: all).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub point: Option<u32>,
 }
@@ -115,6 +149,7 @@ pub struct VerifyRequest {
 /// prints the same).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct VerifyReport {
+    /// The points checked; in a host repository, the host points.
     pub points_checked: Vec<u32>,
     /// Virtual-disk bytes re-hashed against the content hashes.
     pub bytes_checked: u64,
@@ -122,11 +157,24 @@ pub struct VerifyReport {
     pub file_bytes_checked: u64,
     /// `None` when everything matched.
     pub first_bad: Option<BadBlock>,
+    /// In a host repository: the points checked of each machine.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub machines: Vec<MachineVerified>,
+}
+
+/// The points of one machine a verification of a host repository checked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MachineVerified {
+    pub machine: String,
+    pub points_checked: Vec<u32>,
 }
 
 /// The first block of a point that does not match its manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct BadBlock {
+    /// In a host repository: the machine whose point it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<String>,
     pub point: u32,
     pub disk: String,
     pub scope: BadBlockScope,

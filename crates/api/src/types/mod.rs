@@ -22,7 +22,8 @@ mod tracking;
 
 pub use backups::{
     BackupKind, BackupRequest, BackupSummary, BadBlock, BadBlockScope, DiskBackupSummary,
-    RestoreFormat, RestoreRequest, RestoreResult, VerifyReport, VerifyRequest,
+    HostBackupRequest, HostBackupSummary, MachineVerified, RestoreFormat, RestoreRequest,
+    RestoreResult, VerifyReport, VerifyRequest,
 };
 pub use changes::{ChangedRange, Changes, ChangesQuery};
 pub use checkpoints::{
@@ -35,7 +36,7 @@ pub use instant::{
     Discarded, FinishRequest, FinishSummary, FinishedDisk, InstantOrigin, InstantRequest,
     InstantRestored,
 };
-pub use jobs::{Job, JobKind, JobResult, JobState};
+pub use jobs::{Job, JobKind, JobPart, JobResult, JobState};
 pub use machines::{Machine, MachineDisk};
 pub use references::{Destroyed, ReferenceDisk, ReferencePoint};
 pub use status::{DaemonStatus, ShuttingDown};

@@ -136,10 +136,48 @@ pub const JOB_FAILED: &str = r#"{"id":11,"kind":"restore","target":"/backups/vm1
   "item":"","done":0,"total":0,"result":null,
   "error":"repository /backups/vm1 has no point 9","started":1767226200,"finished":1767226200}"#;
 
+pub const JOB_HOST_RUNNING: &str = r#"{"id":13,"kind":"host_backup","target":"/backups/host","state":"running",
+  "item":"host backup","done":3145728,"total":100663296,
+  "parts":[{"item":"db/disk1","done":2097152,"total":67108864},
+           {"item":"web","done":1048576,"total":33554432}],
+  "result":null,"error":null,"started":1767226400,"finished":null}"#;
+
+pub const JOB_HOST_DONE: &str = r#"{"id":13,"kind":"host_backup","target":"/backups/host","state":"succeeded",
+  "item":"host backup","done":100663296,"total":100663296,
+  "parts":[{"item":"db","done":67108864,"total":67108864},
+           {"item":"web","done":33554432,"total":33554432}],
+  "result":{"host_point":4,"repository":"/backups/host",
+    "machines":[
+      {"machine":"db","repository":"/backups/host/machines/db","point":4,"kind":"incremental",
+       "disks":[{"name":"disk0","kind":"incremental","full_reason":null,"changed_bytes":65536,
+                 "bytes_read":65536,"bytes_written":1048576}],
+       "bytes_read":65536,"bytes_written":1048576,"seconds":0.5,"recovered":[]},
+      {"machine":"web","repository":"/backups/host/machines/web","point":2,"kind":"full",
+       "disks":[{"name":"disk0","kind":"full","full_reason":"no earlier backup in this repository",
+                 "changed_bytes":33554432,"bytes_read":33554432,"bytes_written":33554432}],
+       "bytes_read":33554432,"bytes_written":33554432,"seconds":0.75,"recovered":[]}],
+    "bytes_read":33619968,"bytes_written":34603008,"seconds":0.8,
+    "recovered":["rolled back host point 4 of an interrupted run"]},
+  "error":null,"started":1767226400,"finished":1767226401}"#;
+
+pub const JOB_HOST_VERIFY_BAD: &str = r#"{"id":14,"kind":"verify","target":"/backups/host","state":"succeeded",
+  "item":"verify","done":100,"total":100,
+  "result":{"points_checked":[1,2],"bytes_checked":1048576,"file_bytes_checked":0,
+    "first_bad":{"machine":"web","point":2,"disk":"disk0","scope":"file","offset":4096,
+      "file":"/backups/host/machines/web/0002/disk0.avhdx","problem":"hash mismatch"},
+    "machines":[{"machine":"db","points_checked":[1,2]},{"machine":"web","points_checked":[2]}]},
+  "error":null,"started":1767226500,"finished":1767226501}"#;
+
 /// A result shape this version does not know (from a newer daemon).
 pub const JOB_OTHER_RESULT: &str = r#"{"id":12,"kind":"backup","target":"vm1","state":"succeeded",
   "item":"","done":0,"total":0,"result":{"something":"new"},
   "error":null,"started":1767226300,"finished":1767226300}"#;
+
+pub const HOST_BACKUP_REQUEST: &str =
+    r#"{"to":"/backups/host","machines":["db","web"],"freeze_timeout_seconds":30}"#;
+pub const HOST_BACKUP_REQUEST_MINIMAL: &str = r#"{"to":"/backups/host","machines":["db"]}"#;
+pub const RESTORE_REQUEST_HOST: &str =
+    r#"{"repository":"/backups/host","point":4,"machine":"db","to":"/restore/db"}"#;
 
 pub const NOT_FOUND: &str = r#"{"error":"not_found","message":"no machine named \"nope\""}"#;
 pub const UNAUTHORIZED: &str = r#"{"error":"unauthorized","message":"send the daemon's token as `Authorization: Bearer <token>`"}"#;

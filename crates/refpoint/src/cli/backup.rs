@@ -1,18 +1,33 @@
 //! `refpoint backup`, `backup list|consolidate`, `restore`, `verify`.
 
 use super::*;
-use api::BackupRequest;
+use api::{BackupRequest, HostBackupRequest};
+use refpoint_cli::progress::Bars;
 
 #[derive(Args)]
 pub(crate) struct BackupArgs {
     #[command(subcommand)]
     cmd: Option<BackupCmd>,
-    /// The machine to back up.
-    #[arg(required = true)]
+    /// The machine to back up, into a plain repository (its points at the
+    /// top of DIR).
+    #[arg(required_unless_present_any = ["all", "machines"], conflicts_with_all = ["all", "machines"])]
     machine: Option<String>,
+    /// Back every machine up as one host point, into a host repository: all
+    /// freeze hooks, then every checkpoint as one consistent cut, thaw,
+    /// export each machine. All or nothing.
+    #[arg(long)]
+    all: bool,
+    /// Back these machines up as one host point (repeat the option), like
+    /// --all for a few machines.
+    #[arg(long = "machine", value_name = "MACHINE", conflicts_with = "all")]
+    machines: Vec<String>,
     /// The backup repository (a directory).
     #[arg(long, required = true)]
     to: Option<PathBuf>,
+    /// Host backups: how long each freeze (and thaw) command may run, in
+    /// seconds, before it is killed and the backup fails; 0: no limit.
+    #[arg(long, value_name = "SECONDS")]
+    freeze_timeout: Option<u64>,
     /// Print a JSON summary.
     #[arg(long)]
     json: bool,
@@ -20,13 +35,17 @@ pub(crate) struct BackupArgs {
 
 #[derive(Subcommand)]
 pub(crate) enum BackupCmd {
-    /// List the points of a repository (1 is the first full backup).
+    /// List the points of a repository (1 is the first full backup); of a
+    /// host repository, each host point with its machines' points.
     List {
         dir: PathBuf,
+        /// One JSON row per point (a host repository: per machine of each
+        /// host point, with "host_point" and "machine").
         #[arg(long)]
         json: bool,
     },
-    /// Merge old differentials into a synthetic full so only N points remain.
+    /// Merge old differentials into a synthetic full so only N points remain
+    /// (a host repository: N host points).
     Consolidate {
         dir: PathBuf,
         #[arg(long)]
@@ -36,40 +55,30 @@ pub(crate) enum BackupCmd {
 
 pub(crate) fn run(b: BackupArgs) -> Result<ExitCode> {
     match b.cmd {
-        Some(BackupCmd::List { dir, json }) => {
-            let repo = ::backup::Repo::new(&LocalFs, &dir);
-            let points = repo.points()?;
-            if json {
-                let rows: Vec<_> = points.iter().map(PointRow::of).collect();
-                print_json(&rows)?;
-            } else {
-                for p in &points {
-                    let w: u64 = p.disks.iter().map(|d| d.bytes_written).sum();
-                    println!(
-                        "{:>4}  {:<11}  {}  {}  {} written",
-                        p.point,
-                        p.kind,
-                        refpoint_cli::machines::time(p.created),
-                        p.machine,
-                        human(w)
-                    );
-                }
-            }
-        }
+        Some(BackupCmd::List { dir, json }) => list(&dir, json)?,
         Some(BackupCmd::Consolidate { dir, keep }) => {
             ::backup::instant::check_not_in_use(&refpoint_cli::machines::store(), &dir)?;
             let removed = ::backup::consolidate(&LocalFs, &dir, keep, &mut |_, _| {})?;
-            if removed.is_empty() {
-                println!("nothing to consolidate: at most {keep} point(s)");
+            let what = if ::backup::host::is_host_repo(&LocalFs, &dir)? {
+                "host points"
             } else {
-                println!("consolidated: removed points {removed:?}; the oldest kept point is now a full backup");
+                "points"
+            };
+            if removed.is_empty() {
+                println!("nothing to consolidate: at most {keep} {what}");
+            } else {
+                println!("consolidated: removed {what} {removed:?}; the oldest kept point is now a full backup");
             }
         }
+        None if b.all || !b.machines.is_empty() => host_backup(b)?,
         None => {
             let (machine, to) = (
                 b.machine.expect("clap requires MACHINE"),
                 b.to.expect("clap requires --to"),
             );
+            if b.freeze_timeout.is_some() {
+                anyhow::bail!("--freeze-timeout is for host backups (--all or --machine)");
+            }
             let pb = bar(0, "backup", b.json);
             let r = BackupRequest {
                 to: vhdx::paths::absolute(&to),
@@ -95,30 +104,139 @@ pub(crate) fn run(b: BackupArgs) -> Result<ExitCode> {
                     "point {} of {} ({}) in {}",
                     s.point, machine, s.kind, s.repository
                 );
-                for d in &s.disks {
-                    let why = d
-                        .full_reason
-                        .as_deref()
-                        .map(|r| format!(" — full because {r}"))
-                        .unwrap_or_default();
-                    println!(
-                        "  {}: {}, {} changed, {} written{why}",
-                        d.name,
-                        d.kind,
-                        human(d.changed_bytes),
-                        human(d.bytes_written)
-                    );
-                }
-                println!(
-                    "{} read, {} written in {:.1}s",
-                    human(s.bytes_read),
-                    human(s.bytes_written),
-                    s.seconds
-                );
+                print_disks(&s, "  ");
+                print_totals(s.bytes_read, s.bytes_written, s.seconds);
             }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `backup --all` / `backup --machine A --machine B`: one host point.
+fn host_backup(b: BackupArgs) -> Result<()> {
+    let to = b.to.expect("clap requires --to");
+    let ms = refpoint_cli::machines::machines();
+    let machines = if b.all {
+        ms.machines()?.into_iter().map(|m| m.name).collect()
+    } else {
+        b.machines
+    };
+    if machines.is_empty() {
+        anyhow::bail!("there is no machine to back up (see `refpoint machine list`)");
+    }
+    let r = HostBackupRequest {
+        to: vhdx::paths::absolute(&to),
+        machines,
+        freeze_timeout_seconds: b.freeze_timeout,
+    };
+    let bars = Bars::new("host point", b.json);
+    let s = ms.host_backup(&r, &|whole, parts| {
+        bars.whole(whole.done, whole.total);
+        for p in parts {
+            let key = p.item.split('/').next().unwrap_or(&p.item);
+            bars.part(key, &p.item, p.done, p.total);
+        }
+    });
+    bars.finish();
+    let s = s?;
+    if b.json {
+        return print_json(&s);
+    }
+    for r in &s.recovered {
+        println!("recovered: {r}");
+    }
+    println!(
+        "host point {} of {} machine(s) in {}",
+        s.host_point,
+        s.machines.len(),
+        s.repository
+    );
+    for m in &s.machines {
+        println!(
+            "  {}: point {} ({}), {} written",
+            m.machine,
+            m.point,
+            m.kind,
+            human(m.bytes_written)
+        );
+        print_disks(m, "    ");
+    }
+    print_totals(s.bytes_read, s.bytes_written, s.seconds);
+    Ok(())
+}
+
+fn print_disks(s: &api::BackupSummary, indent: &str) {
+    for d in &s.disks {
+        let why = d
+            .full_reason
+            .as_deref()
+            .map(|r| format!(" — full because {r}"))
+            .unwrap_or_default();
+        println!(
+            "{indent}{}: {}, {} changed, {} written{why}",
+            d.name,
+            d.kind,
+            human(d.changed_bytes),
+            human(d.bytes_written)
+        );
+    }
+}
+
+fn print_totals(read: u64, written: u64, seconds: f64) {
+    println!(
+        "{} read, {} written in {seconds:.1}s",
+        human(read),
+        human(written),
+    );
+}
+
+/// `backup list DIR`: the points, or the host points with their machines'.
+fn list(dir: &std::path::Path, json: bool) -> Result<()> {
+    let groups: Vec<(Option<::backup::host::HostPoint>, Vec<::backup::Manifest>)> =
+        if ::backup::host::is_host_repo(&LocalFs, dir)? {
+            ::backup::host::list(&LocalFs, dir)?
+                .into_iter()
+                .map(|(hp, ms)| (Some(hp), ms))
+                .collect()
+        } else {
+            vec![(None, ::backup::Repo::new(&LocalFs, dir).points()?)]
+        };
+    if json {
+        let rows: Vec<_> = groups
+            .iter()
+            .flat_map(|(hp, ms)| {
+                ms.iter()
+                    .map(|m| PointRow::of(hp.as_ref().map(|h| h.host_point), m))
+            })
+            .collect();
+        return print_json(&rows);
+    }
+    for (hp, ms) in &groups {
+        let indent = match hp {
+            Some(hp) => {
+                println!(
+                    "host point {}  {}  {} machine(s)",
+                    hp.host_point,
+                    refpoint_cli::machines::time(hp.created),
+                    hp.machines.len()
+                );
+                "  "
+            }
+            None => "",
+        };
+        for p in ms {
+            let w: u64 = p.disks.iter().map(|d| d.bytes_written).sum();
+            println!(
+                "{indent}{:>4}  {:<11}  {}  {}  {} written",
+                p.point,
+                p.kind,
+                refpoint_cli::machines::time(p.created),
+                p.machine,
+                human(w)
+            );
+        }
+    }
+    Ok(())
 }
 
 #[derive(Args)]
@@ -130,7 +248,8 @@ pub(crate) fn run(b: BackupArgs) -> Result<ExitCode> {
 pub(crate) struct RestoreArgs {
     /// The backup repository.
     dir: Option<PathBuf>,
-    /// Point number (see `refpoint backup list DIR`) or "latest".
+    /// Point number (see `refpoint backup list DIR`) or "latest"; of a host
+    /// repository, a host point.
     #[arg(long, default_value = "latest")]
     point: String,
     /// Where to write the image (a directory when restoring several disks).
@@ -141,7 +260,8 @@ pub(crate) struct RestoreArgs {
     /// Only this disk.
     #[arg(long)]
     disk: Option<String>,
-    /// Of a host repository: the machine of the host point.
+    /// The machine to restore, of a host repository's host point (--point
+    /// is then a host point).
     #[arg(long)]
     machine: Option<String>,
     #[command(flatten)]
@@ -170,6 +290,21 @@ pub(crate) fn restore(a: RestoreArgs) -> Result<ExitCode> {
         FormatArg::Vhdx => vdisk::copy::Format::Vhdx,
         FormatArg::Raw => vdisk::copy::Format::Raw,
     };
+    // One machine of a host point: its repository and point.
+    let (dir, point) = match &a.machine {
+        Some(m) => {
+            let (dir, p) = ::backup::host::resolve_point(&LocalFs, &dir, point, m)?;
+            let of = ::backup::Repo::new(&LocalFs, &dir).manifest(p)?.machine;
+            if &of != m {
+                anyhow::bail!(
+                    "point {p} of {} is a backup of {of}, not {m}",
+                    dir.display()
+                );
+            }
+            (dir, Some(p))
+        }
+        None => (dir.clone(), point),
+    };
     let pb = bar(0, "restore", false);
     let out = ::backup::restore(
         &LocalFs,
@@ -193,7 +328,7 @@ pub(crate) fn restore(a: RestoreArgs) -> Result<ExitCode> {
 #[derive(Args)]
 pub(crate) struct VerifyArgs {
     dir: PathBuf,
-    /// Only this point [default: every point].
+    /// Only this point, or host point of a host repository [default: every point].
     #[arg(long)]
     point: Option<u32>,
     #[arg(long)]
@@ -210,9 +345,26 @@ pub(crate) fn verify(a: VerifyArgs) -> Result<ExitCode> {
     if a.json {
         print_json(&r)?;
     } else if let Some(b) = &r.first_bad {
+        let of = b
+            .machine
+            .as_ref()
+            .map(|m| format!("{m} "))
+            .unwrap_or_default();
         println!(
-            "BAD: point {} disk {} at offset {} ({:#x}) in {}: {}",
+            "BAD: {of}point {} disk {} at offset {} ({:#x}) in {}: {}",
             b.point, b.disk, b.offset, b.offset, b.file, b.problem
+        );
+    } else if !r.machines.is_empty() {
+        let each: Vec<String> = r
+            .machines
+            .iter()
+            .map(|m| format!("{} {:?}", m.machine, m.points_checked))
+            .collect();
+        println!(
+            "host points {:?} verified ({}): {} checked, all blocks match",
+            r.points_checked,
+            each.join(", "),
+            human(r.bytes_checked)
         );
     } else {
         println!(
@@ -231,6 +383,9 @@ pub(crate) fn verify(a: VerifyArgs) -> Result<ExitCode> {
 /// A row of `backup list --json`.
 #[derive(serde::Serialize)]
 struct PointRow<'a> {
+    /// In a host repository: the host point this machine point is of.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host_point: Option<u32>,
     point: u32,
     kind: &'a str,
     created: u64,
@@ -246,8 +401,9 @@ struct PointDiskRow<'a> {
 }
 
 impl<'a> PointRow<'a> {
-    fn of(p: &'a ::backup::Manifest) -> Self {
+    fn of(host_point: Option<u32>, p: &'a ::backup::Manifest) -> Self {
         PointRow {
+            host_point,
             point: p.point,
             kind: &p.kind,
             created: p.created,

@@ -11,8 +11,18 @@ pub(crate) fn hint(e: &anyhow::Error) -> Option<&'static str> {
     }
     if let Some(b) = e.downcast_ref::<backup::BackupError>() {
         return match b {
-            backup::BackupError::NoPoint { .. } | backup::BackupError::NoDisk { .. } => {
-                Some("see `refpoint backup list DIR`")
+            backup::BackupError::NoPoint { .. }
+            | backup::BackupError::NoDisk { .. }
+            | backup::BackupError::NoHostPoint { .. }
+            | backup::BackupError::NoHostMachine { .. } => Some("see `refpoint backup list DIR`"),
+            backup::BackupError::NeedMachine { .. } => {
+                Some("add --machine NAME (see `refpoint backup list DIR`)")
+            }
+            backup::BackupError::IsHostRepo { .. } => Some(
+                "back the machine up into another directory, or into this one with `refpoint backup --machine NAME --to DIR`",
+            ),
+            backup::BackupError::NotHostRepo { .. } => {
+                Some("a host backup (--all, --machine) needs a directory of its own")
             }
             backup::BackupError::Machine(m) => machine_hint(m),
             _ => None,
@@ -32,8 +42,14 @@ pub(crate) fn hint(e: &anyhow::Error) -> Option<&'static str> {
             ErrorKind::Invalid if message.contains("not the newest") => {
                 Some("delete or convert the newer checkpoints first")
             }
+            ErrorKind::Invalid if message.contains("freeze command") && message.contains("within") => {
+                Some("make the freeze finish sooner, or allow it more time (--freeze-timeout SECONDS)")
+            }
             ErrorKind::Invalid if message.contains("freeze command") => {
                 Some("fix the hook, or take a crash-consistent checkpoint (--consistency crash)")
+            }
+            ErrorKind::Invalid if message.contains("host repository") => {
+                Some("a host repository holds host backups (--all, --machine) only, a plain one single-machine backups only")
             }
             _ => None,
         },
@@ -58,6 +74,9 @@ fn machine_hint(e: &MachineError) -> Option<&'static str> {
         MachineError::DiskInUse { .. } => "a disk file belongs to one machine",
         MachineError::HookFailed { .. } => {
             "fix the hook, or take a crash-consistent checkpoint (--consistency crash)"
+        }
+        MachineError::HookTimedOut { .. } => {
+            "make the hook finish sooner, or allow it more time (--freeze-timeout SECONDS)"
         }
         _ => return None,
     })

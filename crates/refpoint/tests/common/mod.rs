@@ -64,6 +64,27 @@ impl Cli {
         String::from_utf8(o.stdout).unwrap()
     }
 
+    /// Starts `refpoint` with `args` (its output discarded) and kills it
+    /// with SIGKILL after `delay`: whether it died of that, rather than
+    /// finishing first (which it must do successfully).
+    pub fn killed_after(&self, args: &[&str], delay: Duration) -> bool {
+        use std::os::unix::process::ExitStatusExt;
+        let mut child = self
+            .cmd(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(delay);
+        let _ = child.kill();
+        let st = child.wait().unwrap();
+        if st.signal() == Some(9) {
+            return true;
+        }
+        assert!(st.success(), "refpoint {args:?} failed on its own: {st}");
+        false
+    }
+
     /// Runs `refpoint` with `args`, which must succeed and print JSON.
     pub fn json(&self, args: &[&str]) -> serde_json::Value {
         serde_json::from_str(&self.ok(args)).unwrap()
