@@ -398,6 +398,38 @@ fn without_a_daemon_and_on_bad_requests() {
     assert!(!env.home.join("instant/r3").exists());
     assert!(snapshot(&repo) == before, "the repository changed");
 
+    // One machine of a host point.
+    let host = env.dir.join("host");
+    env.ok(&["backup", "--all", "--to", s(&host)]);
+    let host_before = snapshot(&host);
+    env.ok(&[
+        "restore",
+        s(&host),
+        "--point",
+        "1",
+        "--machine",
+        "vm1",
+        "--instant",
+        "--as",
+        "h1",
+    ]);
+    let m = machine_json(&env, "h1");
+    assert_eq!(m["instant"]["source_machine"], "vm1", "{m}");
+    assert!(m["instant"]["repository"]
+        .as_str()
+        .unwrap()
+        .ends_with("host/machines/vm1"));
+    env.ok(&["restore", "--finish", "h1"]);
+    if testkit::tools::available(&["qemu-img"]) {
+        let mut point = vec![0u8; 8 * MIB as usize];
+        point[MIB as usize..3 * MIB as usize].fill(0x5a);
+        assert_standalone(&env, "h1", &point);
+    }
+    assert!(
+        snapshot(&host) == host_before,
+        "the host repository changed"
+    );
+
     let err = |args: &[&str]| {
         let o = env.run(args);
         assert!(!o.status.success(), "{args:?} succeeded");
@@ -420,6 +452,28 @@ fn without_a_daemon_and_on_bad_requests() {
     ]);
     assert!(e.contains("no point 9"), "{e}");
     assert!(!env.home.join("instant/r9").exists());
+    let e = err(&["restore", s(&host), "--instant", "--as", "h2"]);
+    assert!(e.contains("is a host repository: name the machine"), "{e}");
+    let e = err(&[
+        "restore",
+        s(&host),
+        "--machine",
+        "vm9",
+        "--instant",
+        "--as",
+        "h2",
+    ]);
+    assert!(e.contains("has no machine \"vm9\""), "{e}");
+    let e = err(&[
+        "restore",
+        s(&repo),
+        "--machine",
+        "vm9",
+        "--instant",
+        "--as",
+        "h2",
+    ]);
+    assert!(e.contains("is a backup of machine vm1, not vm9"), "{e}");
     let e = err(&["restore", "--discard", "nope"]);
     assert!(e.contains("no machine named"), "{e}");
     let e = err(&["restore", s(&repo)]);
