@@ -5,26 +5,7 @@
 use crate::error::Result;
 use crate::repo::Repo;
 use machine::{Instant, InstantDisk, Machine, Store};
-use std::path::{Path, PathBuf};
-use storage::Fs;
-
-/// The per-machine repository and point a request names.
-fn resolve(
-    fs: &dyn Fs,
-    dir: &Path,
-    point: Option<u32>,
-    machine: Option<&str>,
-) -> Result<(PathBuf, u32)> {
-    match machine {
-        Some(m) => crate::host::resolve_point(fs, dir, point, m),
-        None => {
-            crate::host::refuse_without_machine(fs, dir, point)?;
-            let repo = Repo::new(fs, dir);
-            let n = repo.resolve_point(point)?;
-            Ok((repo.dir, n))
-        }
-    }
-}
+use std::path::Path;
 
 /// Creates machine `name` on point `point` (latest if `None`) of
 /// repository `dir`; of a host repository, on machine `machine` of host
@@ -36,17 +17,14 @@ pub fn restore_instant(
     machine: Option<&str>,
     name: &str,
 ) -> Result<Machine> {
-    let (dir, n) = resolve(&**store.fs(), dir, point, machine)?;
+    let (dir, n) = crate::host::machine_point(&**store.fs(), dir, point, machine)?;
     let repo = Repo::new(&**store.fs(), &dir);
-    let (source_machine, files) = repo.point_files(n)?;
-    if let Some(m) = machine.filter(|m| *m != source_machine) {
-        return Err(crate::BackupError::OtherMachine {
-            dir: repo.dir.clone(),
-            point: n,
-            of: source_machine,
-            machine: m.into(),
-        });
-    }
+    // A named machine was checked against the point already.
+    let source_machine = match machine {
+        Some(m) => m.to_string(),
+        None => repo.point_machine(n)?,
+    };
+    let files = repo.point_files(n)?;
     let disks: Vec<InstantDisk> = files
         .into_iter()
         .map(|(name, parent)| InstantDisk { name, parent })
@@ -61,7 +39,7 @@ pub fn restore_instant(
             .unwrap_or(0),
         finishing: false,
         throttle: None,
-        sealed: vec![],
+        sealing: None,
     };
     Ok(store.create_instant(name, &disks, origin)?)
 }

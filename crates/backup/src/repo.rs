@@ -100,10 +100,9 @@ impl<'a> Repo<'a> {
     }
 
     /// The disks of complete point `point` and their files, from the
-    /// point's directory, and the machine it is a backup of, from the
-    /// start of its manifest: what opening a point takes, in a time that
-    /// does not grow with the disk (a manifest holds a hash per MiB).
-    pub fn point_files(&self, point: u32) -> Result<(String, Vec<(String, PathBuf)>)> {
+    /// point's directory: what opening a point takes, in a time that does
+    /// not grow with the disk (a manifest holds a hash per MiB).
+    pub fn point_files(&self, point: u32) -> Result<Vec<(String, PathBuf)>> {
         let n = self.resolve_point(Some(point))?;
         let d = point_dir(&self.dir, n);
         let mut disks: Vec<(String, PathBuf)> = self
@@ -118,18 +117,24 @@ impl<'a> Repo<'a> {
             })
             .collect();
         disks.sort();
-        let m = d.join(MANIFEST_NAME);
+        Ok(disks)
+    }
+
+    /// The machine complete point `point` is a backup of, from the start of
+    /// its manifest (quick on any disk size).
+    pub fn point_machine(&self, point: u32) -> Result<String> {
+        let n = self.resolve_point(Some(point))?;
+        let m = point_dir(&self.dir, n).join(MANIFEST_NAME);
         let f = self
             .fs
             .open(&m, OpenMode::ReadOnly)
             .map_err(self.io(&m, "opening"))?;
         let mut head = vec![0u8; 4096.min(f.len().map_err(self.io(&m, "reading"))? as usize)];
         f.read_at(0, &mut head).map_err(self.io(&m, "reading"))?;
-        let machine = match machine_in_head(&head) {
-            Some(name) => name,
-            None => self.manifest_head(n)?.machine,
-        };
-        Ok((machine, disks))
+        match machine_in_head(&head) {
+            Some(name) => Ok(name),
+            None => Ok(self.manifest_head(n)?.machine),
+        }
     }
 
     fn read_manifest<T: serde::de::DeserializeOwned>(&self, point: u32) -> Result<(T, PathBuf)> {

@@ -18,7 +18,7 @@
 //! switched already, and a partial copy is started over.
 
 use crate::error::{MachineError, Result};
-use crate::model::{Instant, Machine, MachineDisk};
+use crate::model::{Instant, Machine, MachineDisk, Sealing};
 use crate::store::{valid_name, Store};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -180,7 +180,7 @@ impl Store {
     ) -> Result<FinishSummary> {
         let start = std::time::Instant::now();
         let mut m = self.load(name)?;
-        let Some(inst) = m.instant.as_mut() else {
+        let Some(inst) = m.instant.take() else {
             return Err(MachineError::NotInstant { name: name.into() });
         };
         // A checkpoint's children name the disk's file as their parent,
@@ -188,36 +188,16 @@ impl Store {
         if !m.checkpoints.is_empty() {
             return Err(MachineError::InstantHasCheckpoints { name: name.into() });
         }
-        let resumed = inst.finishing;
-        // IDs an interrupted finish sealed: nobody else knows them.
-        let sealed = std::mem::take(&mut inst.sealed);
-        for (disk, before) in sealed {
-            let before = before.and_then(|s| s.parse::<RctId>().ok());
-            let kept: Vec<String> = m
-                .reference_points
-                .iter()
-                .flat_map(|r| &r.disks)
-                .filter(|r| r.name == disk)
-                .filter_map(|r| r.rct_id.clone())
-                .collect();
-            let _ = self.with_held(name, &disk, |d| {
-                for id in d.retained_ids()? {
-                    let ours = match &before {
-                        Some(b) => b.tracking == id.tracking && id.generation > b.generation,
-                        None => true,
-                    };
-                    if ours && !kept.contains(&id.to_string()) {
-                        let _ = d.release(&id);
-                    }
-                }
-                Ok(())
-            });
+        if let Some(s) = &inst.sealing {
+            self.release_interrupted(&m, s);
         }
-        let Some(inst) = m.instant.as_mut() else {
-            unreachable!("checked above")
-        };
-        inst.finishing = true;
-        inst.throttle = opts.throttle;
+        let resumed = inst.finishing;
+        m.instant = Some(Instant {
+            finishing: true,
+            throttle: opts.throttle,
+            sealing: None,
+            ..inst
+        });
         self.save(&m)?;
         let mut disks = Vec::new();
         for d in &m.disks {
@@ -249,11 +229,39 @@ impl Store {
         })
     }
 
-    /// Records that the finish seals IDs of `disk` after `before`.
-    fn note_sealing(&self, machine: &str, disk: &str, before: Option<&RctId>) -> Result<()> {
+    /// Releases the IDs an interrupted finish sealed (nobody else knows
+    /// them), best effort: one left only keeps some tracking history.
+    fn release_interrupted(&self, m: &Machine, s: &Sealing) {
+        let after = s.after.as_ref().and_then(|s| s.parse::<RctId>().ok());
+        let kept: Vec<String> = m
+            .reference_points
+            .iter()
+            .flat_map(|r| &r.disks)
+            .filter(|r| r.name == s.disk)
+            .filter_map(|r| r.rct_id.clone())
+            .collect();
+        let _ = self.with_held(&m.name, &s.disk, |d| {
+            for id in d.retained_ids()? {
+                let ours = match &after {
+                    Some(a) => a.tracking == id.tracking && id.generation > a.generation,
+                    None => true,
+                };
+                if ours && !kept.contains(&id.to_string()) {
+                    let _ = d.release(&id);
+                }
+            }
+            Ok(())
+        });
+    }
+
+    /// Records that the finish seals IDs of `disk` after `after`.
+    fn note_sealing(&self, machine: &str, disk: &str, after: Option<&RctId>) -> Result<()> {
         let mut m = self.load(machine)?;
         if let Some(i) = m.instant.as_mut() {
-            i.sealed = vec![(disk.to_string(), before.map(|b| b.to_string()))];
+            i.sealing = Some(Sealing {
+                disk: disk.to_string(),
+                after: after.map(|a| a.to_string()),
+            });
             self.save(&m)?;
         }
         Ok(())

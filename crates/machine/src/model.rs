@@ -112,12 +112,19 @@ pub struct Instant {
     /// The finish's copy rate limit in bytes per second, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub throttle: Option<u64>,
-    /// Per disk, the newest RCT ID before the finish began sealing its own
-    /// (`disk`, `id`; `None`: there was none): the IDs after it that no
-    /// reference point keeps are the finish's, released when an
-    /// interrupted finish resumes.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub sealed: Vec<(String, Option<String>)>,
+    /// The disk the finish seals RCT IDs of now, if any: an interrupted
+    /// finish's IDs are released when it resumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealing: Option<Sealing>,
+}
+
+/// Where a finish's own RCT IDs begin: on `disk`, every ID after `after`
+/// (the newest one before the finish sealed; `None`: there was none) that
+/// no reference point keeps.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Sealing {
+    pub disk: String,
+    pub after: Option<String>,
 }
 
 impl Machine {

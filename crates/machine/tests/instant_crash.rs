@@ -58,7 +58,7 @@ fn create_on_point(st: &Store) {
         created: 0,
         finishing: false,
         throttle: None,
-        sealed: vec![],
+        sealing: None,
     };
     let disk = InstantDisk {
         name: "disk0".into(),

@@ -278,6 +278,35 @@ impl<'a> HostRepo<'a> {
 /// (`None` is its newest point), and `(dir, point)` is returned as is, the
 /// machine not being looked at. So callers take either kind of repository
 /// with one call.
+/// The per-machine repository and point of a request for machine
+/// `machine`'s point (or, unnamed, of a plain repository's point): of a
+/// host repository, host point `point`; of a plain one, its point, which
+/// must be a backup of `machine` if named.
+pub fn machine_point(
+    fs: &dyn Fs,
+    dir: &Path,
+    point: Option<u32>,
+    machine: Option<&str>,
+) -> Result<(PathBuf, u32)> {
+    let Some(want) = machine else {
+        refuse_without_machine(fs, dir, point)?;
+        let repo = Repo::new(fs, dir);
+        let n = repo.resolve_point(point)?;
+        return Ok((repo.dir, n));
+    };
+    let (d, n) = resolve_point(fs, dir, point, want)?;
+    let of = Repo::new(fs, &d).point_machine(n)?;
+    if of != want {
+        return Err(BackupError::OtherMachine {
+            dir: d,
+            point: n,
+            of,
+            machine: want.into(),
+        });
+    }
+    Ok((d, n))
+}
+
 /// Refuses a host repository where one machine's point is meant but no
 /// machine is named, saying which the host point has.
 pub fn refuse_without_machine(fs: &dyn Fs, dir: &Path, host_point: Option<u32>) -> Result<()> {

@@ -293,17 +293,10 @@ pub(crate) fn restore(a: RestoreArgs) -> Result<ExitCode> {
     // One machine of a host point: its repository and point.
     let (dir, point) = match &a.machine {
         Some(m) => {
-            let (dir, p) = ::backup::host::resolve_point(&LocalFs, &dir, point, m)?;
-            let of = ::backup::Repo::new(&LocalFs, &dir).manifest(p)?.machine;
-            if &of != m {
-                anyhow::bail!(
-                    "point {p} of {} is a backup of {of}, not {m}",
-                    dir.display()
-                );
-            }
+            let (dir, p) = ::backup::host::machine_point(&LocalFs, &dir, point, Some(m))?;
             (dir, Some(p))
         }
-        None => (dir.clone(), point),
+        None => (dir, point),
     };
     let pb = bar(0, "restore", false);
     let out = ::backup::restore(
